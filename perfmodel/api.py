@@ -1,0 +1,87 @@
+"""The Python entry point: ``predict(op, chip=..., dtype=..., **dims)``."""
+
+from __future__ import annotations
+
+import attrs
+
+from perfmodel.cost import Cost, CostValues
+from perfmodel.hardware import canonical_dtype, dtype_bytes, get_chip
+from perfmodel.ops import OPS, get_op
+from perfmodel.roofline import Roofline, roofline
+
+
+@attrs.frozen(kw_only=True)
+class Prediction:
+    """An op's cost numbers, its roofline on a chip, and its symbolic cost."""
+
+    op: str
+    chip: str
+    dtype: str
+    cost: CostValues
+    roofline: Roofline
+    parts: tuple[tuple[str, Roofline], ...]
+    symbolic: Cost = attrs.field(repr=False)
+
+    @property
+    def formula(self):
+        """Sympy expressions of the totals (``.formula.flops``, ``.formula.hbm_bytes``)."""
+        return Formula(flops=self.symbolic.flops, hbm_bytes=self.symbolic.hbm_bytes,
+                       transcendentals=self.symbolic.transcendentals)
+
+    @property
+    def time_s(self):
+        """Roofline lower bound (perfect compute/memory overlap within each kernel, summed over kernels)."""
+        return sum(r.lower_s for _, r in self.parts) if self.parts else self.roofline.lower_s
+
+
+@attrs.frozen
+class Formula:
+    flops: object
+    hbm_bytes: object
+    transcendentals: object
+
+
+def split_options(op: str, kwargs: dict) -> tuple[dict, dict]:
+    """Separate an op's structural options from its dimensions."""
+    spec = OPS.get(op)
+    if spec is None:
+        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    options = {k: v for k, v in kwargs.items() if k in spec.options}
+    dims = {k: v for k, v in kwargs.items() if k not in spec.options}
+    return options, dims
+
+
+def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_options) -> Prediction:
+    """Predict FLOPs, bytes and roofline time of ``op`` on ``chip``.
+
+    ``dims_and_options`` are the op's dimensions (``M=, K=, N=`` for matmul;
+    see ``perfmodel.ops.OPS[op].builder`` for each op's letters) as numbers
+    or numpy arrays, and its structural options (``glu=True``). Multi-kernel
+    ops (e.g. the unfused MoE FFN) report a roofline per kernel in ``parts``;
+    their ``time_s`` sums the kernels' lower bounds.
+
+    >>> p = predict("matmul", chip="v5e", M=8192, K=8192, N=8192)
+    >>> p.roofline.bound
+    'compute'
+    """
+    c = get_chip(chip)
+    dt = canonical_dtype(dtype)
+    c.peak_flops_per_s(dt)  # refuses a dtype the chip lacks
+    options, dims = split_options(op, dims_and_options)
+    cost = get_op(op, **options)
+    values = cost.evaluate(q=dtype_bytes(dt), **dims)
+    parts = []
+    for part in cost.parts:
+        v = part.evaluate(**_dims_for(part, dims, dt))
+        parts.append((part.name, roofline(v.flops, v.hbm_bytes, c, dt)))
+    return Prediction(op=op, chip=c.name, dtype=dt, cost=values,
+                      roofline=roofline(values.flops, values.hbm_bytes, c, dt),
+                      parts=tuple(parts), symbolic=cost)
+
+
+def _dims_for(part: Cost, dims: dict, dt: str) -> dict:
+    need = set(part.argument_names)
+    out = {k: v for k, v in dims.items() if k in need}
+    if "q" in need:
+        out["q"] = dtype_bytes(dt)
+    return out

@@ -1,0 +1,81 @@
+"""``perfmodel`` command line.
+
+Commands live in :mod:`perfmodel.commands`: every module there defines
+``register(cli: Registry)`` and is discovered automatically, so adding a
+command never edits this file. Command modules import only argparse-level
+things at import time and do the heavy imports (jax, sympy, matplotlib)
+inside their handlers, which keeps ``perfmodel --help`` and simple commands
+fast from a cold start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+class Registry:
+    """Hands out argument parsers for top-level commands and grouped subcommands."""
+
+    _GROUP_HELP = {
+        "validate": "confront predictions with something real (compiler, timings, data)",
+        "plot": "make plots (PNG and SVG)",
+        "calibrate": "measure the machine at hand",
+        "train": "small training runs",
+        "scaling": "scaling-law fits and compute-optimal allocations",
+    }
+
+    def __init__(self, subparsers):
+        self._sub = subparsers
+        self._groups: dict[str, argparse._SubParsersAction] = {}
+
+    def command(self, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        return self._sub.add_parser(name, help=help, description=help, **kwargs)
+
+    def subcommand(self, group: str, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        if group not in self._groups:
+            gp = self._sub.add_parser(group, help=self._GROUP_HELP.get(group, group),
+                                      description=self._GROUP_HELP.get(group, group))
+            self._groups[group] = gp.add_subparsers(dest=f"{group}_command", required=True,
+                                                    metavar="SUBCOMMAND")
+        return self._groups[group].add_parser(name, help=help, description=help, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perfmodel",
+        description="Symbolic FLOP/byte/roofline and tiling models for TPUs: "
+                    "when a fused MoE kernel beats ragged_dot, and how MoE shifts "
+                    "compute-optimal scaling.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    registry = Registry(sub)
+    from perfmodel import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"perfmodel.commands.{info.name}")
+        module.register(registry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # NAME=VALUE lists may follow options (``predict matmul --chip v5e M=1``).
+    if extra and isinstance(getattr(args, "dims", None), list) and all("=" in e for e in extra):
+        args.dims += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"perfmodel {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"perfmodel {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
