@@ -1,0 +1,14 @@
+"""Tiling-aware cost model of Pallas TPU kernels.
+
+* :mod:`perfmodel.tiling.spec` - :class:`KernelSpec` / :class:`Operand`: a kernel
+  as grid, blocks, index maps, buffers (the contract kernels and builders share).
+* :mod:`perfmodel.tiling.walker` - :func:`walk`: exact HBM bytes, padded MXU FLOPs,
+  grid steps, VMEM footprint and pipelined time of a spec on a chip.
+* :mod:`perfmodel.tiling.closed_form` - sympy closed forms for uniform groups.
+* :mod:`perfmodel.tiling.gmm` - spec builders: megablox gmm, tokamax's Pallas
+  grouped matmul, XLA's ragged_dot Mosaic kernel.
+"""
+
+from perfmodel.tiling.spec import KernelSpec, Operand
+
+__all__ = ["KernelSpec", "Operand"]
