@@ -1,0 +1,56 @@
+"""Chinchilla law: derived closed forms vs brute force and vs the textbook form."""
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from perfmodel.scaling import laws
+
+
+def test_derived_exponents_are_the_textbook_ones():
+    e = laws.compute_optimal_exprs()
+    assert sp.simplify(e.a - laws.beta / (laws.alpha + laws.beta)) == 0
+    assert sp.simplify(e.b - laws.alpha / (laws.alpha + laws.beta)) == 0
+
+
+def test_derived_params_match_facts_closed_form_numerically():
+    # FACTS section 6: N_opt = G (C/6)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta))
+    law = laws.chinchilla_hoffmann()
+    C = np.logspace(18, 26, 9)
+    s = law.alpha + law.beta
+    G = (law.alpha * law.A / (law.beta * law.B)) ** (1 / s)
+    o = law.optimal(C)
+    np.testing.assert_allclose(o.params, G * (C / 6) ** (law.beta / s), rtol=1e-10)
+    np.testing.assert_allclose(o.tokens, (C / 6) ** (law.alpha / s) / G, rtol=1e-10)
+    np.testing.assert_allclose(o.params * o.tokens * 6, C, rtol=1e-10)
+    np.testing.assert_allclose(o.tokens_per_param, o.tokens / o.params, rtol=1e-10)
+    np.testing.assert_allclose(o.loss, law.loss(o.params, o.tokens), rtol=1e-12)
+
+
+@pytest.mark.parametrize("law", [laws.chinchilla_hoffmann(), laws.chinchilla_epoch(),
+                                 laws.ChinchillaLaw(E_irr=1.0, A=50.0, B=900.0, alpha=0.6, beta=0.2,
+                                                    flops_per_param_token=2.0)])
+@pytest.mark.parametrize("compute", [1e15, 1e20, 5.76e23])
+def test_closed_form_equals_brute_force_argmin(law, compute):
+    n_bf, d_bf, l_bf = laws.brute_force_optimal(law, compute)
+    o = law.optimal(compute)
+    # grid step in log N is 6/2e5 decades -> 7e-5 relative
+    assert math.isclose(float(o.params), n_bf, rel_tol=2e-4)
+    assert math.isclose(float(o.tokens), d_bf, rel_tol=2e-4)
+    assert float(o.loss) <= l_bf + 1e-12
+
+
+def test_chinchilla_70b_budget_is_near_published_allocation():
+    # Chinchilla's own Approach-3 allocation at Gopher's budget 5.76e23 FLOPs is ~40B params
+    # (Hoffmann et al. Table 3: 40.6B for approach 3 at 5.76e23 with rounded constants).
+    o = laws.chinchilla_hoffmann().optimal(5.76e23)
+    assert 35e9 < float(o.params) < 45e9
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="compute_flops"):
+        laws.chinchilla_epoch().optimal(-1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        laws.ChinchillaLaw(E_irr=1.0, A=1.0, B=1.0, alpha=0.0, beta=0.3)
