@@ -177,7 +177,7 @@ def check_dim(name: str, value, *, integer: bool = True):
     if integer:
         bad |= np.asarray(arr != np.round(arr))
     if np.any(bad):
-        first = arr[bad].flat[0] if arr.ndim else arr
+        first = arr[bad].flat[0].item() if arr.ndim else value
         kind = "a positive integer" if integer else "positive and finite"
         raise ValueError(f"{name} must be {kind}, got {name}={first!r}")
     return arr.astype(float) if arr.ndim else float(arr)

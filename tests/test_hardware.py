@@ -1,0 +1,90 @@
+import math
+
+import pytest
+
+from perfmodel import hardware
+from perfmodel.hardware import CATALOG, get_chip
+
+
+def test_lookup_by_name_alias_and_device_kind():
+    assert get_chip("v5e") is CATALOG["v5e"]
+    assert get_chip("TPU v5 lite") is CATALOG["v5e"]
+    assert get_chip("TPU v6 lite") is CATALOG["v6e"]
+    assert get_chip("TPU7x") is CATALOG["tpu7x"]
+    assert get_chip("7x") is CATALOG["tpu7x"]
+    assert get_chip("TPU v5") is CATALOG["v5p"]
+    assert get_chip("TPU v4") is CATALOG["v4"]
+
+
+def test_unknown_chip_error_lists_known_chips():
+    with pytest.raises(ValueError) as e:
+        get_chip("v9z")
+    msg = str(e.value)
+    assert "'v9z'" in msg
+    for name in ("v4", "v5e", "v5p", "v6e", "tpu7x", "h100", "cpu"):
+        assert name in msg
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_every_number_has_a_source(name):
+    chip = CATALOG[name]
+    for field in chip.sourced_fields():
+        assert chip.sources.get(field), f"{name}.{field} has no source"
+
+
+def test_disagreeing_sources_keep_the_alternative():
+    # FACTS section 4: v5p bandwidth 2.765e12 (Google) vs 2.8e12 (book) vs 2.46e12 (jax).
+    assert CATALOG["v5p"].hbm_bytes_per_s == 2.765e12
+    assert "2.46e12" in CATALOG["v5p"].alternatives["hbm_bytes_per_s"]
+    assert "tpu_info" in CATALOG["v6e"].alternatives["mxus_per_core"]
+
+
+def test_v5e_bf16_ridge_is_about_240_flops_per_byte():
+    # Scaling book: v5e ridge ~240 FLOP/B (1.97e14 / 8.2e11).
+    assert CATALOG["v5e"].ridge_flops_per_byte("bf16") == pytest.approx(240, rel=0.01)
+
+
+def test_int8_ridges_double_bf16_where_int8_is_twice_as_fast():
+    for name in ("v5e", "v5p", "v6e"):
+        chip = CATALOG[name]
+        assert chip.ridge_flops_per_byte("int8") == pytest.approx(
+            chip.int8_ops_per_s / chip.hbm_bytes_per_s)
+        assert chip.ridge_flops_per_byte("int8") == pytest.approx(2 * chip.ridge_flops_per_byte("bf16"), rel=0.01)
+
+
+def test_dtype_the_chip_lacks_is_refused_with_the_supported_list():
+    with pytest.raises(ValueError, match=r"v5e.*fp8.*bf16"):
+        CATALOG["v5e"].peak_flops_per_s("fp8")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        CATALOG["v5e"].peak_flops_per_s("int3")
+    assert CATALOG["tpu7x"].peak_flops_per_s("fp8") == 4.614e15
+
+
+def test_per_core_values_split_megacore_chips():
+    v5p = CATALOG["v5p"]
+    assert v5p.megacore and v5p.tensor_cores_per_chip == 2
+    assert v5p.per_core_flops_per_s() == v5p.bf16_flops_per_s / 2
+    assert CATALOG["v5e"].per_core_flops_per_s() == CATALOG["v5e"].bf16_flops_per_s
+
+
+def test_vmem_and_mxu_match_pallas_docs():
+    mib = 1024**2
+    assert {n: CATALOG[n].vmem_bytes_per_core // mib for n in ("v4", "v5e", "v5p", "v6e", "tpu7x")} == {
+        "v4": 16, "v5e": 128, "v5p": 64, "v6e": 128, "tpu7x": 64}
+    assert CATALOG["v5e"].mxu_tile == 128 and CATALOG["v6e"].mxu_tile == 256
+
+
+def test_cpu_chip_from_a_saved_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(tmp_path))
+    cal = hardware.measure_cpu(matmul_n=128, copy_mib=4, repeats=3)
+    assert cal.f32_flops_per_s > 1e8 and cal.hbm_bytes_per_s > 1e8
+    hardware.save_cpu_calibration(cal)
+    chip = get_chip("cpu")
+    assert chip.f32_flops_per_s == cal.f32_flops_per_s
+    assert "perfmodel calibrate cpu" in chip.sources["f32_flops_per_s"]
+    assert math.isfinite(chip.ridge_flops_per_byte("f32"))
+
+
+def test_bad_calibration_sizes_name_the_argument():
+    with pytest.raises(ValueError, match="matmul_n=0"):
+        hardware.measure_cpu(matmul_n=0)

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perfmodel import ops
+from perfmodel import symbols as S
+
+dims = st.integers(min_value=1, max_value=1 << 14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=dims, D=dims, F=dims, E=st.integers(1, 64), k=st.integers(1, 8), glu=st.booleans())
+def test_numeric_evaluator_matches_sympy_substitution(T, D, F, E, k, glu):
+    cost = ops.get_op("moe_ffn_unfused", glu=glu)
+    vals = cost.evaluate(T=T, D=D, F=F, E=E, k=k, q=2)
+    subs = {S.T: T, S.D: D, S.F: F, S.E: E, S.k: k, S.q: 2}
+    assert vals.flops == pytest.approx(float(cost.flops.subs(subs)), rel=1e-12)
+    assert vals.hbm_bytes == pytest.approx(float(cost.hbm_bytes.subs(subs)), rel=1e-12)
+    assert vals.transcendentals == pytest.approx(float(cost.transcendentals.subs(subs)), rel=1e-12)
+
+
+def test_array_evaluation_matches_scalar_evaluation():
+    rng = np.random.default_rng(0)
+    M, K, N = (rng.integers(1, 5000, size=100) for _ in range(3))
+    cost = ops.get_op("matmul")
+    arr = cost.evaluate(M=M, K=K, N=N, dtype="bf16")
+    for i in (0, 17, 99):
+        one = cost.evaluate(M=int(M[i]), K=int(K[i]), N=int(N[i]), dtype="bf16")
+        assert arr.flops[i] == one.flops and arr.hbm_bytes[i] == one.hbm_bytes
+
+
+@pytest.mark.parametrize("glu", [False, True])
+def test_fusion_saves_exactly_the_intermediate_round_trip(glu):
+    # By hand, rows R = T k sorted by expert, intermediate [R, F] in q-byte elements:
+    #   non-GLU: write u, read u (act), write h, read h (down)          -> 4 R F q
+    #   GLU:     write u and g, read u and g, write h, read h            -> 6 R F q
+    #            plus the gate ragged_dot re-reads x                      -> + R D q
+    unfused = ops.moe_ffn_unfused(glu=glu)
+    fused = ops.moe_ffn_fused(glu=glu)
+    R = S.T * S.k
+    by_hand = (6 * R * S.F * S.q + R * S.D * S.q) if glu else 4 * R * S.F * S.q
+    assert sp.simplify(unfused.hbm_bytes - fused.hbm_bytes - by_hand) == 0
+    assert sp.simplify(unfused.flops - fused.flops) == 0
+    assert sp.simplify(unfused.transcendentals - fused.transcendentals) == 0
+
+
+def test_ragged_dot_ideal_flops_do_not_scale_with_groups():
+    cost = ops.ragged_dot()
+    assert sp.simplify(cost.flops - 2 * S.M * S.K * S.N) == 0
+    assert sp.simplify(cost.hbm_bytes - S.q * (S.M * S.K + S.G * S.K * S.N + S.M * S.N)) == 0
+
+
+@pytest.mark.parametrize("bad, value", [("D", 0), ("D", -3), ("D", 2.5), ("D", float("nan"))])
+def test_bad_dimensions_name_argument_and_value(bad, value):
+    kw = dict(T=128, D=256, F=512, E=8, k=2, q=2)
+    kw[bad] = value
+    with pytest.raises(ValueError, match=rf"{bad}="):
+        ops.get_op("moe_ffn_fused").evaluate(**kw)
+
+
+def test_missing_and_unknown_arguments_are_named():
+    with pytest.raises(ValueError, match=r"missing.*'N'"):
+        ops.get_op("matmul").evaluate(M=1, K=1, q=2)
+    with pytest.raises(ValueError, match=r"unknown.*'Z'"):
+        ops.get_op("matmul").evaluate(M=1, K=1, N=1, Z=3, q=2)
+    with pytest.raises(ValueError, match="known ops"):
+        ops.get_op("conv9d")
+    with pytest.raises(ValueError, match="activation"):
+        ops.activation(kind="swish7")
+
+
+def test_formula_renders_pretty_and_latex():
+    cost = ops.get_op("matmul")
+    assert "K" in cost.formula("flops") and r"K M N" in cost.formula("flops", latex=True)
+
+
+def test_attention_counts_the_full_square():
+    cost = ops.attention()
+    vals = cost.evaluate(B=1, T=1024, D=512, H=8, Hkv=8, Dh=64, q=2)
+    proj = 2 * 1024 * 512 * (3 * 512) + 2 * 1024 * 512 * 512
+    square = 4 * 1024 * 1024 * 8 * 64
+    assert vals.flops - 3 * 8 * 1024 * 1024 == proj + square

@@ -1,0 +1,65 @@
+"""Worked problems (scaling book style) with the numbers plugged in."""
+
+import numpy as np
+import pytest
+
+from perfmodel import predict, roofline
+from perfmodel.hardware import CATALOG
+
+
+def test_big_bf16_matmul_on_v5e_is_compute_bound():
+    # 8192^3 bf16: 2*8192^3 = 1.0995e12 FLOPs; 3*8192^2*2 B = 402.7 MB.
+    # compute 1.0995e12/1.97e14 = 5.58 ms > memory 4.027e8/8.19e11 = 0.49 ms.
+    p = predict("matmul", chip="v5e", M=8192, K=8192, N=8192)
+    r = p.roofline
+    assert r.flops == 2 * 8192**3
+    assert r.hbm_bytes == 3 * 8192**2 * 2
+    assert r.compute_s == pytest.approx(5.581e-3, rel=1e-3)
+    assert r.memory_s == pytest.approx(4.9164e-4, rel=1e-3)
+    assert r.lower_s == r.compute_s and r.upper_s == pytest.approx(r.compute_s + r.memory_s)
+    assert r.bound == "compute"
+    assert r.intensity_flops_per_byte == pytest.approx(8192 / 3)
+
+
+def test_batch_matmul_intensity_crosses_the_ridge_near_240_tokens():
+    # Scaling book: x[B,D] @ W[D,F] in bf16 has intensity ~B for B << D, F; on v5e
+    # it turns compute-bound once B exceeds ~240.
+    D = F = 16384
+    below = predict("matmul", chip="v5e", M=200, K=D, N=F).roofline
+    above = predict("matmul", chip="v5e", M=300, K=D, N=F).roofline
+    assert below.bound == "memory" and above.bound == "compute"
+    assert below.intensity_flops_per_byte == pytest.approx(2 * 200 * D * F / (2 * (200 * D + D * F + 200 * F)))
+
+
+def test_int8_weights_move_the_v5e_ridge_to_about_480():
+    chip = CATALOG["v5e"]
+    assert chip.ridge_flops_per_byte("int8") == pytest.approx(481, rel=0.01)
+    # an int8 matmul with intensity 400 is memory-bound on int8, compute-bound on bf16 peak.
+    r = roofline(400e9, 1e9, "v5e", "int8")
+    assert r.bound == "memory"
+    assert roofline(400e9, 1e9, "v5e", "bf16").bound == "compute"
+
+
+def test_decode_step_reading_weights_is_memory_bound_on_every_tpu():
+    # One decode step of a 8B-parameter bf16 model at batch 1: 16 GB of weights, 2*8e9 FLOPs.
+    for name in ("v4", "v5e", "v5p", "v6e", "tpu7x"):
+        r = roofline(2 * 8e9, 16e9, name)
+        assert r.bound == "memory"
+        assert r.lower_s == pytest.approx(16e9 / CATALOG[name].hbm_bytes_per_s)
+
+
+def test_array_inputs_give_array_results():
+    r = roofline(np.array([1e9, 1e15]), np.array([1e9, 1e6]), "v6e")
+    assert list(r.bound) == ["memory", "compute"]
+
+
+def test_unfused_moe_time_sums_its_kernels():
+    p = predict("moe_ffn_unfused", chip="v5e", T=4096, D=1024, F=4096, E=8, k=2, glu=True)
+    assert [n for n, _ in p.parts] == ["up", "gate", "act", "down"]
+    assert p.time_s == pytest.approx(sum(r.lower_s for _, r in p.parts))
+    assert p.time_s >= p.roofline.lower_s
+
+
+def test_predict_refuses_a_dtype_the_chip_lacks():
+    with pytest.raises(ValueError, match="fp8"):
+        predict("matmul", chip="v5e", dtype="fp8", M=1, K=1, N=1)
