@@ -1,0 +1,511 @@
+"""Fused MoE FFN Pallas TPU kernel: up [and gate] -> activation -> down in one kernel.
+
+Notation (scaling-book letters, kernel tiles ``tm, tf``)
+
+====== ==========================================================
+``T``  rows: tokens x chosen experts, sorted by expert (``x`` is ``[T, D]``)
+``D``  model width
+``F``  expert hidden width (``W_up``, ``W_gate``: ``[G, D, F]``; ``W_down``: ``[G, F, D]``)
+``G``  experts (groups); ``group_sizes[g]`` rows belong to expert ``g``
+``tm`` rows per token tile;  ``tf`` hidden columns per F chunk
+``q``  bytes per element of ``x`` and the weights (bf16: 2, f32: 4)
+====== ==========================================================
+
+Algorithm. Grid ``(S, F / tf)`` with ``S`` the number of (token tile, group)
+visits from :func:`make_group_metadata` (dynamic, ``T/tm <= S <= T/tm + G``).
+At step ``(s, j)`` the kernel holds the ``[tm, D]`` tile of ``x`` (its block
+index does not change across ``j``, so it is fetched once per visit), streams
+``W_up[g][:, j]`` (and ``W_gate``) ``[D, tf]`` and ``W_down[g][j, :]`` ``[tf, D]``,
+and computes in VMEM::
+
+    h   = act(x W_gate[g][:, j]) * (x W_up[g][:, j])   or   act(x W_up[g][:, j])    [tm, tf] f32
+    h   = where(row in group g, h, 0)                   (straddling tiles)
+    acc += h.astype(q) @ W_down[g][j, :]                [tm, D] f32 scratch
+
+A token tile that straddles groups is visited once per group on consecutive
+steps (megablox's scheme); its output block index stays the same across those
+visits, so ``acc`` is zeroed on the tile's first visit and stored to the output
+block once, on its last visit at the last F chunk: the output is written to HBM
+once per token tile and the ``[T, F]`` intermediate never leaves VMEM.
+
+Rows past ``sum(group_sizes)`` (and the padding rows of a last partial tile)
+form an extra "tail group" ``G`` in the metadata: its visits skip the compute
+and pin the ``x`` and weight block indices to the previous step's, so they cost
+no DMA; the tile is stored from the zeroed ``acc``, which makes those rows
+zero as ``jax.lax.ragged_dot`` does.
+
+HBM traffic of one call (what :func:`perfmodel.tiling.walker.walk` counts from
+:func:`fused_moe_spec`): ``x`` once per tile visit ``~ T D q``, the weights once
+per visit of a real group ``(2|3) D F q`` each, the output once ``T D q``.
+So weights are re-read ``ceil(rows_g / tm)`` times per expert: ``tm`` trades
+weight traffic against VMEM. Megacore: the visit axis must run in order (the
+output block is revisited), so both grid axes are ``"arbitrary"`` and on v4 /
+v5p the kernel uses one of the chip's two TensorCores.
+
+The kernel description (grid, BlockSpecs, index maps, VMEM footprint, per-step
+matmuls) is built once by :func:`fused_moe_spec`; the ``pallas_call`` uses its
+BlockSpecs, the tiling model walks it for ``pl.CostEstimate``,
+``vmem_limit_bytes`` and the default tiles.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from kernels.activations import (ffn_hidden, resolve_activation, transcendentals_per_element,
+                                 vpu_flops_per_element)
+from perfmodel.hardware import Chip, canonical_dtype, dtype_bytes, get_chip
+from perfmodel.tiling.spec import KernelSpec, Operand
+
+log = logging.getLogger(__name__)
+
+_MIB = 1 << 20
+VMEM_HEADROOM_BYTES = 4 * _MIB
+"""Added to the modelled footprint for Mosaic's internal scratch (vreg spills,
+relayouts) when setting ``vmem_limit_bytes``; the limit never exceeds the chip."""
+
+
+# --------------------------------------------------------------------------
+# Tiles
+# --------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class FusedTiles:
+    """Tile sizes of the fused kernel: ``tm`` rows per token tile, ``tf`` hidden columns per F chunk.
+
+    Alignment is checked here (``tm`` a multiple of 8 sublanes, ``tf`` of 128
+    lanes: the TPU (8, 128) block rule, since ``tf`` is the last dim of the
+    ``W_up`` block and ``tm`` the second-to-last of the ``x`` block);
+    divisibility and VMEM fit depend on the shape and chip and are checked by
+    :meth:`check_shape` and :func:`fused_moe_spec`.
+    """
+
+    tm: int
+    tf: int
+
+    def __attrs_post_init__(self):
+        for name in ("tm", "tf"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}={v!r} should be a positive int")
+        if self.tm % 8:
+            raise ValueError(f"tm={self.tm} should be a multiple of 8 (sublanes)")
+        if self.tf % 128:
+            raise ValueError(f"tf={self.tf} should be a multiple of 128 (lanes)")
+
+    def check_shape(self, *, F: int) -> None:
+        """F chunks must tile F exactly: a partial chunk would feed garbage columns to the down matmul."""
+        if F % self.tf:
+            raise ValueError(f"F={F} should be divisible by tf={self.tf}")
+
+
+# --------------------------------------------------------------------------
+# Group metadata
+# --------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class GroupMetadata:
+    """Scalar-prefetched schedule of (token tile, group) visits.
+
+    With ``tiles_m = ceil(T / tm)`` and ``S_max = tiles_m + G`` (array length):
+
+    * ``group_offsets [G + 2]``: ``group_offsets[g]`` is the first row of group
+      ``g``; entry ``G`` is ``sum(group_sizes)`` (clipped to ``T``) and entry
+      ``G + 1`` is ``tiles_m * tm``: rows ``[group_offsets[G], tiles_m tm)``
+      form the tail group ``G`` (no expert, output zero).
+    * ``group_ids [S_max]``: group visited at step ``s`` (``G`` = tail).
+    * ``m_tile_ids [S_max]``: token tile (output block) at step ``s``;
+      non-decreasing, so revisits of a tile are consecutive.
+    * ``x_tile_ids [S_max]``: ``x`` block loaded at step ``s``: ``m_tile_ids``
+      on real steps; on tail steps the last real step's tile (no new DMA).
+    * ``w_group_ids [S_max]``: weight group loaded at step ``s``: ``group_ids``
+      on real steps; on tail steps the last real step's group (no new DMA).
+    * ``tail_steps [S_max]``: 1 on tail steps (weight F chunk pinned to the
+      last), else 0.
+    * ``num_steps``: scalar, steps actually executed (``tiles_m <= num_steps <=
+      tiles_m + G``); entries past it are padding and never visited.
+    """
+
+    group_offsets: jax.Array
+    group_ids: jax.Array
+    m_tile_ids: jax.Array
+    x_tile_ids: jax.Array
+    w_group_ids: jax.Array
+    tail_steps: jax.Array
+    num_steps: jax.Array
+
+    def prefetch(self) -> tuple[jax.Array, ...]:
+        """Arrays in scalar-prefetch order (the order every index map and the kernel receive)."""
+        return (self.group_offsets, self.group_ids, self.m_tile_ids,
+                self.x_tile_ids, self.w_group_ids, self.tail_steps)
+
+
+def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int) -> GroupMetadata:
+    """Build the visit schedule for ``m`` rows in tiles of ``tm`` (pure jnp; numpy input works).
+
+    Follows megablox ``make_group_metadata`` (``visit_empty_groups=False``)
+    with one extra group ``G`` of size ``tiles_m tm - sum(group_sizes)`` for
+    the rows no expert owns, so every token tile is visited at least once and
+    its output written. Invariants: every tile is visited once by the group
+    owning its first row plus once per further group starting inside it; a
+    group with 0 rows is never visited; visits to a tile are consecutive.
+    """
+    group_sizes = jnp.asarray(group_sizes).astype(jnp.int32)
+    num_groups = group_sizes.shape[0]
+    tiles_m = -(-m // tm)
+    m_pad = tiles_m * tm
+    # Real group ends, clipped to m: rows past m do not exist (ragged_dot ignores them).
+    ends = jnp.minimum(jnp.cumsum(group_sizes), m).astype(jnp.int32)
+    total = ends[-1] if num_groups else jnp.int32(0)
+    ends = jnp.concatenate([ends, jnp.full((1,), m_pad, jnp.int32)])
+    starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
+    sizes = ends - starts  # [G + 1], tail group last; sums to m_pad
+    group_offsets = jnp.concatenate([starts, ends[-1:]])
+
+    # Tiles each group touches: its rows rounded out to tile boundaries; 0 if empty.
+    group_tiles = jnp.where(sizes == 0, 0, (ends + tm - 1) // tm - starts // tm)
+    num_slots = tiles_m + num_groups
+    group_ids = jnp.repeat(jnp.arange(num_groups + 1, dtype=jnp.int32), group_tiles,
+                           total_repeat_length=num_slots)
+
+    # A tile is visited once by the group owning its first row, plus once by each
+    # non-empty group starting strictly inside it.
+    starts_inside = (starts % tm != 0) & (sizes > 0)
+    extra = jnp.zeros((tiles_m,), jnp.int32).at[jnp.where(starts_inside, starts // tm, tiles_m)].add(
+        1, mode="drop")
+    m_tile_ids = jnp.repeat(jnp.arange(tiles_m, dtype=jnp.int32), extra + 1,
+                            total_repeat_length=num_slots)
+    num_steps = group_tiles.sum().astype(jnp.int32)
+
+    # Tail steps re-use the last real step's blocks (no DMA).
+    is_tail = group_ids == num_groups
+    last_real = jnp.maximum(total - 1, 0) // tm
+    nonempty = sizes[:num_groups] > 0
+    last_group = jnp.max(jnp.where(nonempty, jnp.arange(num_groups, dtype=jnp.int32), 0)) if num_groups else 0
+    x_tile_ids = jnp.where(is_tail, last_real, m_tile_ids).astype(jnp.int32)
+    w_group_ids = jnp.where(is_tail, last_group, group_ids).astype(jnp.int32)
+    return GroupMetadata(group_offsets=group_offsets, group_ids=group_ids, m_tile_ids=m_tile_ids,
+                         x_tile_ids=x_tile_ids, w_group_ids=w_group_ids,
+                         tail_steps=is_tail.astype(jnp.int32), num_steps=num_steps)
+
+
+# --------------------------------------------------------------------------
+# Index maps: (s, j, *prefetch) -> block indices. Arithmetic and indexing only,
+# so the same functions run under Pallas tracing and on numpy arrays (walker).
+# --------------------------------------------------------------------------
+def x_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps):
+    return x_tile_ids[s], 0
+
+
+def _f_chunk(s, j, tail_steps, *, tiles_f):
+    # Tail steps keep the last chunk, which the previous (real) step loaded.
+    return j + tail_steps[s] * (tiles_f - 1 - j)
+
+
+def w_in_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps, *,
+                   tiles_f):
+    """``W_up`` / ``W_gate`` ``[G, D, F]``, block ``(None, D, tf)``."""
+    return w_group_ids[s], 0, _f_chunk(s, j, tail_steps, tiles_f=tiles_f)
+
+
+def w_down_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps, *,
+                     tiles_f):
+    """``W_down`` ``[G, F, D]``, block ``(None, tf, D)``."""
+    return w_group_ids[s], _f_chunk(s, j, tail_steps, tiles_f=tiles_f), 0
+
+
+def out_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps):
+    return m_tile_ids[s], 0
+
+
+def compute_mask(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps):
+    """True where a step runs its matmuls (every step but the tail group's)."""
+    return 1 - tail_steps[s] > 0
+
+
+# --------------------------------------------------------------------------
+# Kernel description (one source of truth)
+# --------------------------------------------------------------------------
+def vmem_scratch_bytes(*, tm: int, tf: int, D: int, q: int, glu: bool) -> int:
+    """VMEM beyond the pipelined blocks, as a sum of named terms.
+
+    * ``acc``: f32 accumulator ``[tm, D]``: ``4 tm D``;
+    * projections held as f32 values ``[tm, tf]``: up (and gate) and h: ``4 tm tf`` each
+      (Mosaic keeps matmul results of this size in VMEM, not in vregs);
+    * ``h`` cast to the weight dtype for the down matmul: ``q tm tf``.
+    """
+    acc = 4 * tm * D
+    projections = (3 if glu else 2) * 4 * tm * tf
+    h_cast = q * tm * tf
+    return acc + projections + h_cast
+
+
+def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, glu: bool,
+                   activation: str | None = None, group_sizes=None,
+                   chip: str | Chip | None = None) -> KernelSpec:
+    """The fused kernel as a :class:`KernelSpec` for concrete ``group_sizes``.
+
+    ``group_sizes=None`` means ``G`` equal groups splitting ``T`` (the
+    representative used for ``pl.CostEstimate`` under ``jit``, where the real
+    sizes are traced). ``chip`` sets ``vmem_limit_bytes`` (footprint +
+    ``VMEM_HEADROOM_BYTES``, capped at the chip's VMEM); ``None`` leaves it unset.
+    """
+    activation = resolve_activation(activation, glu=glu)
+    dtype = canonical_dtype(dtype)
+    q = dtype_bytes(dtype)
+    tiles.check_shape(F=F)
+    tm, tf = tiles.tm, tiles.tf
+    tiles_f = F // tf
+    if group_sizes is None:
+        group_sizes = np.full((G,), T // G, np.int32)
+        group_sizes[: T % G] += 1
+    group_sizes = np.asarray(group_sizes, np.int32)
+    if group_sizes.shape != (G,):
+        raise ValueError(f"group_sizes.shape={group_sizes.shape} should be (G,)=({G},)")
+    with jax.ensure_compile_time_eval():  # concrete numbers even when called under jit
+        meta = make_group_metadata(group_sizes=group_sizes, m=T, tm=tm)
+        prefetch = tuple(np.asarray(a) for a in meta.prefetch())
+        num_steps = int(meta.num_steps)
+    w_in_map = functools.partial(w_in_index_map, tiles_f=tiles_f)
+    w_down_map = functools.partial(w_down_index_map, tiles_f=tiles_f)
+    operands = [Operand(name="x", shape=(T, D), dtype=dtype, block_shape=(tm, D), index_map=x_index_map,
+                        role="input"),
+                Operand(name="w_up", shape=(G, D, F), dtype=dtype, block_shape=(None, D, tf),
+                        index_map=w_in_map, role="input")]
+    if glu:
+        operands.append(Operand(name="w_gate", shape=(G, D, F), dtype=dtype, block_shape=(None, D, tf),
+                                index_map=w_in_map, role="input"))
+    operands += [Operand(name="w_down", shape=(G, F, D), dtype=dtype, block_shape=(None, tf, D),
+                         index_map=w_down_map, role="input"),
+                 Operand(name="out", shape=(T, D), dtype=dtype, block_shape=(tm, D), index_map=out_index_map,
+                         role="output")]
+    n_in = 2 if glu else 1
+    scratch = vmem_scratch_bytes(tm=tm, tf=tf, D=D, q=q, glu=glu)
+    spec = KernelSpec(
+        name=f"fused_moe_ffn[{'glu-' if glu else ''}{activation}]",
+        grid=(num_steps, tiles_f),
+        dimension_semantics=("arbitrary", "arbitrary"),
+        operands=tuple(operands),
+        prefetch=prefetch,
+        scratch_bytes=scratch,
+        step_matmuls=(((tm, D, tf),) * n_in) + ((tm, tf, D),),
+        step_vpu_flops=tm * tf * vpu_flops_per_element(activation, glu=glu),
+        step_transcendentals=tm * tf * transcendentals_per_element(activation),
+        compute_mask=compute_mask,
+        useful_flops=2 * int(min(group_sizes.sum(), T)) * D * F * (n_in + 1),
+        mxu_dtype=dtype,
+    )
+    if chip is not None:
+        spec = attrs.evolve(spec, vmem_limit_bytes=vmem_limit_bytes(spec, get_chip(chip)))
+    return spec
+
+
+def vmem_limit_bytes(spec: KernelSpec, chip: Chip) -> int:
+    """Scoped VMEM limit to request: modelled footprint + headroom, at most the chip's VMEM per core."""
+    return int(min(chip.vmem_bytes_per_core, spec.vmem_bytes + VMEM_HEADROOM_BYTES))
+
+
+# --------------------------------------------------------------------------
+# Kernel body
+# --------------------------------------------------------------------------
+def _fused_moe_kernel(group_offsets_ref, group_ids_ref, m_tile_ids_ref, x_tile_ids_ref, w_group_ids_ref,
+                      tail_steps_ref, x_ref, w_up_ref, *refs, tm: int, num_groups: int, num_slots: int,
+                      activation: str, glu: bool):
+    del x_tile_ids_ref, w_group_ids_ref, tail_steps_ref
+    if glu:
+        w_gate_ref, w_down_ref, out_ref, acc_ref = refs
+    else:
+        (w_down_ref, out_ref, acc_ref), w_gate_ref = refs, None
+    s, j = pl.program_id(0), pl.program_id(1)
+    num_steps, tiles_f = pl.num_programs(0), pl.num_programs(1)
+    tile = m_tile_ids_ref[s]
+    first_visit = jnp.logical_or(s == 0, m_tile_ids_ref[jnp.maximum(s - 1, 0)] != tile)
+    last_visit = jnp.logical_or(s == num_steps - 1, m_tile_ids_ref[jnp.minimum(s + 1, num_slots - 1)] != tile)
+    group = group_ids_ref[s]
+
+    @pl.when(jnp.logical_and(first_visit, j == 0))
+    def _zero_acc():
+        acc_ref[...] = jnp.zeros_like(acc_ref)
+
+    @pl.when(group < num_groups)  # the tail group computes nothing
+    def _accumulate():
+        x = x_ref[...]
+        up = jnp.dot(x, w_up_ref[...], preferred_element_type=jnp.float32)
+        gate = None if w_gate_ref is None else jnp.dot(x, w_gate_ref[...], preferred_element_type=jnp.float32)
+        h = ffn_hidden(up, gate, activation=activation)
+        # Rows of other groups (straddling tiles) and garbage rows of a partial last
+        # tile contribute nothing: select, so NaN/inf in those rows cannot leak.
+        rows = tile * tm + jax.lax.broadcasted_iota(jnp.int32, h.shape, 0)
+        in_group = jnp.logical_and(rows >= group_offsets_ref[group], rows < group_offsets_ref[group + 1])
+        h = jnp.where(in_group, h, 0.0).astype(w_down_ref.dtype)
+        acc_ref[...] += jnp.dot(h, w_down_ref[...], preferred_element_type=jnp.float32)
+
+    @pl.when(jnp.logical_and(last_visit, j == tiles_f - 1))
+    def _store():
+        out_ref[...] = acc_ref[...].astype(out_ref.dtype)
+
+
+# --------------------------------------------------------------------------
+# Wrapper
+# --------------------------------------------------------------------------
+_warned_interpret = False
+
+
+def resolve_interpret(interpret):
+    """``None``: real Mosaic on a TPU backend, TPU interpret mode elsewhere (logged once)."""
+    global _warned_interpret
+    if interpret is not None:
+        return interpret
+    if jax.default_backend() == "tpu":
+        return False
+    if not _warned_interpret:
+        log.warning("kernels.fused_moe: backend %r is not TPU; running the fused Pallas kernel in "
+                    "TPU interpret mode (pltpu.InterpretParams), which is slow and only checks semantics",
+                    jax.default_backend())
+        _warned_interpret = True
+    return pltpu.InterpretParams()
+
+
+def resolve_chip(chip) -> Chip:
+    """``None``: the chip of the default TPU device, or v5e when there is none (interpret mode)."""
+    if chip is not None:
+        return get_chip(chip)
+    dev = jax.devices()[0]
+    if dev.platform == "tpu":
+        return get_chip(dev.device_kind)
+    return get_chip("v5e")
+
+
+def _validate(x, group_sizes, w_up, w_down, w_gate):
+    if x.ndim != 2:
+        raise ValueError(f"x should be [T, D], got x.shape={x.shape}")
+    T, D = x.shape
+    if w_up.ndim != 3 or w_up.shape[1] != D:
+        raise ValueError(f"w_up should be [G, D={D}, F], got w_up.shape={w_up.shape}")
+    G, _, F = w_up.shape
+    if w_down.shape != (G, F, D):
+        raise ValueError(f"w_down.shape={w_down.shape} should be (G, F, D)={(G, F, D)}")
+    if w_gate is not None and w_gate.shape != w_up.shape:
+        raise ValueError(f"w_gate.shape={w_gate.shape} should equal w_up.shape={w_up.shape}")
+    if group_sizes.shape != (G,):
+        raise ValueError(f"group_sizes.shape={group_sizes.shape} should be (G,)=({G},)")
+    if not jnp.issubdtype(group_sizes.dtype, jnp.integer):
+        raise ValueError(f"group_sizes.dtype={group_sizes.dtype} should be an integer dtype")
+    for name, w in (("w_up", w_up), ("w_down", w_down), ("w_gate", w_gate)):
+        if w is not None and w.dtype != x.dtype:
+            raise ValueError(f"{name}.dtype={w.dtype} should equal x.dtype={x.dtype}")
+    canonical_dtype(x.dtype)
+    return T, D, F, G
+
+
+def fused_moe_ffn_forward(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None = None,
+                          tiles: FusedTiles | None = None, chip=None, interpret=None,
+                          check_vmem: bool = True):
+    """Forward of the fused kernel (no autodiff rule; use :func:`kernels.moe_ffn`).
+
+    ``x [T, D]`` sorted by expert, ``group_sizes [G]`` int, ``w_up`` / ``w_gate``
+    ``[G, D, F]``, ``w_down [G, F, D]``, all of ``x.dtype`` (bf16 or f32). Returns
+    ``[T, D]`` in ``x.dtype``; rows past ``sum(group_sizes)`` are zero.
+    ``tiles=None`` picks :func:`default_tiles` for ``chip``. ``check_vmem=False``
+    skips the model's VMEM-fit refusal (to let the compiler give its verdict).
+    """
+    T, D, F, G = _validate(x, group_sizes, w_up, w_down, w_gate)
+    glu = w_gate is not None
+    activation = resolve_activation(activation, glu=glu)
+    chip = resolve_chip(chip)
+    interpret = resolve_interpret(interpret)
+    if tiles is None:
+        tiles = default_tiles(T=T, D=D, F=F, G=G, dtype=x.dtype, glu=glu, chip=chip, activation=activation)
+    spec = fused_moe_spec(T=T, D=D, F=F, G=G, dtype=x.dtype, tiles=tiles, glu=glu, activation=activation,
+                          chip=chip)
+    if check_vmem and spec.vmem_bytes > chip.vmem_bytes_per_core:
+        raise ValueError(
+            f"tiles={tiles} need {spec.vmem_bytes / _MIB:.1f} MiB of VMEM (model) for T={T}, D={D}, F={F}, "
+            f"dtype={canonical_dtype(x.dtype)}, but {chip.name} has {chip.vmem_bytes_per_core / _MIB:.0f} MiB "
+            f"per core; use smaller tm or tf")
+    meta = make_group_metadata(group_sizes=group_sizes, m=T, tm=tiles.tm)
+    in_specs, out_specs = spec.pallas_block_specs()
+    kernel = functools.partial(_fused_moe_kernel, tm=tiles.tm, num_groups=G,
+                               num_slots=int(meta.group_ids.shape[0]), activation=activation, glu=glu)
+    weights = (w_up, w_gate, w_down) if glu else (w_up, w_down)
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((T, D), x.dtype),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=len(meta.prefetch()),
+            in_specs=in_specs,
+            out_specs=out_specs[0],
+            grid=(meta.num_steps, F // tiles.tf),
+            scratch_shapes=[pltpu.VMEM((tiles.tm, D), jnp.float32)],
+        ),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=spec.dimension_semantics,
+                                             vmem_limit_bytes=spec.vmem_limit_bytes),
+        cost_estimate=cost_estimate(spec, chip),
+        interpret=interpret,
+        name="fused_moe_ffn",
+    )(*meta.prefetch(), x, *weights)
+
+
+# --------------------------------------------------------------------------
+# Model hooks: cost estimate and default tiles
+# --------------------------------------------------------------------------
+def cost_estimate(spec: KernelSpec, chip: Chip) -> pl.CostEstimate | None:
+    """``pl.CostEstimate`` from the tiling model's walk of ``spec`` (executed, padded work and real HBM bytes)."""
+    cost = _walk(spec, chip)
+    if cost is None:  # TEMPORARY until perfmodel.tiling.walker lands
+        return None
+    return pl.CostEstimate(flops=int(cost.mxu_flops), transcendentals=int(cost.transcendentals),
+                           bytes_accessed=int(cost.hbm_bytes))
+
+
+def _walk(spec: KernelSpec, chip: Chip):
+    try:
+        from perfmodel.tiling.walker import walk
+    except ImportError:  # TEMPORARY until perfmodel.tiling.walker lands
+        return None
+    return walk(spec, chip)
+
+
+TM_CANDIDATES = (128, 256, 512, 1024)
+TF_CANDIDATES = (128, 256, 512, 1024, 2048)
+
+
+def candidate_tiles(*, T: int, F: int) -> list[FusedTiles]:
+    """Tiles worth considering: ``tm`` up to the first candidate covering ``T``; ``tf`` dividing ``F``."""
+    tms = [tm for tm in TM_CANDIDATES if tm < T] + [next((tm for tm in TM_CANDIDATES if tm >= T),
+                                                           TM_CANDIDATES[-1])]
+    tfs = [tf for tf in TF_CANDIDATES if F % tf == 0] or [F]
+    return [FusedTiles(tm=tm, tf=tf) for tm in dict.fromkeys(tms) for tf in tfs]
+
+
+@functools.lru_cache(maxsize=256)
+def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
+    chip = get_chip(chip_name)
+    best = None
+    for tiles in candidate_tiles(T=T, F=F):
+        spec = fused_moe_spec(T=T, D=D, F=F, G=G, dtype=dtype, tiles=tiles, glu=glu, activation=activation,
+                              chip=chip)
+        if spec.vmem_bytes > chip.vmem_bytes_per_core:
+            continue
+        cost = _walk(spec, chip)
+        time_s = -tiles.tm * tiles.tf if cost is None else cost.time_s  # TEMPORARY: largest fitting tiles
+        if best is None or time_s < best[0]:
+            best = (time_s, tiles)
+    if best is None:
+        raise ValueError(f"no candidate tiles fit {chip.name}'s VMEM for T={T}, D={D}, F={F}, dtype={dtype}")
+    return best[1]
+
+
+def default_tiles(*, T: int, D: int, F: int, G: int, dtype, glu: bool, chip, activation: str | None = None
+                  ) -> FusedTiles:
+    """Tiles with the least modelled time (tiling walker, equal groups) among candidates that fit VMEM."""
+    chip = get_chip(chip)
+    activation = resolve_activation(activation, glu=glu)
+    return _default_tiles(T, D, F, G, canonical_dtype(dtype), glu, chip.name, activation)
