@@ -78,6 +78,64 @@ class OperandTraffic:
     hbm_bytes: int
 
 
+@attrs.frozen(kw_only=True, eq=False)
+class StepProfile:
+    """The schedule reduced to what the time model needs, exactly.
+
+    Row ``i``: ``count[i]`` grid steps on core ``core[i]`` that each execute
+    ``step_flops[i]`` MXU FLOPs while ``dma_bytes[i]`` bytes in
+    ``dma_copies[i]`` block copies move in the background (next step's
+    inputs, previous step's outputs). Per core: steps, the unhidden first
+    fetch (prologue), the unhidden last writeback (epilogue), all traffic.
+    Re-timing with other :class:`TimingParams` needs no new walk.
+    """
+
+    cores: int
+    core: np.ndarray
+    step_flops: np.ndarray
+    dma_bytes: np.ndarray
+    dma_copies: np.ndarray
+    count: np.ndarray
+    steps_per_core: np.ndarray
+    prologue_bytes: np.ndarray
+    prologue_copies: np.ndarray
+    epilogue_bytes: np.ndarray
+    epilogue_copies: np.ndarray
+    total_bytes: np.ndarray
+    total_copies: np.ndarray
+    mxu_dtype: str
+
+
+def time_breakdown(profile: StepProfile, chip: Chip | str, params: TimingParams = DEFAULT) -> dict[str, float]:
+    """Pipelined time of a profile (module docstring); the slowest core's breakdown.
+
+    Returns ``time_s, launch_s, prologue_s, epilogue_s, pipelined_s, overhead_s,
+    compute_s, dma_s`` as floats.
+    """
+    chip = get_chip(chip)
+    launch_s = chip.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
+    step_overhead_s = (chip.grid_step_overhead_s or 0.0) if params.grid_step_overhead_s is None \
+        else params.grid_step_overhead_s
+    flops_per_s = chip.per_core_flops_per_s(profile.mxu_dtype) * params.mxu_efficiency
+    bw = chip.per_core_hbm_bytes_per_s() * params.hbm_efficiency
+    lat = params.dma_latency_s
+    compute = profile.step_flops / flops_per_s
+    dma = profile.dma_bytes / bw + profile.dma_copies * lat
+    cores = profile.cores
+    pipelined = np.bincount(profile.core, weights=profile.count * np.maximum(compute, dma), minlength=cores)
+    compute_total = np.bincount(profile.core, weights=profile.count * compute, minlength=cores)
+    prologue = profile.prologue_bytes / bw + profile.prologue_copies * lat
+    epilogue = profile.epilogue_bytes / bw + profile.epilogue_copies * lat
+    overhead = profile.steps_per_core * step_overhead_s
+    total = prologue + pipelined + overhead + epilogue
+    c = int(np.argmax(total))
+    return dict(
+        time_s=float(launch_s + total[c]), launch_s=float(launch_s), prologue_s=float(prologue[c]),
+        epilogue_s=float(epilogue[c]), pipelined_s=float(pipelined[c]), overhead_s=float(overhead[c]),
+        compute_s=float(compute_total[c]),
+        dma_s=float(profile.total_bytes[c] / bw + profile.total_copies[c] * lat))
+
+
 @attrs.frozen(kw_only=True)
 class KernelCost:
     """What :func:`walk` computes for one kernel on one chip (see module docstring)."""
@@ -104,6 +162,15 @@ class KernelCost:
     overhead_s: float
     compute_s: float
     dma_s: float
+    profile: StepProfile | None = attrs.field(default=None, repr=False, eq=False)
+
+    def retimed(self, params: TimingParams, chip: Chip | str | None = None) -> "KernelCost":
+        """The same walk timed with other constants (no new walk)."""
+        if self.profile is None:
+            chip = get_chip(chip or self.chip)
+            launch = chip.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
+            return attrs.evolve(self, time_s=launch, launch_s=launch)
+        return attrs.evolve(self, **time_breakdown(self.profile, chip or self.chip, params))
 
     @property
     def hbm_bytes(self) -> int:
@@ -186,6 +253,16 @@ def _core_assignment(spec: KernelSpec, chip: Chip, grid_idx) -> tuple[np.ndarray
     return np.zeros(steps, dtype=np.int64), 1
 
 
+def _unique_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of an int table and their counts (lexsort; faster than np.unique(axis=0))."""
+    order = np.lexsort(table.T[::-1])
+    srt = table[order]
+    start = np.ones(len(srt), dtype=bool)
+    start[1:] = np.any(srt[1:] != srt[:-1], axis=1)
+    first = np.flatnonzero(start)
+    return srt[first], np.diff(np.append(first, len(srt)))
+
+
 def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> KernelCost:
     """Walk every grid step of ``spec`` on ``chip``: bytes, FLOPs, steps, VMEM, time.
 
@@ -195,8 +272,6 @@ def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> 
     if chip.mxu_tile is None:
         raise ValueError(f"chip {chip.name!r} has no MXU; the tiling walker models TPUs only")
     launch_s = chip.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
-    step_overhead_s = (chip.grid_step_overhead_s or 0.0) if params.grid_step_overhead_s is None \
-        else params.grid_step_overhead_s
     n = spec.grid_steps
     if n == 0:
         return KernelCost(
@@ -250,38 +325,39 @@ def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> 
     step_useful = sum(2 * m * k * nn for m, k, nn in spec.step_matmuls)
     useful = spec.useful_flops if spec.useful_flops is not None else step_useful * n_active
 
-    flops_per_s = chip.per_core_flops_per_s(spec.mxu_dtype) * params.mxu_efficiency
-    bw = chip.per_core_hbm_bytes_per_s() * params.hbm_efficiency
-    compute = np.where(active, step_mxu / flops_per_s, 0.0)
     # DMA overlapped with step s: prefetch for s+1 and writeback of s-1 (same core).
-    next_read = np.zeros(n)
+    next_read = np.zeros(n, dtype=np.int64)
     next_read[:-1] = np.where(first_on_core[1:], 0, read_bytes[1:])
-    next_read_copies = np.zeros(n)
-    next_read_copies[:-1] = np.where(first_on_core[1:], 0, read_copies[1:])
-    prev_write = np.zeros(n)
+    next_copies = np.zeros(n, dtype=np.int64)
+    next_copies[:-1] = np.where(first_on_core[1:], 0, read_copies[1:])
+    prev_write = np.zeros(n, dtype=np.int64)
     prev_write[1:] = np.where(first_on_core[1:], 0, write_bytes[:-1])
-    prev_write_copies = np.zeros(n)
-    prev_write_copies[1:] = np.where(first_on_core[1:], 0, write_copies[:-1])
-    dma = (next_read + prev_write) / bw + (next_read_copies + prev_write_copies) * params.dma_latency_s
-    step = np.maximum(compute, dma)
+    prev_copies = np.zeros(n, dtype=np.int64)
+    prev_copies[1:] = np.where(first_on_core[1:], 0, write_copies[:-1])
+    # Exact compression: the time model only needs the distinct per-step
+    # (core, compute, DMA bytes, DMA copies) tuples and how often each occurs.
+    table = np.stack([core_sorted, active.astype(np.int64) * step_mxu, next_read + prev_write,
+                      next_copies + prev_copies], axis=1)
+    rows, counts = _unique_rows(table)
 
-    def per_core(x):
-        return np.bincount(core_sorted, weights=x, minlength=cores)
+    def per_core_int(x):
+        return np.bincount(core_sorted, weights=x, minlength=cores).astype(np.int64)
 
-    prologue = per_core(np.where(first_on_core, read_bytes / bw + read_copies * params.dma_latency_s, 0.0))
-    epilogue = per_core(np.where(last_on_core, write_bytes / bw + write_copies * params.dma_latency_s, 0.0))
-    pipelined = per_core(step)
-    overhead = per_core(np.full(n, step_overhead_s))
-    total = prologue + pipelined + overhead + epilogue
-    c = int(np.argmax(total))
-    total_dma = per_core((read_bytes + write_bytes) / bw + (read_copies + write_copies) * params.dma_latency_s)
+    profile = StepProfile(
+        cores=cores, core=rows[:, 0], step_flops=rows[:, 1], dma_bytes=rows[:, 2], dma_copies=rows[:, 3],
+        count=counts.astype(np.int64), steps_per_core=np.bincount(core_sorted, minlength=cores),
+        prologue_bytes=per_core_int(np.where(first_on_core, read_bytes, 0)),
+        prologue_copies=per_core_int(np.where(first_on_core, read_copies, 0)),
+        epilogue_bytes=per_core_int(np.where(last_on_core, write_bytes, 0)),
+        epilogue_copies=per_core_int(np.where(last_on_core, write_copies, 0)),
+        total_bytes=per_core_int(read_bytes + write_bytes),
+        total_copies=per_core_int(read_copies + write_copies),
+        mxu_dtype=spec.mxu_dtype)
     return KernelCost(
         name=spec.name, chip=chip.name, grid_steps=n, active_steps=n_active, cores=cores,
         hbm_read_bytes=int(read_bytes.sum()), hbm_write_bytes=int(write_bytes.sum()),
         operands=tuple(traffic), mxu_flops=step_mxu * n_active, useful_flops=int(useful),
         vpu_flops=spec.step_vpu_flops * n_active, transcendentals=spec.step_transcendentals * n_active,
         vmem_bytes=spec.vmem_bytes, vmem_limit_bytes=spec.vmem_limit_bytes,
-        time_s=float(launch_s + total[c]), launch_s=float(launch_s), prologue_s=float(prologue[c]),
-        epilogue_s=float(epilogue[c]), pipelined_s=float(pipelined[c]), overhead_s=float(overhead[c]),
-        compute_s=float(per_core(compute)[c]), dma_s=float(total_dma[c]),
+        profile=profile, **time_breakdown(profile, chip, params),
     )
