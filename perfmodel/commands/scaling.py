@@ -1,0 +1,132 @@
+"""Scaling-law commands: scaling fit, scaling optimal, scaling time-optimal, validate chinchilla."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
+
+
+def register(cli) -> None:
+    p = cli.subcommand("scaling", "fit", "fit dense and MoE scaling laws to training results (JSONL)",
+                       epilog="example: perfmodel scaling fit validation/results/arith_full.jsonl --out out/")
+    p.add_argument("results", help="JSONL file, one finished training run per line")
+    p.add_argument("--out", default=None, help="directory for scaling_fit.md/.json and plots "
+                                               "(default: next to RESULTS)")
+    p.add_argument("--loss", default="eval", choices=["eval", "train"],
+                   help="which final loss to fit (default: held-out eval loss)")
+    p.add_argument("--params", default="active_non_embedding",
+                   help="parameter count used as N (default active_non_embedding)")
+    p.add_argument("--resamples", type=int, default=500, help="bootstrap resamples (default 500)")
+    p.add_argument("--full-grid", action="store_true", help="4500-point initialisation grid (slower)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_fit)
+
+    p = cli.subcommand("scaling", "optimal", "compute-optimal parameters and tokens at a FLOP budget",
+                       epilog="example: perfmodel scaling optimal --compute 1e21 --law joint-moe --experts 8")
+    p.add_argument("--compute", type=float, required=True, help="training compute in FLOPs")
+    p.add_argument("--law", default="chinchilla", choices=LAWS)
+    p.add_argument("--experts", type=float, default=None,
+                   help="experts E (joint-moe; default: table over 1..64) or expansion rate (fine-grained, "
+                        "default 64); with --law fitted selects the MoE fit")
+    p.add_argument("--granularity", type=float, default=8.0, help="fine-grained law granularity G (default 8)")
+    p.add_argument("--results", default=None, help="results JSONL for --law fitted")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_optimal)
+
+    p = cli.subcommand("scaling", "time-optimal",
+                       "time-optimal vs FLOP-optimal model size on a chip for a time budget (dense and MoE)",
+                       epilog="example: perfmodel scaling time-optimal --chip v5e --hours 24 --experts 8")
+    p.add_argument("--chip", default="v5e")
+    p.add_argument("--hours", type=float, default=24.0, help="time budget in chip-hours (default 24)")
+    p.add_argument("--experts", type=int, default=8, help="experts of the MoE (top-1; default 8)")
+    p.add_argument("--ffn", default="unfused", choices=["unfused", "fused"],
+                   help="MoE FFN kernel: ragged_dot (unfused) or fused at ideal traffic")
+    p.add_argument("--tokens-per-chip-step", type=int, default=16384,
+                   help="tokens per chip per training step (default 16384)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_time_optimal)
+
+    p = cli.subcommand("validate", "chinchilla",
+                       "refit Chinchilla's 245 points with Epoch AI's protocol and compare with their estimates")
+    p.add_argument("--full-grid", action="store_true", help="Epoch's 4500-point initialisation grid")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="directory for chinchilla_refit.md/.json "
+                                               "(default validation/results)")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.set_defaults(func=_validate_chinchilla)
+
+
+def _positive(name: str, value) -> None:
+    import math
+
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite positive number, got {name}={value!r}")
+
+
+def _validate_chinchilla(args) -> int:
+    from perfmodel.scaling import fit as F
+    from validation import chinchilla as V
+
+    _positive("--resamples", args.resamples)
+    r = V.refit(grid=F.FULL_GRID if args.full_grid else F.SMALL_GRID, n_resamples=args.resamples, seed=args.seed)
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(V.__file__).resolve().parent / "results"
+    md, js = V.write_reports(r, out)
+    if args.json:
+        print(json.dumps(V.report_json(r), indent=2))
+    else:
+        print(V.report_markdown(r))
+        print(f"wrote {md} and {js}")
+    return 0 if r.ok else 1
+
+
+def _optimal(args) -> int:
+    from perfmodel.scaling import optimal as O
+    from perfmodel.tables import text_table
+
+    _positive("--compute", args.compute)
+    rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=args.granularity,
+                          results=args.results)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    print(f"compute-optimal allocation at C = {args.compute:.3g} FLOPs ({args.law})")
+    print(text_table(O.ROW_HEADERS, [r.cells() for r in rows]))
+    for note in O.notes(args.law):
+        print(note)
+    return 0
+
+
+def _time_optimal(args) -> int:
+    from perfmodel.scaling import hardware_aware as H
+    from perfmodel.tables import text_table
+
+    _positive("--hours", args.hours)
+    res = H.compare(chip=args.chip, time_s=args.hours * 3600, n_experts=args.experts, ffn=args.ffn,
+                    tokens_per_step=args.tokens_per_chip_step)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in res], indent=2))
+        return 0
+    print(f"time budget {args.hours:g} chip-hours on {res[0].chip}; loss from the joint MoE law "
+          "(Ludziejewski et al. 2025); step time from perfmodel roofline (decoder_train_step)")
+    print(text_table(H.HEADERS, [r.cells() for r in res]))
+    print(H.ASSUMPTIONS)
+    return 0
+
+
+def _fit(args) -> int:
+    from perfmodel.scaling import fit as F
+    from perfmodel.scaling import study
+
+    _positive("--resamples", args.resamples)
+    results = pathlib.Path(args.results)
+    out = pathlib.Path(args.out) if args.out else results.parent
+    s = study.run_study(results, loss=args.loss, params_key=args.params, n_resamples=args.resamples,
+                        grid=F.FULL_GRID if args.full_grid else F.SMALL_GRID, seed=args.seed)
+    paths = study.write_outputs(s, out, plots=not args.no_plots)
+    print(study.report_markdown(s))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

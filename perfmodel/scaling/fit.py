@@ -1,0 +1,382 @@
+"""Fitting scaling laws to runs: Approach 3, Approach 2, bootstrap intervals.
+
+**Approach 3** (Hoffmann et al. 2022; protocol as refit by Besiroglu et al.
+2024, Epoch AI) fits ``L = E_irr + A / N^alpha + B / D^beta`` in the
+log-sum-exp form with ``A = exp(a_), B = exp(b_), E_irr = exp(e)``::
+
+    log L_hat = LSE(a_ - alpha log N, b_ - beta log D, e)
+    objective = sum_i Huber_delta(log L_hat_i - log L_i),  delta = 1e-3
+
+minimised with BFGS (analytic gradient; ``method="L-BFGS-B"`` for Epoch's
+exact choice) from every point of a grid of initialisations; the best end
+point wins. Both reach the same optimum on Chinchilla's points (objective
+equal to 1e-15); BFGS is the default because scipy's L-BFGS-B calls
+multi-threaded BLAS on 5-vectors and slows down ~15x on a loaded machine. The Huber loss is **summed**, not
+averaged: a mean shrinks the gradient by 1/n and L-BFGS stops early on its
+gradient tolerance.
+
+**Approach 2**: for each compute budget, fit a parabola of loss against
+``log N``; its vertex is that budget's N_opt (and ``D_opt = C / (c N_opt)``
+with ``c`` the runs' own ``C / (N D)``); then least-squares power laws
+``N_opt = k_N C^a`` and ``D_opt = k_D C^b`` in log space.
+
+**Bootstrap**: resample runs with replacement (within each budget for
+Approach 2), refit, and report percentile intervals for every constant and
+for derived quantities (a, b, N_opt, D_opt, D/N, L* at given budgets).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+from scipy import optimize
+
+from perfmodel.scaling.laws import ChinchillaLaw
+
+HUBER_DELTA = 1e-3
+
+
+@attrs.frozen(kw_only=True)
+class InitGrid:
+    """Grid of L-BFGS starting points for (e, a_, b_, alpha, beta) in the log-sum-exp form."""
+
+    e: tuple[float, ...]
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    alpha: tuple[float, ...]
+    beta: tuple[float, ...]
+
+    def points(self) -> np.ndarray:
+        """``[n_points, 5]`` array of (e, a_, b_, alpha, beta)."""
+        return np.array(list(itertools.product(self.e, self.a, self.b, self.alpha, self.beta)), float)
+
+    @property
+    def size(self) -> int:
+        return len(self.e) * len(self.a) * len(self.b) * len(self.alpha) * len(self.beta)
+
+
+FULL_GRID = InitGrid(e=(-1.0, -0.5, 0.0, 0.5, 1.0), a=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+                     b=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0), alpha=(0.0, 0.5, 1.0, 1.5, 2.0),
+                     beta=(0.0, 0.5, 1.0, 1.5, 2.0))
+"""Hoffmann et al. / Epoch's grid: 4500 starting points."""
+
+SMALL_GRID = InitGrid(e=(-1.0, 0.5), a=(0.0, 5.0, 10.0), b=(0.0, 5.0, 10.0), alpha=(0.0, 0.5),
+                      beta=(0.0, 0.5))
+"""A 72-point subset of :data:`FULL_GRID` (fast default; the full grid is a CLI option)."""
+
+
+def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Huber loss: ``r^2/2`` for ``|r| <= delta``, else ``delta (|r| - delta/2)``."""
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def approach3_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
+                        delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
+    """Summed Huber loss of log-loss residuals and its gradient w.r.t. (e, a_, b_, alpha, beta)."""
+    e, a, b, al, be = theta
+    z = np.stack([a - al * log_n, b - be * log_d, np.full_like(log_n, e)])  # [3, n]
+    zmax = z.max(axis=0)
+    w = np.exp(z - zmax)
+    s = w.sum(axis=0)
+    pred = zmax + np.log(s)
+    w /= s  # softmax weights = d pred / d z
+    r = pred - log_l
+    g_r = np.clip(r, -delta, delta)  # Huber derivative
+    grad = np.array([
+        np.dot(g_r, w[2]), np.dot(g_r, w[0]), np.dot(g_r, w[1]),
+        -np.dot(g_r, w[0] * log_n), -np.dot(g_r, w[1] * log_d)])
+    return float(huber(r, delta).sum()), grad
+
+
+@attrs.frozen(kw_only=True)
+class Approach3Fit:
+    """Best Approach-3 fit: the law, the objective, and how the search went."""
+
+    law: ChinchillaLaw
+    log_constants: tuple[float, float, float, float, float]  # (e, a_, b_, alpha, beta)
+    objective: float
+    n_points: int
+    n_inits: int
+    n_converged: int
+
+
+def _check_runs(params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, d, l = (np.asarray(x, float).ravel() for x in (params, tokens, loss))
+    if not (n.size == d.size == l.size):
+        raise ValueError(f"params, tokens, loss must have equal lengths, got {n.size}, {d.size}, {l.size}")
+    for name, x in (("params", n), ("tokens", d), ("loss", l)):
+        bad = ~np.isfinite(x) | (x <= 0)
+        if bad.any():
+            raise ValueError(f"{name} must be finite and positive; {int(bad.sum())} bad value(s), "
+                             f"first at index {int(np.argmax(bad))}: {x[bad][0]!r}")
+    if n.size < 5:
+        raise ValueError(f"Approach 3 fits 5 constants; need at least 5 runs, got {n.size}")
+    return n, d, l
+
+
+def fit_approach3(params, tokens, loss, *, grid: InitGrid | np.ndarray = SMALL_GRID,
+                  delta: float = HUBER_DELTA, flops_per_param_token: float = 6.0,
+                  name: str = "fitted", method: str = "BFGS") -> Approach3Fit:
+    """Fit ``L = E_irr + A/N^alpha + B/D^beta`` by Huber/L-BFGS from every grid point.
+
+    ``params`` = N (the parameters that cost FLOPs), ``tokens`` = D, ``loss`` =
+    final loss per run. ``grid`` is an :class:`InitGrid` or an ``[n, 5]`` array
+    of starting points (e, a_, b_, alpha, beta). Starting points that diverge
+    are skipped; raises if none converges to a finite objective. ``method`` is
+    ``"BFGS"`` or ``"L-BFGS-B"`` (scipy.optimize.minimize).
+    """
+    if method not in ("BFGS", "L-BFGS-B"):
+        raise ValueError(f"method must be 'BFGS' or 'L-BFGS-B', got {method=!r}")
+    options = dict(maxiter=1000, gtol=1e-10)
+    if method == "L-BFGS-B":
+        options["ftol"] = 1e-15
+    n, d, l = _check_runs(params, tokens, loss)
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
+    starts = grid.points() if isinstance(grid, InitGrid) else np.atleast_2d(np.asarray(grid, float))
+    best, best_val, converged = None, math.inf, 0
+    for x0 in starts:
+        res = optimize.minimize(approach3_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
+                                method=method, options=options)
+        if not np.all(np.isfinite(res.x)) or not math.isfinite(res.fun):
+            continue
+        # BFGS reports "precision loss" at a flat optimum of the Huber sum; count a small gradient as converged.
+        converged += bool(res.success or np.max(np.abs(res.jac)) < 1e-8)
+        if res.fun < best_val:
+            best, best_val = res.x, float(res.fun)
+    if best is None:
+        raise RuntimeError("Approach 3: no starting point reached a finite objective")
+    e, a, b, al, be = (float(v) for v in best)
+    if al <= 0 or be <= 0:
+        raise RuntimeError(f"Approach 3 converged to non-positive exponents alpha={al:.4g}, beta={be:.4g}: "
+                           "the runs do not constrain both N and D (vary N and D independently)")
+    law = ChinchillaLaw(name=name, E_irr=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=al, beta=be,
+                        flops_per_param_token=flops_per_param_token)
+    return Approach3Fit(law=law, log_constants=(e, a, b, al, be), objective=best_val, n_points=n.size,
+                        n_inits=len(starts), n_converged=converged)
+
+
+# ---------------------------------------------------------------- Approach 2
+
+
+@attrs.frozen(kw_only=True)
+class IsoFlopFit:
+    """One budget's parabola ``L = p0 + p1 x + p2 x^2`` with ``x = ln N``, and its vertex."""
+
+    budget_flops: float
+    coeffs: tuple[float, float, float]  # (p0, p1, p2)
+    params_opt: float
+    tokens_opt: float
+    loss_opt: float
+    n_runs: int
+    vertex_inside: bool  # vertex within the sampled N range (else an extrapolation)
+
+
+@attrs.frozen(kw_only=True)
+class PowerLaw:
+    """``y = coef * C^exponent`` fitted in log space."""
+
+    coef: float
+    exponent: float
+
+    def __call__(self, compute_flops):
+        return self.coef * np.asarray(compute_flops, float) ** self.exponent
+
+
+@attrs.frozen(kw_only=True)
+class Approach2Fit:
+    isoflops: tuple[IsoFlopFit, ...]
+    params_law: PowerLaw  # N_opt(C); exponent a
+    tokens_law: PowerLaw  # D_opt(C); exponent b
+    loss_law: PowerLaw | None  # L*(C) as a pure power law (None if not positive)
+
+
+def fit_isoflop(budget_flops: float, params, tokens, loss, compute_flops=None) -> IsoFlopFit:
+    """Parabola in ln N through one budget's runs; ``D_opt = C / (c N_opt)``, ``c`` = median C/(N D)."""
+    n, d, l = (np.asarray(x, float) for x in (params, tokens, loss))
+    if n.size < 3:
+        raise ValueError(f"budget {budget_flops:.3g} FLOPs has {n.size} run(s); a parabola needs at least 3")
+    x = np.log(n)
+    if np.ptp(x) == 0:
+        raise ValueError(f"budget {budget_flops:.3g} FLOPs: all runs have the same N")
+    p2, p1, p0 = np.polyfit(x, l, 2)
+    if not p2 > 0:
+        raise ValueError(f"budget {budget_flops:.3g} FLOPs: loss vs ln N is not convex (curvature {p2:.3g}); "
+                         "the runs do not bracket a minimum")
+    xv = -p1 / (2 * p2)
+    c = budget_flops if compute_flops is None else np.asarray(compute_flops, float)
+    c_per = float(np.median(np.broadcast_to(c, n.shape) / (n * d)))
+    n_opt = math.exp(xv)
+    return IsoFlopFit(budget_flops=float(budget_flops), coeffs=(float(p0), float(p1), float(p2)),
+                      params_opt=n_opt, tokens_opt=float(budget_flops) / (c_per * n_opt),
+                      loss_opt=float(p0 - p1 * p1 / (4 * p2)), n_runs=int(n.size),
+                      vertex_inside=bool(x.min() <= xv <= x.max()))
+
+
+def _power_law(c, y) -> PowerLaw:
+    slope, intercept = np.polyfit(np.log(c), np.log(y), 1)
+    return PowerLaw(coef=float(math.exp(intercept)), exponent=float(slope))
+
+
+def fit_approach2(budget_flops, params, tokens, loss, compute_flops=None) -> Approach2Fit:
+    """IsoFLOP parabolas per distinct ``budget_flops`` value, then power laws in C.
+
+    ``budget_flops`` labels each run with its nominal budget (runs sharing a
+    label form one IsoFLOP curve); ``compute_flops`` is each run's actual
+    compute (defaults to the label). Needs at least 2 budgets for a power law.
+    """
+    budget = np.asarray(budget_flops, float)
+    n, d, l = (np.asarray(x, float) for x in (params, tokens, loss))
+    cf = budget if compute_flops is None else np.asarray(compute_flops, float)
+    levels = np.unique(budget)
+    if levels.size < 2:
+        raise ValueError(f"Approach 2 needs at least 2 compute budgets, got {levels.size}")
+    fits = tuple(fit_isoflop(c, n[budget == c], d[budget == c], l[budget == c], cf[budget == c])
+                 for c in levels)
+    cs = np.array([f.budget_flops for f in fits])
+    loss_opt = np.array([f.loss_opt for f in fits])
+    return Approach2Fit(
+        isoflops=fits, params_law=_power_law(cs, [f.params_opt for f in fits]),
+        tokens_law=_power_law(cs, [f.tokens_opt for f in fits]),
+        loss_law=_power_law(cs, loss_opt) if np.all(loss_opt > 0) else None)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+@attrs.frozen(kw_only=True)
+class Interval:
+    """Point estimate with a percentile bootstrap interval at ``level``."""
+
+    point: float
+    low: float
+    high: float
+    level: float
+    n_resamples: int
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.point:.4g} [{self.low:.4g}, {self.high:.4g}]"
+
+
+def _interval(point: float, samples: Sequence[float], level: float) -> Interval:
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    lo, hi = (np.quantile(s, [(1 - level) / 2, (1 + level) / 2]) if s.size else (math.nan, math.nan))
+    return Interval(point=float(point), low=float(lo), high=float(hi), level=level, n_resamples=int(s.size))
+
+
+@attrs.frozen(kw_only=True)
+class Approach3Bootstrap:
+    """Intervals for the constants and for derived quantities at ``budgets_flops``."""
+
+    fit: Approach3Fit
+    E_irr: Interval
+    A: Interval
+    B: Interval
+    alpha: Interval
+    beta: Interval
+    a: Interval
+    b: Interval
+    budgets_flops: tuple[float, ...]
+    params_opt: tuple[Interval, ...]
+    tokens_opt: tuple[Interval, ...]
+    tokens_per_param: tuple[Interval, ...]
+    loss_opt: tuple[Interval, ...]
+    samples: np.ndarray = attrs.field(repr=False)  # [n_ok, 5] (E_irr, A, B, alpha, beta)
+
+
+def bootstrap_approach3(params, tokens, loss, *, fit: Approach3Fit | None = None, n_resamples: int = 200,
+                        level: float = 0.95, seed: int = 0, budgets_flops: Sequence[float] = (),
+                        grid: InitGrid | np.ndarray | None = None,
+                        delta: float = HUBER_DELTA) -> Approach3Bootstrap:
+    """Refit Approach 3 on ``n_resamples`` resamples of the runs (with replacement).
+
+    Each refit starts from the full-data optimum (plus ``grid`` if given),
+    which is what keeps resamples cheap. Intervals are percentile intervals.
+    """
+    n, d, l = _check_runs(params, tokens, loss)
+    fit = fit or fit_approach3(n, d, l, delta=delta)
+    starts = np.atleast_2d(fit.log_constants)
+    if grid is not None:
+        starts = np.vstack([starts, grid.points() if isinstance(grid, InitGrid) else grid])
+    rng = np.random.default_rng(seed)
+    cf = fit.law.flops_per_param_token
+    rows, laws_ = [], []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n.size, n.size)
+        try:
+            f = fit_approach3(n[idx], d[idx], l[idx], grid=starts, delta=delta, flops_per_param_token=cf)
+        except (RuntimeError, ValueError):
+            continue
+        rows.append(f.law.constants)
+        laws_.append(f.law)
+    samples = np.array(rows, float).reshape(-1, 5)
+    law = fit.law
+    s = law.alpha + law.beta
+    budgets = tuple(float(c) for c in budgets_flops)
+    opt_point = law.optimal(np.array(budgets)) if budgets else None
+    opt_s = [lw.optimal(np.array(budgets)) for lw in laws_] if budgets else []
+
+    def per_budget(attr):
+        if not budgets:
+            return ()
+        return tuple(_interval(float(np.atleast_1d(getattr(opt_point, attr))[i]),
+                               [float(np.atleast_1d(getattr(o, attr))[i]) for o in opt_s], level)
+                     for i in range(len(budgets)))
+
+    al, be = samples[:, 3], samples[:, 4]
+    return Approach3Bootstrap(
+        fit=fit, E_irr=_interval(law.E_irr, samples[:, 0], level), A=_interval(law.A, samples[:, 1], level),
+        B=_interval(law.B, samples[:, 2], level), alpha=_interval(law.alpha, al, level),
+        beta=_interval(law.beta, be, level), a=_interval(law.beta / s, be / (al + be), level),
+        b=_interval(law.alpha / s, al / (al + be), level), budgets_flops=budgets,
+        params_opt=per_budget("params"), tokens_opt=per_budget("tokens"),
+        tokens_per_param=per_budget("tokens_per_param"), loss_opt=per_budget("loss"), samples=samples)
+
+
+@attrs.frozen(kw_only=True)
+class Approach2Bootstrap:
+    fit: Approach2Fit
+    a: Interval  # exponent of N_opt(C)
+    b: Interval  # exponent of D_opt(C)
+    params_opt: tuple[Interval, ...]  # per budget of the fit
+    tokens_opt: tuple[Interval, ...]
+    loss_opt: tuple[Interval, ...]
+
+
+def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, *, n_resamples: int = 200,
+                        level: float = 0.95, seed: int = 0) -> Approach2Bootstrap:
+    """Resample runs within each budget, refit parabolas and power laws; percentile intervals."""
+    budget = np.asarray(budget_flops, float)
+    n, d, l = (np.asarray(x, float) for x in (params, tokens, loss))
+    cf = budget if compute_flops is None else np.asarray(compute_flops, float)
+    fit = fit_approach2(budget, n, d, l, cf)
+    groups = [np.flatnonzero(budget == c) for c in np.unique(budget)]
+    rng = np.random.default_rng(seed)
+    a_s, b_s, n_s, d_s, l_s = [], [], [], [], []
+    for _ in range(n_resamples):
+        idx = np.concatenate([rng.choice(g, g.size) for g in groups])
+        try:
+            f = fit_approach2(budget[idx], n[idx], d[idx], l[idx], cf[idx])
+        except ValueError:
+            continue  # a resample with < 3 distinct N or a non-convex parabola
+        a_s.append(f.params_law.exponent)
+        b_s.append(f.tokens_law.exponent)
+        n_s.append([x.params_opt for x in f.isoflops])
+        d_s.append([x.tokens_opt for x in f.isoflops])
+        l_s.append([x.loss_opt for x in f.isoflops])
+    k = len(fit.isoflops)
+    n_s, d_s, l_s = (np.array(v, float).reshape(-1, k) for v in (n_s, d_s, l_s))
+    return Approach2Bootstrap(
+        fit=fit, a=_interval(fit.params_law.exponent, a_s, level),
+        b=_interval(fit.tokens_law.exponent, b_s, level),
+        params_opt=tuple(_interval(x.params_opt, n_s[:, i], level) for i, x in enumerate(fit.isoflops)),
+        tokens_opt=tuple(_interval(x.tokens_opt, d_s[:, i], level) for i, x in enumerate(fit.isoflops)),
+        loss_opt=tuple(_interval(x.loss_opt, l_s[:, i], level) for i, x in enumerate(fit.isoflops)))

@@ -1,0 +1,96 @@
+"""Approach 3 / Approach 2 / bootstrap on synthetic runs drawn from a known law."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import optimize
+
+from perfmodel.scaling import fit as F
+from perfmodel.scaling.laws import ChinchillaLaw
+
+TRUE = ChinchillaLaw(E_irr=1.2, A=40.0, B=300.0, alpha=0.4, beta=0.3)
+BUDGETS = (1e12, 3e12, 1e13, 3e13)
+
+
+def isoflop_runs(law=TRUE, budgets=BUDGETS, per_budget=7, noise=0.0, seed=0):
+    """Runs on IsoFLOP curves around each budget's optimum (N spread over +-1 decade)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        n0 = float(law.optimal(c).params)
+        for n in n0 * np.logspace(-1, 1, per_budget):
+            d = c / (6 * n)
+            rows.append((c, n, d, float(law.loss(n, d)) * math.exp(noise * rng.standard_normal())))
+    return tuple(np.array(x) for x in zip(*rows))
+
+
+def test_objective_gradient_matches_finite_differences():
+    c, n, d, l = isoflop_runs(noise=0.01)
+    theta = np.array([0.1, 3.0, 5.0, 0.35, 0.25])
+    args = (np.log(n), np.log(d), np.log(l))
+    numeric = optimize.approx_fprime(theta, lambda t: F.approach3_objective(t, *args)[0], 1e-7)
+    # Finite differences straddle the Huber kink for a few residuals: 1e-3 relative agreement.
+    np.testing.assert_allclose(F.approach3_objective(theta, *args)[1], numeric, rtol=1e-3, atol=1e-8)
+
+
+def test_huber_is_quadratic_then_linear():
+    r = np.array([0.0, 5e-4, -5e-4, 1e-2])
+    np.testing.assert_allclose(F.huber(r), [0.0, 1.25e-7, 1.25e-7, 1e-3 * (1e-2 - 5e-4)])
+
+
+def test_approach3_recovers_known_law_from_exact_data():
+    c, n, d, l = isoflop_runs()
+    f = F.fit_approach3(n, d, l)
+    got = f.law
+    assert math.isclose(got.alpha, TRUE.alpha, rel_tol=1e-3)
+    assert math.isclose(got.beta, TRUE.beta, rel_tol=1e-3)
+    assert math.isclose(got.E_irr, TRUE.E_irr, rel_tol=1e-3)
+    assert f.objective < 1e-10
+
+
+def test_approach2_exponents_match_law_derivation():
+    c, n, d, l = isoflop_runs(per_budget=9)
+    f = F.fit_approach2(c, n, d, l)
+    a_true = TRUE.beta / (TRUE.alpha + TRUE.beta)
+    # Parabolas in ln N approximate a non-quadratic curve: vertices are close, not exact.
+    assert abs(f.params_law.exponent - a_true) < 0.02
+    assert abs(f.tokens_law.exponent - (1 - a_true)) < 0.02
+    for iso in f.isoflops:
+        o = TRUE.optimal(iso.budget_flops)
+        assert abs(math.log(iso.params_opt / float(o.params))) < 0.1
+        assert iso.vertex_inside
+        assert math.isclose(iso.loss_opt, float(o.loss), rel_tol=2e-3)
+
+
+def test_bootstrap_intervals_cover_truth_on_noisy_data():
+    c, n, d, l = isoflop_runs(noise=0.005, per_budget=9, seed=1)
+    b = F.bootstrap_approach3(n, d, l, n_resamples=30, budgets_flops=(1e14,))
+    assert b.alpha.n_resamples >= 25
+    assert b.a.low <= TRUE.beta / (TRUE.alpha + TRUE.beta) <= b.a.high
+    assert b.params_opt[0].low < b.params_opt[0].point < b.params_opt[0].high
+    b2 = F.bootstrap_approach2(c, n, d, l, n_resamples=30)
+    assert b2.a.low <= b2.a.point <= b2.a.high
+    assert len(b2.params_opt) == len(BUDGETS)
+
+
+def test_bad_inputs_are_named():
+    c, n, d, l = isoflop_runs()
+    l = l.copy()
+    l[3] = np.nan
+    with pytest.raises(ValueError, match="loss must be finite"):
+        F.fit_approach3(n, d, l)
+    with pytest.raises(ValueError, match="at least 2 compute budgets"):
+        F.fit_approach2(np.full(5, 1e12), n[:5], d[:5], l[:5])
+    with pytest.raises(ValueError, match="at least 3"):
+        F.fit_isoflop(1e12, n[:2], d[:2], l[:2])
+    with pytest.raises(ValueError, match="method"):
+        F.fit_approach3(n, d, np.abs(l), method="nelder")
+
+
+def test_lbfgs_and_bfgs_agree():
+    c, n, d, l = isoflop_runs(noise=0.01)
+    grid = F.SMALL_GRID.points()[[0, -1]]
+    a = F.fit_approach3(n, d, l, grid=grid)
+    b = F.fit_approach3(n, d, l, grid=grid, method="L-BFGS-B")
+    assert math.isclose(a.objective, b.objective, rel_tol=1e-6)

@@ -1,0 +1,176 @@
+"""Refit Chinchilla's points with Epoch AI's protocol and compare with their estimates.
+
+Data: ``../shared/data/chinchilla_epoch_svg_extracted.csv`` (245 points that
+Epoch AI extracted from Chinchilla's Figure 4; columns ``Model Size``,
+``Training FLOP``, ``loss``; tokens ``D = C / (6 N)``). Override the directory
+with ``PERFMODEL_SHARED_DATA``. The file is read in place, never copied.
+
+Protocol (Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt",
+arXiv 2404.10102; ``../shared/FACTS.md`` section 5): drop the 5 highest-loss
+points (240 remain), fit ``L = E + A/N^alpha + B/D^beta`` by Huber
+(delta = 1e-3) on log-loss residuals of the log-sum-exp form, summed, L-BFGS
+from a grid of initialisations; bootstrap for intervals.
+
+Targets: alpha and beta inside Epoch's 95% intervals, E within +-0.05.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+
+import attrs
+import numpy as np
+
+from perfmodel.scaling import fit as F
+
+DATA_FILE = "chinchilla_epoch_svg_extracted.csv"
+N_DROPPED = 5
+
+EPOCH_ESTIMATES = {
+    # constant: (estimate, standard error) - Besiroglu et al. 2024 Table 1 (FACTS section 5)
+    "E_irr": (1.8172, 0.026), "A": (482.01, 124.5), "B": (2085.43, 1293.3),
+    "alpha": (0.3478, 0.015), "beta": (0.3658, 0.021),
+}
+EPOCH_CI95 = {"alpha": (0.317, 0.373), "beta": (0.331, 0.415)}
+E_TOLERANCE = 0.05
+SOURCE = "Besiroglu et al. 2024 (Epoch AI), arXiv 2404.10102, Table 1; ../shared/FACTS.md section 5"
+
+
+def data_path() -> pathlib.Path:
+    """``$PERFMODEL_SHARED_DATA/<file>`` or ``<repo>/../shared/data/<file>``."""
+    root = os.environ.get("PERFMODEL_SHARED_DATA")
+    base = pathlib.Path(root) if root else pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    path = (base / DATA_FILE).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"Chinchilla data not found at {path}; set PERFMODEL_SHARED_DATA to its directory")
+    return path
+
+
+@attrs.frozen(kw_only=True)
+class ChinchillaPoints:
+    params: np.ndarray
+    tokens: np.ndarray
+    compute_flops: np.ndarray
+    loss: np.ndarray
+    n_read: int
+    n_dropped: int
+
+
+def load_points(path: pathlib.Path | None = None, *, drop_highest: int = N_DROPPED) -> ChinchillaPoints:
+    """Read the CSV and drop the ``drop_highest`` highest-loss points."""
+    path = path or data_path()
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = {"Model Size", "Training FLOP", "loss"} - set(rows[0] if rows else ())
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    n = np.array([float(r["Model Size"]) for r in rows])
+    c = np.array([float(r["Training FLOP"]) for r in rows])
+    l = np.array([float(r["loss"]) for r in rows])
+    keep = np.sort(np.argsort(l, kind="stable")[: len(l) - drop_highest])
+    return ChinchillaPoints(params=n[keep], tokens=c[keep] / (6 * n[keep]), compute_flops=c[keep],
+                            loss=l[keep], n_read=len(rows), n_dropped=drop_highest)
+
+
+@attrs.frozen(kw_only=True)
+class ConstantCheck:
+    name: str
+    ours: F.Interval
+    published: float
+    published_se: float
+    target: str
+    ok: bool
+
+    @property
+    def delta_percent(self) -> float:
+        return 100 * (self.ours.point - self.published) / self.published
+
+
+@attrs.frozen(kw_only=True)
+class ChinchillaRefit:
+    points: ChinchillaPoints
+    bootstrap: F.Approach3Bootstrap
+    checks: tuple[ConstantCheck, ...]
+    grid_size: int
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def refit(*, grid: F.InitGrid = F.SMALL_GRID, n_resamples: int = 200, seed: int = 0,
+          budgets_flops=(1e21, 5.76e23)) -> ChinchillaRefit:
+    """Run Epoch's protocol and compare each constant with the published estimate."""
+    pts = load_points()
+    fit = F.fit_approach3(pts.params, pts.tokens, pts.loss, grid=grid, name="chinchilla refit")
+    boot = F.bootstrap_approach3(pts.params, pts.tokens, pts.loss, fit=fit, n_resamples=n_resamples,
+                                 seed=seed, budgets_flops=budgets_flops)
+    checks = []
+    for name in ("E_irr", "A", "B", "alpha", "beta"):
+        ours: F.Interval = getattr(boot, name)
+        pub, se = EPOCH_ESTIMATES[name]
+        if name in EPOCH_CI95:
+            lo, hi = EPOCH_CI95[name]
+            target, ok = f"in Epoch 95% CI ({lo}, {hi})", lo <= ours.point <= hi
+        elif name == "E_irr":
+            target, ok = f"within +-{E_TOLERANCE}", abs(ours.point - pub) <= E_TOLERANCE
+        else:
+            target, ok = "within 2 Epoch SE", abs(ours.point - pub) <= 2 * se
+        checks.append(ConstantCheck(name=name, ours=ours, published=pub, published_se=se, target=target, ok=ok))
+    return ChinchillaRefit(points=pts, bootstrap=boot, checks=tuple(checks), grid_size=grid.size)
+
+
+def report_markdown(r: ChinchillaRefit) -> str:
+    from perfmodel.tables import markdown_table
+
+    b = r.bootstrap
+    level = int(round(100 * b.alpha.level))
+    rows = [[c.name, f"{c.ours.point:.4g}", f"[{c.ours.low:.4g}, {c.ours.high:.4g}]",
+             f"{c.published:.4g} +- {c.published_se:.3g}", f"{c.delta_percent:+.2f}%", c.target,
+             "ok" if c.ok else "MISS"] for c in r.checks]
+    opt_rows = [[f"{c:.3g}", f"{p}", f"{t}", f"{tp}", f"{lo}"] for c, p, t, tp, lo in
+                zip(b.budgets_flops, b.params_opt, b.tokens_opt, b.tokens_per_param, b.loss_opt)]
+    return "\n".join([
+        "# Chinchilla refit (Epoch AI protocol)", "",
+        f"Generated by `perfmodel validate chinchilla`. Data: `{DATA_FILE}` ({r.points.n_read} points, "
+        f"{r.points.n_dropped} highest-loss dropped, {r.points.loss.size} fitted). "
+        f"Huber delta={F.HUBER_DELTA} on log-loss residuals (summed), L-BFGS from {r.grid_size} starting points; "
+        f"{b.alpha.n_resamples} bootstrap resamples ({level}% percentile intervals).", "",
+        f"Published: {SOURCE}.", "",
+        markdown_table(["constant", "ours", f"ours {level}% CI", "Epoch (+- SE)", "Delta", "target", ""], rows), "",
+        f"Allocation exponents: a = beta/(alpha+beta) = {b.a}, b = alpha/(alpha+beta) = {b.b}.", "",
+        "Compute-optimal allocation of the refitted law (C = 6ND):", "",
+        markdown_table(["C (FLOPs)", "N_opt", "D_opt", "D/N", "L*"], opt_rows), "",
+        f"Overall: {'all targets met' if r.ok else 'TARGETS MISSED'}.", ""])
+
+
+def report_json(r: ChinchillaRefit) -> dict:
+    b = r.bootstrap
+
+    def iv(x: F.Interval):
+        return {"point": x.point, "low": x.low, "high": x.high, "level": x.level}
+
+    return {
+        "data": DATA_FILE, "n_read": r.points.n_read, "n_dropped": r.points.n_dropped,
+        "n_fitted": int(r.points.loss.size), "grid_size": r.grid_size, "n_resamples": b.alpha.n_resamples,
+        "huber_delta": F.HUBER_DELTA, "objective": b.fit.objective, "source": SOURCE,
+        "constants": {c.name: {"ours": iv(c.ours), "published": c.published, "published_se": c.published_se,
+                               "delta_percent": c.delta_percent, "target": c.target, "ok": c.ok}
+                      for c in r.checks},
+        "a": iv(b.a), "b": iv(b.b),
+        "optimal": [{"compute_flops": c, "params": iv(p), "tokens": iv(t), "tokens_per_param": iv(tp),
+                     "loss": iv(lo)} for c, p, t, tp, lo in
+                    zip(b.budgets_flops, b.params_opt, b.tokens_opt, b.tokens_per_param, b.loss_opt)],
+        "ok": r.ok,
+    }
+
+
+def write_reports(r: ChinchillaRefit, out_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "chinchilla_refit.md", out_dir / "chinchilla_refit.json"
+    md.write_text(report_markdown(r))
+    js.write_text(json.dumps(report_json(r), indent=2) + "\n")
+    return md, js
