@@ -1,0 +1,199 @@
+"""IsoFLOP studies (``quick``, ``full``) and a resumable JSONL runner.
+
+Study design
+
+* per compute budget C (training FLOPs, ``train_exact`` convention of
+  :mod:`perfmodel.transformer`), five (quick: three) model sizes around the
+  Chinchilla-style guess ``N ~ sqrt(C / 120)`` (C = 6 N D with D = 20 N), each
+  trained for ``tokens = C / FLOPs per token`` (rounded to whole steps);
+* model ladder: depth L = 2, width D in :data:`WIDTHS`, ``n_heads = max(1, D // 32)``,
+  dense FFN width F = 4 D (GELU);
+* MoE ladder at **equal active parameters per token**: the same D, L, heads
+  and E experts (default 8) of width ``F_e = 4 D / k`` (top-k = 2: ``F_e = 2 D``),
+  so the k active experts hold exactly the dense FFN's parameters; the router
+  adds ``D E`` per layer. Total parameters are ~E / k times the dense FFN's;
+* batch ``B = clip(2^floor(log2(tokens / (200 T))), 32, 256)`` sequences, so
+  every run takes >= ~200 steps where possible;
+* recipe: AdamW(b1 0.9, b2 0.99, wd 0.1), clip 1.0, peak lr
+  ``3e-3 * min(1, sqrt(64 / D))``, warm-up min(50, steps/10), cosine to 10%.
+
+Runner: each finished run is appended to the JSONL file as one line by a
+single ``write`` on an ``O_APPEND`` descriptor followed by ``fsync``; on start
+the runner reads the file, ignores an unterminated last line (a run killed
+while writing), and skips every run id already present. Killing the process
+therefore loses at most the run in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+
+import attrs
+
+from validation.arith import optim, task as task_lib, train
+from validation.arith.model import ModelConfig
+
+WIDTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
+DEFAULT_TASK = "add3+mul3"
+
+
+def dense_model(d_model: int, *, n_layers: int = 2, seq_len: int, vocab: int = task_lib.VOCAB,
+                dtype: str = "float32") -> ModelConfig:
+    return ModelConfig(d_model=d_model, n_layers=n_layers, n_heads=max(1, d_model // 32), d_ff=4 * d_model,
+                       vocab=vocab, seq_len=seq_len, dtype=dtype)
+
+
+def moe_model(d_model: int, *, n_layers: int = 2, seq_len: int, n_experts: int = 8, top_k: int = 2,
+              moe_impl: str = "blocked", vocab: int = task_lib.VOCAB, dtype: str = "float32") -> ModelConfig:
+    if (4 * d_model) % top_k:
+        raise ValueError(f"4 * d_model={4 * d_model} must be divisible by top_k={top_k}")
+    return ModelConfig(d_model=d_model, n_layers=n_layers, n_heads=max(1, d_model // 32),
+                       d_ff=4 * d_model // top_k, vocab=vocab, seq_len=seq_len, n_experts=n_experts,
+                       top_k=top_k, moe_impl=moe_impl, dtype=dtype)
+
+
+def optim_for(model: ModelConfig) -> optim.AdamWConfig:
+    return optim.AdamWConfig(peak_lr=3e-3 * min(1.0, math.sqrt(64 / model.d_model)))
+
+
+def batch_for(tokens: float, seq_len: int) -> int:
+    b = 2 ** math.floor(math.log2(max(1.0, tokens / (200 * seq_len))))
+    return int(min(256, max(32, b)))
+
+
+@attrs.frozen(kw_only=True)
+class Study:
+    name: str
+    budgets_flops: tuple[float, ...]
+    sizes_per_budget: int
+    task: str = DEFAULT_TASK
+    n_layers: int = 2
+    seeds: tuple[int, ...] = (0,)
+
+
+STUDIES = {
+    "quick": Study(name="quick", budgets_flops=(1e10, 3e10), sizes_per_budget=3),
+    "full": Study(name="full", budgets_flops=(1e11, 3e11, 1e12, 3e12), sizes_per_budget=5),
+}
+
+
+@attrs.frozen(kw_only=True)
+class PlannedRun:
+    run_id: str
+    arch: str
+    budget_flops: float
+    config: train.RunConfig
+
+
+def widths_for(budget: float, n: int, seq_len: int, n_layers: int) -> tuple[int, ...]:
+    """n consecutive ladder widths centred on the one whose 6N is closest to sqrt(C/120)."""
+    target = math.sqrt(budget / 120)
+    n_of = [dense_model(d, n_layers=n_layers, seq_len=seq_len).shape.params().non_embedding for d in WIDTHS]
+    centre = min(range(len(WIDTHS)), key=lambda i: abs(math.log(n_of[i] / target)))
+    lo = min(max(0, centre - n // 2), len(WIDTHS) - n)
+    return WIDTHS[lo:lo + n]
+
+
+def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int = 2,
+         moe_impl: str = "blocked", dtype: str = "float32") -> list[PlannedRun]:
+    """Every run of a study, ordered budget by budget (small first), dense before MoE."""
+    tc = task_lib.TaskConfig.parse(study.task)
+    runs = []
+    for c in study.budgets_flops:
+        for arch in archs:
+            for d in widths_for(c, study.sizes_per_budget, tc.seq_len, study.n_layers):
+                if arch == "dense":
+                    mc = dense_model(d, n_layers=study.n_layers, seq_len=tc.seq_len, dtype=dtype)
+                    tag = "dense"
+                else:
+                    mc = moe_model(d, n_layers=study.n_layers, seq_len=tc.seq_len, n_experts=n_experts,
+                                   top_k=top_k, moe_impl=moe_impl, dtype=dtype)
+                    tag = f"moe-E{n_experts}k{top_k}"
+                tokens = c / mc.shape.flops_per_token().train_exact
+                bs = batch_for(tokens, tc.seq_len)
+                for seed in study.seeds:
+                    rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc), batch_size=bs,
+                                         token_budget=max(int(tokens), bs * tc.seq_len), seed=seed)
+                    rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}"
+                    runs.append(PlannedRun(run_id=rid, arch=tag, budget_flops=c, config=rc))
+    return runs
+
+
+def read_done(path: pathlib.Path) -> dict[str, dict]:
+    """Run id -> record of every complete line (a torn last line is ignored)."""
+    done = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[rec["run_id"]] = rec
+    return done
+
+
+def append_record(path: pathlib.Path, record: dict) -> None:
+    """Append one JSON line atomically (single O_APPEND write + fsync)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:  # a torn line from a killed writer: terminate it so ours stays parseable
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    os.write(fd, b"\n")
+        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _record(pr: PlannedRun, study: Study, res: train.RunResult, peak_flops_per_s: float | None) -> dict:
+    rc = pr.config
+    return {"run_id": pr.run_id, "study": study.name, "arch": pr.arch, "budget_flops": pr.budget_flops,
+            "task": study.task, "seed": rc.seed, "batch_size": rc.batch_size,
+            "config": attrs.asdict(rc, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v),
+            **attrs.asdict(res),
+            "fraction_of_cpu_peak": (res.flops_per_s / peak_flops_per_s) if peak_flops_per_s else None,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_study(study: Study, path: pathlib.Path, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int = 2,
+              moe_impl: str = "blocked", dtype: str = "float32", peak_flops_per_s: float | None = None,
+              log=print, after_run=None) -> list[dict]:
+    """Run every planned run not yet in ``path``; returns the records of the whole study."""
+    runs = plan(study, archs=archs, n_experts=n_experts, top_k=top_k, moe_impl=moe_impl, dtype=dtype)
+    done = read_done(path)
+    todo = [r for r in runs if r.run_id not in done]
+    log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to go")
+    t0, flops_done = time.perf_counter(), 0.0
+    flops_todo = sum(r.budget_flops for r in todo)
+    for i, pr in enumerate(todo, 1):
+        res = train.run(pr.config)
+        rec = _record(pr, study, res, peak_flops_per_s)
+        append_record(path, rec)
+        done[pr.run_id] = rec
+        flops_done += pr.budget_flops
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / flops_done * (flops_todo - flops_done)
+        peak = f" ({rec['fraction_of_cpu_peak']:.0%} of cpu peak)" if peak_flops_per_s else ""
+        log(f"[{i}/{len(todo)}] {pr.run_id} N={res.params_total:,} steps={res.steps} B={pr.config.batch_size} "
+            f"held-out {res.held_out_loss:.4f} train {res.train_loss:.4f} | {res.tokens_per_s:,.0f} tok/s "
+            f"{res.flops_per_s / 1e9:.1f} GFLOP/s{peak} | run {res.wall_time_s:.1f}s "
+            f"elapsed {_fmt_s(elapsed)} ETA {_fmt_s(eta)}")
+        if after_run is not None:
+            after_run(i, rec)
+    return [done[r.run_id] for r in runs]
