@@ -1,0 +1,91 @@
+"""MoE FFN kernels: one API, three implementations.
+
+>>> y = moe_ffn(x, group_sizes, w_up, w_down, w_gate=None, activation="gelu",
+...             implementation="fused")                                  # doctest: +SKIP
+
+* ``"fused"``: the Pallas TPU kernel of :mod:`kernels.fused_moe` (up [and
+  gate] -> activation -> down in one kernel, ``[T, F]`` intermediate kept in
+  VMEM). Differentiable through a ``custom_vjp`` whose backward is the
+  ``ragged_dot`` baseline's own VJP. On a non-TPU backend it runs in Pallas TPU
+  interpret mode and logs a one-time warning (``interpret=`` overrides:
+  ``False`` to lower for a real TPU, e.g. ahead-of-time compilation on a CPU
+  host; ``True`` for the faster generic interpreter).
+* ``"ragged_dot"``: ``jax.lax.ragged_dot`` up (and gate), activation, down
+  (:mod:`kernels.ragged`), what users write today.
+* ``"reference"``: a per-expert loop in plain jnp (:mod:`kernels.reference`),
+  the test oracle.
+
+All take ``x [T, D]`` with rows sorted by expert, ``group_sizes [G]`` (int),
+``w_up [G, D, F]``, ``w_down [G, F, D]``, optional ``w_gate [G, D, F]`` (GLU:
+``h = act(x W_gate) * (x W_up)``; SwiGLU with ``activation="silu"``), and
+return ``[T, D]`` in ``x.dtype`` with zero rows past ``sum(group_sizes)``.
+``activation=None`` means ``"silu"`` for GLU and ``"gelu"`` otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from kernels.activations import ACTIVATIONS, resolve_activation
+from kernels.fused_moe import (FusedTiles, default_tiles, fused_moe_ffn_forward, fused_moe_spec,
+                               make_group_metadata, resolve_chip)
+from kernels.ragged import moe_ffn_ragged
+from kernels.reference import moe_ffn_reference
+
+IMPLEMENTATIONS = ("fused", "ragged_dot", "reference")
+
+__all__ = ["ACTIVATIONS", "IMPLEMENTATIONS", "FusedTiles", "default_tiles", "fused_moe_spec",
+           "make_group_metadata", "moe_ffn", "moe_ffn_fused", "moe_ffn_ragged", "moe_ffn_reference"]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _fused(x, group_sizes, w_up, w_down, w_gate, activation, tiles, chip_name, interpret):
+    return fused_moe_ffn_forward(x, group_sizes, w_up, w_down, w_gate, activation=activation, tiles=tiles,
+                                 chip=chip_name, interpret=interpret)
+
+
+def _fused_fwd(x, group_sizes, w_up, w_down, w_gate, activation, tiles, chip_name, interpret):
+    y = _fused(x, group_sizes, w_up, w_down, w_gate, activation, tiles, chip_name, interpret)
+    return y, (x, group_sizes, w_up, w_down, w_gate)
+
+
+def _fused_bwd(activation, tiles, chip_name, interpret, residuals, dy):
+    # Backward = VJP of the ragged_dot formulation (recomputes up/gate/h; the
+    # forward's intermediates never existed in HBM to be saved).
+    x, group_sizes, w_up, w_down, w_gate = residuals
+
+    def f(x, w_up, w_down, w_gate):
+        return moe_ffn_ragged(x, group_sizes, w_up, w_down, w_gate, activation=activation)
+
+    _, vjp = jax.vjp(f, x, w_up, w_down, w_gate)
+    dx, dw_up, dw_down, dw_gate = vjp(dy)
+    return dx, None, dw_up, dw_down, dw_gate
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def moe_ffn_fused(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None = None,
+                  tiles: FusedTiles | None = None, chip=None, interpret=None):
+    """Fused Pallas kernel with a ``custom_vjp`` (see the module docstring)."""
+    activation = resolve_activation(activation, glu=w_gate is not None)
+    return _fused(x, group_sizes, w_up, w_down, w_gate, activation, tiles, resolve_chip(chip).name, interpret)
+
+
+def moe_ffn(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None = None,
+            implementation: str = "fused", tiles: FusedTiles | None = None, chip=None, interpret=None):
+    """MoE FFN over expert-sorted rows; ``implementation`` in :data:`IMPLEMENTATIONS`.
+
+    ``tiles``, ``chip`` (default tiles, VMEM limit, cost estimate; default: the
+    TPU at hand or v5e) and ``interpret`` apply to ``"fused"`` only.
+    """
+    if implementation == "fused":
+        return moe_ffn_fused(x, group_sizes, w_up, w_down, w_gate, activation=activation, tiles=tiles,
+                             chip=chip, interpret=interpret)
+    if implementation == "ragged_dot":
+        return moe_ffn_ragged(x, group_sizes, w_up, w_down, w_gate, activation=activation)
+    if implementation == "reference":
+        return moe_ffn_reference(x, group_sizes, w_up, w_down, w_gate, activation=activation)
+    raise ValueError(f"implementation={implementation!r} should be one of {IMPLEMENTATIONS}")
