@@ -41,7 +41,7 @@ def test_refit_reproduces_epoch_within_their_intervals():
 def test_cli_writes_reports(tmp_path, capsys):
     from perfmodel.cli import main
 
-    rc = main(["validate", "chinchilla", "--resamples", "5", "--out", str(tmp_path)])
+    rc = main(["validate", "chinchilla", "--resamples", "5", "--grid", "tiny", "--out", str(tmp_path)])
     assert rc == 0
     data = json.loads((tmp_path / "chinchilla_refit.json").read_text())
     assert data["ok"] and data["n_fitted"] == 240

@@ -19,7 +19,8 @@ def register(cli) -> None:
     p.add_argument("--params", default="active_non_embedding",
                    help="parameter count used as N (default active_non_embedding)")
     p.add_argument("--resamples", type=int, default=500, help="bootstrap resamples (default 500)")
-    p.add_argument("--full-grid", action="store_true", help="4500-point initialisation grid (slower)")
+    p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
+                   help="initialisation grid: 4, 72 (default) or 4500 starting points")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_fit)
@@ -51,7 +52,8 @@ def register(cli) -> None:
 
     p = cli.subcommand("validate", "chinchilla",
                        "refit Chinchilla's 245 points with Epoch AI's protocol and compare with their estimates")
-    p.add_argument("--full-grid", action="store_true", help="Epoch's 4500-point initialisation grid")
+    p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
+                   help="initialisation grid: 4, 72 (default) or Epoch's 4500 starting points")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for chinchilla_refit.md/.json "
@@ -72,7 +74,7 @@ def _validate_chinchilla(args) -> int:
     from validation import chinchilla as V
 
     _positive("--resamples", args.resamples)
-    r = V.refit(grid=F.FULL_GRID if args.full_grid else F.SMALL_GRID, n_resamples=args.resamples, seed=args.seed)
+    r = V.refit(grid=F.GRIDS[args.grid], n_resamples=args.resamples, seed=args.seed)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(V.__file__).resolve().parent / "results"
     md, js = V.write_reports(r, out)
     if args.json:
@@ -125,7 +127,7 @@ def _fit(args) -> int:
     results = pathlib.Path(args.results)
     out = pathlib.Path(args.out) if args.out else results.parent
     s = study.run_study(results, loss=args.loss, params_key=args.params, n_resamples=args.resamples,
-                        grid=F.FULL_GRID if args.full_grid else F.SMALL_GRID, seed=args.seed)
+                        grid=F.GRIDS[args.grid], seed=args.seed)
     paths = study.write_outputs(s, out, plots=not args.no_plots)
     print(study.report_markdown(s))
     print("wrote " + ", ".join(str(p) for p in paths))

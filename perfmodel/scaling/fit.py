@@ -68,6 +68,11 @@ SMALL_GRID = InitGrid(e=(-1.0, 0.5), a=(0.0, 5.0, 10.0), b=(0.0, 5.0, 10.0), alp
                       beta=(0.0, 0.5))
 """A 72-point subset of :data:`FULL_GRID` (fast default; the full grid is a CLI option)."""
 
+TINY_GRID = InitGrid(e=(0.5,), a=(0.0, 5.0), b=(0.0, 5.0), alpha=(0.5,), beta=(0.5,))
+"""4 starting points: for tests and quick looks (converges on the synthetic and Chinchilla data)."""
+
+GRIDS = {"tiny": TINY_GRID, "small": SMALL_GRID, "full": FULL_GRID}
+
 
 def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
     """Huber loss: ``r^2/2`` for ``|r| <= delta``, else ``delta (|r| - delta/2)``."""
@@ -103,6 +108,7 @@ class Approach3Fit:
     n_points: int
     n_inits: int
     n_converged: int
+    method: str
 
 
 def _check_runs(params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,7 +163,7 @@ def fit_approach3(params, tokens, loss, *, grid: InitGrid | np.ndarray = SMALL_G
     law = ChinchillaLaw(name=name, E_irr=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=al, beta=be,
                         flops_per_param_token=flops_per_param_token)
     return Approach3Fit(law=law, log_constants=(e, a, b, al, be), objective=best_val, n_points=n.size,
-                        n_inits=len(starts), n_converged=converged)
+                        n_inits=len(starts), n_converged=converged, method=method)
 
 
 # ---------------------------------------------------------------- Approach 2
@@ -201,9 +207,13 @@ def fit_isoflop(budget_flops: float, params, tokens, loss, compute_flops=None) -
     if n.size < 3:
         raise ValueError(f"budget {budget_flops:.3g} FLOPs has {n.size} run(s); a parabola needs at least 3")
     x = np.log(n)
-    if np.ptp(x) == 0:
-        raise ValueError(f"budget {budget_flops:.3g} FLOPs: all runs have the same N")
-    p2, p1, p0 = np.polyfit(x, l, 2)
+    if np.unique(x).size < 3:
+        raise ValueError(f"budget {budget_flops:.3g} FLOPs: a parabola needs at least 3 distinct N, "
+                         f"got {np.unique(x).size}")
+    # Fit around the mean of ln N (well conditioned), then expand back to powers of x.
+    x0 = float(x.mean())
+    q2, q1, q0 = np.polyfit(x - x0, l, 2)
+    p2, p1, p0 = q2, q1 - 2 * q2 * x0, q0 - q1 * x0 + q2 * x0 * x0
     if not p2 > 0:
         raise ValueError(f"budget {budget_flops:.3g} FLOPs: loss vs ln N is not convex (curvature {p2:.3g}); "
                          "the runs do not bracket a minimum")
@@ -348,6 +358,7 @@ class Approach2Bootstrap:
     b: Interval  # exponent of D_opt(C)
     params_opt: tuple[Interval, ...]  # per budget of the fit
     tokens_opt: tuple[Interval, ...]
+    tokens_per_param: tuple[Interval, ...]
     loss_opt: tuple[Interval, ...]
 
 
@@ -379,4 +390,6 @@ def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, 
         b=_interval(fit.tokens_law.exponent, b_s, level),
         params_opt=tuple(_interval(x.params_opt, n_s[:, i], level) for i, x in enumerate(fit.isoflops)),
         tokens_opt=tuple(_interval(x.tokens_opt, d_s[:, i], level) for i, x in enumerate(fit.isoflops)),
+        tokens_per_param=tuple(_interval(x.tokens_opt / x.params_opt, d_s[:, i] / n_s[:, i], level)
+                               for i, x in enumerate(fit.isoflops)),
         loss_opt=tuple(_interval(x.loss_opt, l_s[:, i], level) for i, x in enumerate(fit.isoflops)))

@@ -1,0 +1,130 @@
+"""Plots of a scaling study: IsoFLOP curves, fitted law vs data, compute-optimal frontier.
+
+All functions take a :class:`perfmodel.scaling.study.Study` and write PNG files;
+matplotlib is imported lazily with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from perfmodel.scaling import laws
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(n):
+    plt = _plt()
+    cmap = plt.get_cmap("viridis")
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def plot_isoflops(study, path: pathlib.Path) -> pathlib.Path:
+    """Loss vs N per budget, the parabola fitted in ln N, and its vertex (Approach 2)."""
+    plt = _plt()
+    groups = study.groups
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        budgets = g.runs.budgets
+        for color, c in zip(_colors(len(budgets)), budgets):
+            m = g.runs.budget_flops == c
+            ax.scatter(g.runs.params[m], g.runs.loss[m], color=color, s=18, label=f"C={c:.2g}")
+            if g.approach2 is not None:
+                iso = next(i for i in g.approach2.fit.isoflops if i.budget_flops == c)
+                x = np.linspace(np.log(g.runs.params[m]).min(), np.log(g.runs.params[m]).max(), 100)
+                p0, p1, p2 = iso.coeffs
+                ax.plot(np.exp(x), p0 + p1 * x + p2 * x * x, color=color, lw=1)
+                ax.scatter([iso.params_opt], [iso.loss_opt], color=color, marker="*", s=120, edgecolor="k")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"N ({study.params_key.replace('_', ' ')} parameters)")
+        ax.set_ylabel(f"final {study.loss_key} loss")
+        ax.set_title(f"{g.label}: IsoFLOP curves")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_law_vs_data(study, path: pathlib.Path) -> pathlib.Path:
+    """Observed losses and the Approach-3 law ``L(N, C / (c_f N))`` along each budget."""
+    plt = _plt()
+    groups = study.groups
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        law = g.approach3.fit.law
+        budgets = g.runs.budgets
+        lo, hi = g.runs.params.min() / 2, g.runs.params.max() * 2
+        n = np.logspace(np.log10(lo), np.log10(hi), 200)
+        for color, c in zip(_colors(len(budgets)), budgets):
+            m = g.runs.budget_flops == c
+            ax.scatter(g.runs.params[m], g.runs.loss[m], color=color, s=18, label=f"C={c:.2g}")
+            ax.plot(n, law.loss(n, c / (law.flops_per_param_token * n)), color=color, lw=1)
+        opt = law.optimal(budgets)
+        ax.plot(opt.params, opt.loss, "k--", lw=1, label="L*(C) of the law")
+        ax.set_xscale("log")
+        ax.set_xlabel("N")
+        ax.set_ylabel(f"final {study.loss_key} loss")
+        ax.set_title(f"{g.label}: alpha={law.alpha:.3f}, beta={law.beta:.3f}, E={law.E_irr:.3f}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.Path:
+    """N_opt(C) and D/N at the optimum per group, with bootstrap bands (Approach 3)."""
+    plt = _plt()
+    f = laws._compiled()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    all_b = np.concatenate([g.runs.budgets for g in study.groups])
+    cs = np.logspace(np.log10(all_b.min()) - 0.5, np.log10(all_b.max()) + 1.0, 60)
+    q = ((1 - level) / 2, (1 + level) / 2)
+    for color, g in zip(_colors(len(study.groups) + 1), study.groups):
+        law = g.approach3.fit.law
+        cf = law.flops_per_param_token
+        s = g.approach3.samples
+        o = law.optimal(cs)
+        n_s = np.array([f["params"](cs, cf, *row) for row in s])
+        r_s = np.array([f["tokens_per_param"](cs, cf, *row) for row in s])
+        ax1.plot(cs, o.params, color=color, label=g.label)
+        ax2.plot(cs, o.tokens_per_param, color=color, label=g.label)
+        if len(s) >= 5:
+            ax1.fill_between(cs, *np.quantile(n_s, q, axis=0), color=color, alpha=0.2)
+            ax2.fill_between(cs, *np.quantile(r_s, q, axis=0), color=color, alpha=0.2)
+        if g.approach2 is not None:
+            isos = g.approach2.fit.isoflops
+            ax1.scatter([i.budget_flops for i in isos], [i.params_opt for i in isos], color=color, marker="*",
+                        edgecolor="k", s=80)
+            ax2.scatter([i.budget_flops for i in isos], [i.tokens_opt / i.params_opt for i in isos], color=color,
+                        marker="*", edgecolor="k", s=80)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlabel("compute C (FLOPs)")
+        ax.axvspan(all_b.min(), all_b.max(), color="0.9", zorder=0)
+        ax.legend(fontsize=8)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("N_opt (active parameters)")
+    ax2.set_ylabel("D_opt / N_opt (tokens per active parameter)")
+    ax1.set_title(f"compute-optimal frontier ({int(level * 100)}% bootstrap band; stars: IsoFLOP vertices)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_study(study, out_dir: pathlib.Path) -> list[pathlib.Path]:
+    out_dir = pathlib.Path(out_dir)
+    return [plot_isoflops(study, out_dir / "scaling_isoflops.png"),
+            plot_law_vs_data(study, out_dir / "scaling_law_vs_data.png"),
+            plot_frontier(study, out_dir / "scaling_frontier.png")]

@@ -1,0 +1,231 @@
+"""Read training runs (one JSON object per line) into arrays for fitting.
+
+Each line is one finished run of the training sweep
+(``validation/results/arith_full.jsonl``). Fields are looked up by name
+anywhere in the (possibly nested) object, first by dotted path then by leaf
+name, trying the aliases in :data:`FIELDS` in order; a missing required
+field raises ``ValueError`` naming the line, the field and the names tried.
+
+Conventions
+
+* ``params`` (the law's N) defaults to the *active non-embedding* count: the
+  parameters that cost FLOPs per token (Kaplan et al.; for a dense model it is
+  the non-embedding count). ``params_total`` is kept for reporting (memory).
+* ``budget_flops`` is the nominal IsoFLOP budget that groups runs into one
+  IsoFLOP curve; ``compute_flops`` is what the run actually spent (defaults to
+  ``flops_per_token * tokens``, or the budget).
+* ``loss="eval"`` uses the final held-out loss, ``"train"`` the final train loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Iterable, Mapping
+
+import attrs
+import numpy as np
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "arch": ("config.arch", "arch"),
+    "n_experts": ("config.n_experts", "n_experts", "num_experts", "experts"),
+    "top_k": ("config.top_k", "top_k", "k"),
+    "params_total": ("params.total", "param_counts.total", "n_params_total", "params_total", "total"),
+    "tokens": ("tokens", "train_tokens", "n_tokens", "tokens_seen"),
+    "budget_flops": ("budget_flops", "compute_budget", "compute_budget_flops", "flops_budget", "budget",
+                     "config.budget_flops", "config.compute_budget"),
+    "compute_flops": ("compute_flops", "train_flops", "flops", "total_flops"),
+    "flops_per_token": ("flops_per_token.six_n", "flops_per_token", "six_n"),
+    "eval": ("final_eval_loss", "eval_loss", "heldout_loss", "final_heldout_loss", "val_loss",
+             "final_val_loss", "loss.eval", "losses.eval"),
+    "train": ("final_train_loss", "train_loss", "loss.train", "losses.train"),
+    "wall_time_s": ("wall_time_s", "wall_s", "time_s", "wall_time"),
+}
+
+PARAM_ALIASES = {
+    "active_non_embedding": ("params.active_non_embedding", "param_counts.active_non_embedding",
+                             "active_non_embedding", "n_params_active_non_embedding"),
+    "non_embedding": ("params.non_embedding", "param_counts.non_embedding", "non_embedding"),
+    "active": ("params.active", "param_counts.active", "active", "n_params_active"),
+    "total": FIELDS["params_total"],
+}
+
+
+def _flatten(obj: Mapping, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _lookup(flat: dict[str, object], names: Iterable[str]):
+    leaves: dict[str, object] = {}
+    for path, value in flat.items():
+        leaves.setdefault(path.rsplit(".", 1)[-1], value)
+    for name in names:
+        if name in flat:
+            return flat[name]
+    for name in names:
+        if "." not in name and name in leaves:
+            return leaves[name]
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class Runs:
+    """Finished runs as parallel arrays (one entry per run)."""
+
+    arch: np.ndarray  # "dense" | "moe"
+    n_experts: np.ndarray
+    top_k: np.ndarray
+    params: np.ndarray  # the law's N (see ``params_key``)
+    params_total: np.ndarray
+    tokens: np.ndarray
+    budget_flops: np.ndarray
+    compute_flops: np.ndarray
+    loss: np.ndarray
+    params_key: str
+    loss_key: str
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.loss.size)
+
+    def select(self, mask) -> "Runs":
+        m = np.asarray(mask, bool)
+        return attrs.evolve(self, **{f.name: getattr(self, f.name)[m] for f in attrs.fields(Runs)
+                                     if isinstance(getattr(self, f.name), np.ndarray)})
+
+    @property
+    def budgets(self) -> np.ndarray:
+        return np.unique(self.budget_flops)
+
+    def groups(self) -> dict[str, "Runs"]:
+        """Runs split by architecture: ``"dense"`` and ``"moe E=8 k=1"`` ..."""
+        labels = np.array([group_label(a, e, k) for a, e, k in zip(self.arch, self.n_experts, self.top_k)])
+        return {lab: self.select(labels == lab) for lab in sorted(set(labels), key=_group_order)}
+
+
+def group_label(arch: str, n_experts: int, top_k: int) -> str:
+    return "dense" if arch == "dense" or n_experts <= 1 else f"moe E={int(n_experts)} k={int(top_k)}"
+
+
+def _group_order(label: str):
+    return (label != "dense", label)
+
+
+def _number(value, what: str, where: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {what} is not a number: {value!r}") from None
+    return x
+
+
+def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str = "active_non_embedding") -> Runs:
+    """Parse a JSONL results file; errors name the line and the missing or bad field.
+
+    Lines that are blank are skipped; a line whose ``status`` is present and not
+    ``"ok"``/``"done"``/``"finished"`` is skipped too (unfinished run). Non-finite
+    losses are an error (a diverged run should be excluded by the sweep, not
+    silently fitted).
+    """
+    path = pathlib.Path(path)
+    if loss not in ("eval", "train"):
+        raise ValueError(f"loss must be 'eval' or 'train', got {loss=!r}")
+    if params_key not in PARAM_ALIASES:
+        raise ValueError(f"params_key must be one of {sorted(PARAM_ALIASES)}, got {params_key=!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"results file not found: {path}")
+    cols: dict[str, list] = {k: [] for k in ("arch", "n_experts", "top_k", "params", "params_total", "tokens",
+                                             "budget_flops", "compute_flops", "loss")}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        flat = _flatten(obj)
+        status = _lookup(flat, ("status",))
+        if status is not None and str(status).lower() not in ("ok", "done", "finished", "complete", "completed"):
+            continue
+
+        def need(field: str, names=None):
+            names = names or FIELDS[field]
+            v = _lookup(flat, names)
+            if v is None:
+                raise ValueError(f"{where}: missing {field} (looked for {', '.join(names)})")
+            return v
+
+        n_exp = _lookup(flat, FIELDS["n_experts"])
+        n_exp = 1 if n_exp is None else int(_number(n_exp, "n_experts", where))
+        arch = _lookup(flat, FIELDS["arch"]) or ("moe" if n_exp > 1 else "dense")
+        top_k = _lookup(flat, FIELDS["top_k"])
+        top_k = 1 if top_k is None else int(_number(top_k, "top_k", where))
+        n = _number(need("params", PARAM_ALIASES[params_key]), params_key, where)
+        total = _lookup(flat, FIELDS["params_total"])
+        d = _number(need("tokens"), "tokens", where)
+        fpt = _lookup(flat, FIELDS["flops_per_token"])
+        comp = _lookup(flat, FIELDS["compute_flops"])
+        budget = _lookup(flat, FIELDS["budget_flops"])
+        if comp is None:
+            comp = _number(fpt, "flops_per_token", where) * d if fpt is not None else budget
+        if budget is None:
+            budget = comp
+        if budget is None:
+            raise ValueError(f"{where}: missing budget_flops (looked for {', '.join(FIELDS['budget_flops'])}) "
+                             "and no compute to infer it from")
+        lv = _number(need(loss), f"{loss} loss", where)
+        if not math.isfinite(lv):
+            raise ValueError(f"{where}: non-finite {loss} loss {lv!r}; drop diverged runs from the sweep")
+        for what, v in (("params", n), ("tokens", d)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{where}: {what} must be finite and positive, got {v!r}")
+        cols["arch"].append(str(arch))
+        cols["n_experts"].append(n_exp)
+        cols["top_k"].append(top_k)
+        cols["params"].append(n)
+        cols["params_total"].append(_number(total, "params total", where) if total is not None else n)
+        cols["tokens"].append(d)
+        cols["budget_flops"].append(_number(budget, "budget_flops", where))
+        cols["compute_flops"].append(_number(comp, "compute_flops", where))
+        cols["loss"].append(lv)
+    if not cols["loss"]:
+        raise ValueError(f"{path}: no finished runs")
+    return Runs(**{k: np.array(v) for k, v in cols.items()}, params_key=params_key, loss_key=loss,
+                source=str(path))
+
+
+def write_synthetic(path: str | pathlib.Path, laws_by_group: Mapping[tuple[str, int, int], object],
+                    budgets: Iterable[float], *, per_budget: int = 7, span_decades: float = 1.0,
+                    noise: float = 0.0, seed: int = 0, flops_per_param_token: float = 6.0) -> pathlib.Path:
+    """Write IsoFLOP runs drawn from known laws, in the sweep's JSONL layout (for tests and demos).
+
+    ``laws_by_group`` maps ``(arch, n_experts, top_k)`` to a law with
+    ``loss(N, D)`` and ``optimal(C).params``; runs spread N over
+    ``+-span_decades`` around each budget's optimum, ``D = C / (c_f N)``, and
+    multiply the loss by ``exp(noise * standard normal)``.
+    """
+    rng = np.random.default_rng(seed)
+    path = pathlib.Path(path)
+    lines = []
+    for (arch, e, k), law in laws_by_group.items():
+        for c in budgets:
+            n0 = float(np.asarray(law.optimal(c).params))
+            for n in n0 * np.logspace(-span_decades, span_decades, per_budget):
+                d = c / (flops_per_param_token * n)
+                l = float(np.asarray(law.loss(n, d))) * math.exp(noise * rng.standard_normal())
+                lines.append(json.dumps({
+                    "config": {"arch": arch, "n_experts": e, "top_k": k},
+                    "params": {"active_non_embedding": n, "total": n * (e / k if arch == "moe" else 1)},
+                    "flops_per_token": {"six_n": flops_per_param_token * n}, "tokens": d,
+                    "budget_flops": c, "final_train_loss": l, "final_eval_loss": l}))
+    path.write_text("\n".join(lines) + "\n")
+    return path

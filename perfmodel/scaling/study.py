@@ -1,0 +1,323 @@
+"""The project's own answer: fit dense and MoE laws to the sweep, compare, check held-out.
+
+For each architecture group (``dense``, ``moe E=8 k=1``, ...) with at least 3
+compute budgets:
+
+* Approach 3 law with bootstrap intervals on every constant, on the exponents
+  ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)`` and on N_opt, D_opt,
+  D/N and L* at each budget;
+* Approach 2 (IsoFLOP parabolas, power laws) with bootstrap intervals;
+* **held-out check**: refit both approaches on all budgets but the largest,
+  then predict the largest budget: every run's loss (mean absolute % error),
+  the best loss (law's ``L*(C_max)`` vs the lowest observed loss), and the
+  optimal size (law's ``N_opt(C_max)`` and Approach 2's extrapolated power law
+  vs the vertex of the held-out budget's own parabola).
+
+Each MoE group is compared with ``dense`` at every budget: tokens per active
+parameter at the optimum (both approaches) and the loss advantage at equal
+compute ``L*_dense(C) - L*_moe(C)`` (Approach 3; interval from pairing the two
+groups' bootstrap samples).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import attrs
+import numpy as np
+
+from perfmodel.scaling import fit as F
+from perfmodel.scaling import laws
+from perfmodel.scaling.results import Runs, read_runs
+
+MIN_BUDGETS = 3
+
+
+@attrs.frozen(kw_only=True)
+class HeldOut:
+    """Prediction of the largest budget from a fit on the others (errors in %, signed = predicted/observed - 1)."""
+
+    budget_flops: float
+    n_runs: int
+    runs_loss_mape_percent: float
+    best_loss_observed: float
+    best_loss_predicted: float
+    best_loss_error_percent: float
+    params_opt_observed: float  # vertex of the held-out budget's parabola (best run's N if not convex)
+    params_opt_observed_from: str  # "parabola" | "best run"
+    params_opt_predicted_approach3: float
+    params_opt_predicted_approach2: float | None
+    params_opt_error_percent_approach3: float
+    params_opt_error_percent_approach2: float | None
+
+
+@attrs.frozen(kw_only=True)
+class GroupFit:
+    label: str
+    runs: Runs = attrs.field(repr=False)
+    approach3: F.Approach3Bootstrap
+    approach2: F.Approach2Bootstrap | None
+    approach2_error: str | None
+    tokens_per_param_a2: tuple[F.Interval, ...]  # per budget of the approach-2 fit
+    heldout: HeldOut | None
+    heldout_error: str | None
+
+
+@attrs.frozen(kw_only=True)
+class Comparison:
+    """An MoE group against dense at the common budgets."""
+
+    label: str
+    budgets_flops: tuple[float, ...]
+    tokens_per_param_dense: tuple[F.Interval, ...]
+    tokens_per_param_moe: tuple[F.Interval, ...]
+    params_opt_dense: tuple[F.Interval, ...]
+    params_opt_moe: tuple[F.Interval, ...]
+    loss_advantage: tuple[F.Interval, ...]  # L*_dense - L*_moe (positive: MoE better)
+
+
+@attrs.frozen(kw_only=True)
+class Study:
+    source: str
+    loss_key: str
+    params_key: str
+    groups: tuple[GroupFit, ...]
+    comparisons: tuple[Comparison, ...]
+    skipped: tuple[str, ...]  # groups skipped, with the reason
+
+
+def _pct(pred: float, obs: float) -> float:
+    return 100.0 * (pred / obs - 1.0)
+
+
+def loss_opt_samples(samples: np.ndarray, compute_flops: float, flops_per_param_token: float = 6.0) -> np.ndarray:
+    """L*(C) for each row (E_irr, A, B, alpha, beta) of bootstrap samples (vectorised derived closed form)."""
+    f = laws._compiled()["loss"]
+    return np.asarray(f(compute_flops, flops_per_param_token, *samples.T), float)
+
+
+def heldout_check(runs: Runs, *, grid=F.SMALL_GRID) -> HeldOut:
+    """Fit on all budgets but the largest, predict the largest (needs >= 3 budgets)."""
+    budgets = runs.budgets
+    if budgets.size < MIN_BUDGETS:
+        raise ValueError(f"held-out check needs at least {MIN_BUDGETS} compute budgets, got {budgets.size}")
+    top = budgets.max()
+    train, test = runs.select(runs.budget_flops < top), runs.select(runs.budget_flops == top)
+    law = F.fit_approach3(train.params, train.tokens, train.loss, grid=grid).law
+    pred_runs = law.loss(test.params, test.tokens)
+    mape = float(np.mean(np.abs(pred_runs / test.loss - 1.0)) * 100)
+    best_obs = float(test.loss.min())
+    opt = law.optimal(top)
+    try:
+        iso = F.fit_isoflop(top, test.params, test.tokens, test.loss, test.compute_flops)
+        n_obs, n_from = iso.params_opt, "parabola"
+    except ValueError:
+        n_obs, n_from = float(test.params[np.argmin(test.loss)]), "best run"
+    try:
+        a2 = F.fit_approach2(train.budget_flops, train.params, train.tokens, train.loss, train.compute_flops)
+        n_a2 = float(a2.params_law(top))
+    except ValueError:
+        n_a2 = None
+    return HeldOut(
+        budget_flops=float(top), n_runs=len(test), runs_loss_mape_percent=mape, best_loss_observed=best_obs,
+        best_loss_predicted=float(opt.loss), best_loss_error_percent=_pct(float(opt.loss), best_obs),
+        params_opt_observed=n_obs, params_opt_observed_from=n_from,
+        params_opt_predicted_approach3=float(opt.params), params_opt_predicted_approach2=n_a2,
+        params_opt_error_percent_approach3=_pct(float(opt.params), n_obs),
+        params_opt_error_percent_approach2=None if n_a2 is None else _pct(n_a2, n_obs))
+
+
+def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GRID, seed: int = 0) -> GroupFit:
+    budgets = runs.budgets
+    if budgets.size < MIN_BUDGETS:
+        raise ValueError(f"{label}: need at least {MIN_BUDGETS} compute budgets to fit and hold one out, got "
+                         f"{budgets.size} ({', '.join(f'{b:.3g}' for b in budgets) or 'none'})")
+    cf = float(np.median(runs.compute_flops / (runs.params * runs.tokens)))
+    fit3 = F.fit_approach3(runs.params, runs.tokens, runs.loss, grid=grid, name=f"fitted {label}",
+                           flops_per_param_token=cf)
+    b3 = F.bootstrap_approach3(runs.params, runs.tokens, runs.loss, fit=fit3, n_resamples=n_resamples, seed=seed,
+                               budgets_flops=tuple(budgets))
+    b2, err2, tpp = None, None, ()
+    try:
+        b2 = F.bootstrap_approach2(runs.budget_flops, runs.params, runs.tokens, runs.loss, runs.compute_flops,
+                                   n_resamples=n_resamples, seed=seed)
+        tpp = b2.tokens_per_param
+    except ValueError as err:
+        err2 = str(err)
+    try:
+        ho, ho_err = heldout_check(runs, grid=grid), None
+    except (ValueError, RuntimeError) as err:
+        ho, ho_err = None, str(err)
+    return GroupFit(label=label, runs=runs, approach3=b3, approach2=b2, approach2_error=err2,
+                    tokens_per_param_a2=tpp, heldout=ho, heldout_error=ho_err)
+
+
+def compare(dense: GroupFit, moe: GroupFit) -> Comparison:
+    common = tuple(c for c in dense.approach3.budgets_flops if c in set(moe.approach3.budgets_flops))
+    d_idx = [dense.approach3.budgets_flops.index(c) for c in common]
+    m_idx = [moe.approach3.budgets_flops.index(c) for c in common]
+    adv = []
+    ds, ms = dense.approach3.samples, moe.approach3.samples
+    k = min(len(ds), len(ms))
+    cf_d = dense.approach3.fit.law.flops_per_param_token
+    cf_m = moe.approach3.fit.law.flops_per_param_token
+    for c, i, j in zip(common, d_idx, m_idx):
+        point = dense.approach3.loss_opt[i].point - moe.approach3.loss_opt[j].point
+        diff = loss_opt_samples(ds[:k], c, cf_d) - loss_opt_samples(ms[:k], c, cf_m)
+        adv.append(F._interval(point, diff, dense.approach3.alpha.level))
+    return Comparison(
+        label=moe.label, budgets_flops=common,
+        tokens_per_param_dense=tuple(dense.approach3.tokens_per_param[i] for i in d_idx),
+        tokens_per_param_moe=tuple(moe.approach3.tokens_per_param[j] for j in m_idx),
+        params_opt_dense=tuple(dense.approach3.params_opt[i] for i in d_idx),
+        params_opt_moe=tuple(moe.approach3.params_opt[j] for j in m_idx), loss_advantage=tuple(adv))
+
+
+def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embedding", n_resamples: int = 200,
+              grid=F.SMALL_GRID, seed: int = 0) -> Study:
+    """Read ``path``, fit every group with enough budgets, compare MoE groups with dense.
+
+    Raises ``ValueError`` if no group has at least 3 compute budgets.
+    """
+    runs = read_runs(path, loss=loss, params_key=params_key)
+    fits, skipped = [], []
+    for label, group in runs.groups().items():
+        try:
+            fits.append(fit_group(label, group, n_resamples=n_resamples, grid=grid, seed=seed))
+        except ValueError as err:
+            skipped.append(str(err))
+    if not fits:
+        raise ValueError(f"{path}: no architecture group can be fitted: " + "; ".join(skipped))
+    dense = next((g for g in fits if g.label == "dense"), None)
+    comps = tuple(compare(dense, g) for g in fits if dense is not None and g is not dense)
+    return Study(source=str(path), loss_key=loss, params_key=params_key, groups=tuple(fits), comparisons=comps,
+                 skipped=tuple(skipped))
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _si(x: float) -> str:
+    from perfmodel.hardware import format_si
+
+    return format_si(float(x))
+
+
+def _iv(x: F.Interval, fmt=None) -> str:
+    f = fmt or (lambda v: f"{v:.4g}")
+    return f"{f(x.point)} [{f(x.low)}, {f(x.high)}]"
+
+
+def report_markdown(s: Study) -> str:
+    from perfmodel.tables import markdown_table
+
+    out = [f"# Scaling-law fit of `{pathlib.Path(s.source).name}`", "",
+           f"Loss: final {s.loss_key} loss. N = {s.params_key.replace('_', ' ')} parameters. "
+           "Approach 3: Huber (delta=1e-3) on log-loss residuals, summed, BFGS from a grid. "
+           "Approach 2: IsoFLOP parabolas in ln N. Intervals: bootstrap percentile "
+           f"({int(round(100 * s.groups[0].approach3.alpha.level))}%, "
+           f"{s.groups[0].approach3.alpha.n_resamples} resamples).", ""]
+    rows = []
+    for g in s.groups:
+        b = g.approach3
+        rows.append([g.label, len(g.runs), len(b.budgets_flops), _iv(b.E_irr), _iv(b.alpha), _iv(b.beta),
+                     _iv(b.a), _iv(b.b),
+                     _iv(g.approach2.a) if g.approach2 else f"- ({g.approach2_error})",
+                     _iv(g.approach2.b) if g.approach2 else "-"])
+    out += ["## Fitted laws", "", markdown_table(
+        ["group", "runs", "budgets", "E", "alpha", "beta", "a (A3)", "b (A3)", "a (A2)", "b (A2)"], rows), ""]
+    for g in s.groups:
+        b = g.approach3
+        rows = []
+        for i, c in enumerate(b.budgets_flops):
+            a2 = g.tokens_per_param_a2[i] if i < len(g.tokens_per_param_a2) else None
+            rows.append([f"{c:.3g}", _iv(b.params_opt[i], _si), _iv(b.tokens_opt[i], _si),
+                         _iv(b.tokens_per_param[i]), _iv(a2) if a2 else "-", _iv(b.loss_opt[i])])
+        out += [f"### {g.label}: compute-optimal allocation", "", markdown_table(
+            ["C (FLOPs)", "N_opt (A3)", "D_opt (A3)", "D/N (A3)", "D/N (A2)", "L* (A3)"], rows), ""]
+    if s.comparisons:
+        out += ["## MoE vs dense at equal compute", "",
+                "Loss advantage = L*_dense(C) - L*_moe(C) (positive: MoE reaches lower loss).", ""]
+        for cmp in s.comparisons:
+            rows = [[f"{c:.3g}", _iv(nd, _si), _iv(nm, _si), _iv(td), _iv(tm), _iv(adv)] for c, nd, nm, td, tm, adv in
+                    zip(cmp.budgets_flops, cmp.params_opt_dense, cmp.params_opt_moe, cmp.tokens_per_param_dense,
+                        cmp.tokens_per_param_moe, cmp.loss_advantage)]
+            out += [f"### {cmp.label}", "", markdown_table(
+                ["C (FLOPs)", "N_opt dense", "N_act,opt MoE", "D/N dense", "D/N_act MoE", "loss advantage"],
+                rows), ""]
+    out += ["## Held-out check (fit on all budgets but the largest, predict the largest)", ""]
+    rows = []
+    for g in s.groups:
+        h = g.heldout
+        if h is None:
+            rows.append([g.label, "-", "-", "-", "-", "-", "-", g.heldout_error or ""])
+            continue
+        rows.append([g.label, f"{h.budget_flops:.3g}", f"{h.runs_loss_mape_percent:.2f}%",
+                     f"{h.best_loss_predicted:.4g} vs {h.best_loss_observed:.4g} ({h.best_loss_error_percent:+.2f}%)",
+                     f"{_si(h.params_opt_predicted_approach3)} vs {_si(h.params_opt_observed)} "
+                     f"({h.params_opt_error_percent_approach3:+.1f}%)",
+                     "-" if h.params_opt_predicted_approach2 is None else
+                     f"{_si(h.params_opt_predicted_approach2)} ({h.params_opt_error_percent_approach2:+.1f}%)",
+                     h.params_opt_observed_from, ""])
+    out += [markdown_table(["group", "held-out C", "runs' loss MAPE", "best loss pred vs obs",
+                            "N_opt A3 pred vs obs", "N_opt A2 pred", "obs N_opt from", "note"], rows), ""]
+    if s.skipped:
+        out += ["Skipped groups: " + "; ".join(s.skipped), ""]
+    return "\n".join(out)
+
+
+def _ivd(x: F.Interval) -> dict:
+    return {"point": x.point, "low": x.low, "high": x.high}
+
+
+def report_json(s: Study) -> dict:
+    groups = []
+    for g in s.groups:
+        b = g.approach3
+        groups.append({
+            "label": g.label, "n_runs": len(g.runs), "budgets_flops": list(b.budgets_flops),
+            "approach3": {k: _ivd(getattr(b, k)) for k in ("E_irr", "A", "B", "alpha", "beta", "a", "b")}
+            | {"flops_per_param_token": b.fit.law.flops_per_param_token, "objective": b.fit.objective,
+               "params_opt": [_ivd(x) for x in b.params_opt], "tokens_opt": [_ivd(x) for x in b.tokens_opt],
+               "tokens_per_param": [_ivd(x) for x in b.tokens_per_param],
+               "loss_opt": [_ivd(x) for x in b.loss_opt]},
+            "approach2": None if g.approach2 is None else {
+                "a": _ivd(g.approach2.a), "b": _ivd(g.approach2.b),
+                "params_opt": [_ivd(x) for x in g.approach2.params_opt],
+                "tokens_opt": [_ivd(x) for x in g.approach2.tokens_opt],
+                "tokens_per_param": [_ivd(x) for x in g.tokens_per_param_a2],
+                "loss_opt": [_ivd(x) for x in g.approach2.loss_opt]},
+            "approach2_error": g.approach2_error,
+            "heldout": None if g.heldout is None else attrs.asdict(g.heldout), "heldout_error": g.heldout_error})
+    comps = [{"label": c.label, "budgets_flops": list(c.budgets_flops),
+              "tokens_per_param_dense": [_ivd(x) for x in c.tokens_per_param_dense],
+              "tokens_per_param_moe": [_ivd(x) for x in c.tokens_per_param_moe],
+              "params_opt_dense": [_ivd(x) for x in c.params_opt_dense],
+              "params_opt_moe": [_ivd(x) for x in c.params_opt_moe],
+              "loss_advantage": [_ivd(x) for x in c.loss_advantage]} for c in s.comparisons]
+    return {"source": s.source, "loss": s.loss_key, "params": s.params_key, "groups": groups,
+            "comparisons": comps, "skipped": list(s.skipped)}
+
+
+def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True) -> list[pathlib.Path]:
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "scaling_fit.md", out_dir / "scaling_fit.json"
+    md.write_text(report_markdown(s))
+    js.write_text(json.dumps(report_json(s), indent=2, default=_json_default) + "\n")
+    paths = [md, js]
+    if plots:
+        from perfmodel.scaling import plots as P
+
+        paths += P.plot_study(s, out_dir)
+    return paths
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(x)}")

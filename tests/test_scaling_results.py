@@ -1,0 +1,56 @@
+"""Reading the training sweep's JSONL (perfmodel/scaling/results.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from perfmodel.scaling import results
+from perfmodel.scaling.laws import ChinchillaLaw
+
+LAW = ChinchillaLaw(E_irr=1.0, A=20.0, B=100.0, alpha=0.35, beta=0.3)
+
+
+def test_synthetic_round_trip(tmp_path):
+    p = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): LAW, ("moe", 8, 1): LAW},
+                                (1e12, 1e13), per_budget=5)
+    runs = results.read_runs(p)
+    assert len(runs) == 20
+    groups = runs.groups()
+    assert list(groups) == ["dense", "moe E=8 k=1"]
+    g = groups["dense"]
+    np.testing.assert_allclose(g.loss, LAW.loss(g.params, g.tokens))
+    np.testing.assert_allclose(g.compute_flops, g.budget_flops)
+    assert np.all(groups["moe E=8 k=1"].params_total == 8 * groups["moe E=8 k=1"].params)
+
+
+def _line(**over):
+    row = {"config": {"arch": "dense", "n_experts": 1, "top_k": 1},
+           "params": {"active_non_embedding": 1e5, "total": 2e5}, "tokens": 1e7, "budget_flops": 6e12,
+           "final_train_loss": 2.0, "final_eval_loss": 2.1}
+    row.update(over)
+    return json.dumps(row)
+
+
+def test_missing_and_bad_fields_are_named(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(_line() + "\n" + _line(final_eval_loss=float("nan")) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:2: non-finite eval loss"):
+        results.read_runs(p)
+    p.write_text(json.dumps({"tokens": 1e7}) + "\n")
+    with pytest.raises(ValueError, match="missing params"):
+        results.read_runs(p)
+    p.write_text("{not json\n")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        results.read_runs(p)
+    with pytest.raises(FileNotFoundError):
+        results.read_runs(tmp_path / "absent.jsonl")
+
+
+def test_train_loss_and_unfinished_runs(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(_line() + "\n" + _line(status="running", final_eval_loss=None) + "\n\n")
+    runs = results.read_runs(p, loss="train")
+    assert len(runs) == 1 and runs.loss[0] == 2.0
+    with pytest.raises(ValueError, match="params_key"):
+        results.read_runs(p, params_key="nonsense")

@@ -1,0 +1,82 @@
+"""Dense vs MoE study on synthetic sweeps drawn from known laws (perfmodel/scaling/study.py + CLI)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from perfmodel.scaling import fit as F
+from perfmodel.scaling import moe_laws, results, study
+
+JOINT = moe_laws.JointMoELaw()
+BUDGETS = (1e17, 3e17, 1e18, 3e18)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    p = tmp_path_factory.mktemp("sweep") / "runs.jsonl"
+    return results.write_synthetic(p, {("dense", 1, 1): JOINT.at_experts(1), ("moe", 8, 1): JOINT.at_experts(8)},
+                                   BUDGETS, noise=0.002, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(sweep):
+    return study.run_study(sweep, n_resamples=15, grid=F.TINY_GRID)
+
+
+def test_recovers_generating_exponents(fitted):
+    by = {g.label: g for g in fitted.groups}
+    for label, e in (("dense", 1), ("moe E=8 k=1", 8)):
+        true = JOINT.at_experts(e)
+        a_true = true.beta / (true.alpha + true.beta)
+        assert abs(by[label].approach3.a.point - a_true) < 0.05
+        assert abs(by[label].approach2.a.point - a_true) < 0.08
+
+
+def test_moe_more_tokens_per_active_param_and_lower_loss(fitted):
+    (cmp,) = fitted.comparisons
+    for td, tm, adv in zip(cmp.tokens_per_param_dense, cmp.tokens_per_param_moe, cmp.loss_advantage):
+        assert tm.point > td.point
+        assert adv.point > 0
+    # truth at the largest budget
+    c = BUDGETS[-1]
+    true_adv = float(JOINT.optimal(c, 1).loss - JOINT.optimal(c, 8).loss)
+    assert abs(cmp.loss_advantage[-1].point - true_adv) < 0.02
+
+
+def test_heldout_prediction_of_largest_budget(fitted):
+    for g in fitted.groups:
+        h = g.heldout
+        assert h.budget_flops == BUDGETS[-1]
+        assert abs(h.best_loss_error_percent) < 5
+        assert abs(h.params_opt_error_percent_approach3) < 30
+        assert h.runs_loss_mape_percent < 2
+
+
+def test_fewer_than_three_budgets_is_an_error(tmp_path):
+    p = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): JOINT.at_experts(1)}, BUDGETS[:2])
+    with pytest.raises(ValueError, match="at least 3 compute budgets.*got 2"):
+        study.run_study(p, n_resamples=2)
+
+
+def test_cli_fit_writes_markdown_json_and_plots(sweep, tmp_path, capsys):
+    from perfmodel.cli import main
+
+    rc = main(["scaling", "fit", str(sweep), "--out", str(tmp_path), "--resamples", "5", "--grid", "tiny"])
+    assert rc == 0
+    data = json.loads((tmp_path / "scaling_fit.json").read_text())
+    assert [g["label"] for g in data["groups"]] == ["dense", "moe E=8 k=1"]
+    assert data["groups"][0]["heldout"]["budget_flops"] == BUDGETS[-1]
+    for name in ("scaling_isoflops.png", "scaling_law_vs_data.png", "scaling_frontier.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    assert "Held-out check" in capsys.readouterr().out
+
+
+def test_cli_bad_file_is_a_clear_error(tmp_path, capsys):
+    from perfmodel.cli import main
+
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps({"params": {"active_non_embedding": 1e5}, "tokens": 1e6, "budget_flops": 1e12,
+                             "final_eval_loss": float("inf")}) + "\n")
+    assert main(["scaling", "fit", str(p), "--out", str(tmp_path)]) == 2
+    assert "non-finite eval loss" in capsys.readouterr().err
