@@ -1,0 +1,100 @@
+"""``perfmodel validate compiler`` and ``perfmodel validate xla-tiling``: checks against the TPU compiler."""
+
+from __future__ import annotations
+
+_DEFAULT_CHIPS = "v4,v5e,v5p,v6e,tpu7x"
+
+
+def register(cli) -> None:
+    p = cli.subcommand(
+        "validate", "compiler",
+        "FLOPs, bytes and roofline time of matmul / ragged_dot vs libtpu's cost_analysis (AOT, no TPU)")
+    p.add_argument("--out", default="validation/results/compiler",
+                   help="directory for report.md and report.json (default validation/results/compiler)")
+    p.add_argument("--chips", default=_DEFAULT_CHIPS, help=f"comma-separated chips (default {_DEFAULT_CHIPS})")
+    p.set_defaults(func=_compiler)
+
+    p = cli.subcommand(
+        "validate", "xla-tiling",
+        "XLA's ragged_dot tiling on TPU: extract it by compiling (--sweep) and score the fallback rule")
+    p.add_argument("--sweep", action="store_true",
+                   help="compile the sweep with libtpu and (re)write the table (minutes; resumable)")
+    p.add_argument("--table", default=None,
+                   help="table path (default: the one shipped in perfmodel/data)")
+    p.add_argument("--chips", default=_DEFAULT_CHIPS, help=f"comma-separated chips (default {_DEFAULT_CHIPS})")
+    p.add_argument("--dtypes", default="bf16,f32", help="comma-separated dtypes (default bf16,f32)")
+    p.add_argument("--out", default="validation/results/compiler",
+                   help="directory for the rule-agreement report xla_tiling_rule.md (default validation/results/compiler)")
+    p.set_defaults(func=_xla_tiling)
+
+
+def _split(text: str, name: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError(f"--{name} must list at least one value, got {name}={text!r}")
+    return items
+
+
+def _compiler(args) -> int:
+    from perfmodel.tpu_compile import libtpu_available
+    from validation import compiler_checks
+
+    if not libtpu_available():
+        raise ValueError("libtpu is not installed: pip install 'jax[tpu]' to compile for TPU targets")
+    report = compiler_checks.run(chips=_split(args.chips, "chips"))
+    md, js = compiler_checks.write(report, args.out)
+    print(compiler_checks.summary(report))
+    print(f"wrote {md} and {js}")
+    return 0
+
+
+def _xla_tiling(args) -> int:
+    import pathlib
+    import time
+
+    from perfmodel import xla_tiling as xt
+    from perfmodel.hardware import get_chip
+
+    chips = [get_chip(c).name for c in _split(args.chips, "chips")]
+    dtypes = _split(args.dtypes, "dtypes")
+    table_path = pathlib.Path(args.table) if args.table else xt.TABLE_PATH
+    if args.sweep:
+        from perfmodel.tpu_compile import libtpu_available
+
+        if not libtpu_available():
+            raise ValueError("--sweep needs libtpu: pip install 'jax[tpu]'")
+        table = xt.load_table(table_path)
+        todo = [(c, d, call) for c in chips for d in dtypes for call in xt.sweep_shapes(c, d)
+                if xt.tiling_key(c, *call[:4], d, call[4]) not in table]
+        print(f"{len(table)} tilings in {table_path}; compiling {len(todo)} more")
+        t0 = time.perf_counter()
+        for i, (c, d, (m, k, n, g, v)) in enumerate(todo, 1):
+            try:
+                t = xt.extract_ragged_dot_tiling(c, m, k, n, g, d, variant=v)
+            except Exception as err:  # noqa: BLE001 - report and keep sweeping
+                print(f"  {c} {d} {v} m={m} k={k} n={n} G={g}: {type(err).__name__}: {str(err)[:200]}")
+                continue
+            table[t.key] = t
+            if i % 25 == 0 or i == len(todo):
+                xt.save_table(table.values(), table_path, **_provenance())
+                print(f"  {i}/{len(todo)} compiled, {time.perf_counter() - t0:.0f} s")
+    report = xt.rule_agreement(xt.load_table(table_path), chips=chips, dtypes=dtypes)
+    print(report.text)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "xla_tiling_rule.md").write_text(report.markdown + "\n")
+    print(f"wrote {out / 'xla_tiling_rule.md'}")
+    return 0
+
+
+def _provenance() -> dict:
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    return {"made_by": "perfmodel validate xla-tiling --sweep", "jax": version("jax"),
+            "libtpu": version("libtpu")}
