@@ -54,3 +54,23 @@ def test_train_loss_and_unfinished_runs(tmp_path):
     assert len(runs) == 1 and runs.loss[0] == 2.0
     with pytest.raises(ValueError, match="params_key"):
         results.read_runs(p, params_key="nonsense")
+
+
+def test_reads_the_sweep_record_layout(tmp_path):
+    # Keys as written by validation/arith/sweep.py::_record (flat RunResult fields + nested config.model).
+    rec = {"run_id": "x/moe-E8k2/C1e+11/D64L2/float32/seed0", "arch": "moe-E8k2", "budget_flops": 1e11,
+           "config": {"model": {"d_model": 64, "n_experts": 8, "top_k": 2}, "token_budget": 100},
+           "tokens": 2_000_000, "params_total": 300_000, "params_active": 120_000,
+           "params_non_embedding": 250_000, "params_active_non_embedding": 70_000,
+           "flops_per_token_train": 50_000, "flops_per_token_six_n": 420_000, "flops": 1.0e11,
+           "train_loss": 1.5, "held_out_loss": 1.6, "curve_held_out_loss": [3.0, 2.0, 1.6], "seed": 0}
+    p = tmp_path / "arith.jsonl"
+    p.write_text(json.dumps(rec) + "\n" + json.dumps(rec | {"arch": "dense", "config": {"model": {"n_experts": 1,
+                                                                                               "top_k": 1}}}) + "\n")
+    runs = results.read_runs(p)
+    assert list(runs.arch) == ["moe", "dense"]
+    assert runs.n_experts[0] == 8 and runs.top_k[0] == 2
+    assert runs.params[0] == 70_000 and runs.params_total[0] == 300_000
+    assert runs.loss[0] == 1.6 and runs.compute_flops[0] == 1e11 and runs.tokens[0] == 2e6
+    assert list(runs.groups()) == ["dense", "moe E=8 k=2"]
+    assert results.read_runs(p, loss="train").loss[0] == 1.5

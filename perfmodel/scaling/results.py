@@ -1,7 +1,10 @@
 """Read training runs (one JSON object per line) into arrays for fitting.
 
 Each line is one finished run of the training sweep
-(``validation/results/arith_full.jsonl``). Fields are looked up by name
+(``validation/results/arith_full.jsonl``, written by
+``validation/arith/sweep.py``: top-level ``arch`` ("dense" | "moe-E8k2"),
+``budget_flops``, ``tokens``, ``flops``, ``params_*``, ``held_out_loss``,
+``train_loss``, and the run's ``config.model`` with ``n_experts``, ``top_k``). Fields are looked up by name
 anywhere in the (possibly nested) object, first by dotted path then by leaf
 name, trying the aliases in :data:`FIELDS` in order; a missing required
 field raises ``ValueError`` naming the line, the field and the names tried.
@@ -13,7 +16,9 @@ Conventions
   the non-embedding count). ``params_total`` is kept for reporting (memory).
 * ``budget_flops`` is the nominal IsoFLOP budget that groups runs into one
   IsoFLOP curve; ``compute_flops`` is what the run actually spent (defaults to
-  ``flops_per_token * tokens``, or the budget).
+  ``flops_per_token * tokens``, or the budget). The sweep counts budgets
+  with exact train FLOPs (``train_exact``), so ``C / (N D)`` exceeds 6 for tiny
+  models; the study uses each group's median ``C / (N D)`` as ``c_f``.
 * ``loss="eval"`` uses the final held-out loss, ``"train"`` the final train loss.
 """
 
@@ -28,26 +33,27 @@ import attrs
 import numpy as np
 
 FIELDS: dict[str, tuple[str, ...]] = {
-    "arch": ("config.arch", "arch"),
-    "n_experts": ("config.n_experts", "n_experts", "num_experts", "experts"),
-    "top_k": ("config.top_k", "top_k", "k"),
+    "arch": ("arch", "config.arch"),
+    "n_experts": ("config.model.n_experts", "config.n_experts", "n_experts", "num_experts"),
+    "top_k": ("config.model.top_k", "config.top_k", "top_k"),
     "params_total": ("params.total", "param_counts.total", "n_params_total", "params_total", "total"),
     "tokens": ("tokens", "train_tokens", "n_tokens", "tokens_seen"),
     "budget_flops": ("budget_flops", "compute_budget", "compute_budget_flops", "flops_budget", "budget",
                      "config.budget_flops", "config.compute_budget"),
     "compute_flops": ("compute_flops", "train_flops", "flops", "total_flops"),
-    "flops_per_token": ("flops_per_token.six_n", "flops_per_token", "six_n"),
-    "eval": ("final_eval_loss", "eval_loss", "heldout_loss", "final_heldout_loss", "val_loss",
+    "flops_per_token": ("flops_per_token_train", "flops_per_token.train_exact", "flops_per_token"),
+    "eval": ("held_out_loss", "final_eval_loss", "eval_loss", "heldout_loss", "final_heldout_loss", "val_loss",
              "final_val_loss", "loss.eval", "losses.eval"),
     "train": ("final_train_loss", "train_loss", "loss.train", "losses.train"),
     "wall_time_s": ("wall_time_s", "wall_s", "time_s", "wall_time"),
 }
 
 PARAM_ALIASES = {
-    "active_non_embedding": ("params.active_non_embedding", "param_counts.active_non_embedding",
-                             "active_non_embedding", "n_params_active_non_embedding"),
-    "non_embedding": ("params.non_embedding", "param_counts.non_embedding", "non_embedding"),
-    "active": ("params.active", "param_counts.active", "active", "n_params_active"),
+    "active_non_embedding": ("params_active_non_embedding", "params.active_non_embedding",
+                             "param_counts.active_non_embedding", "active_non_embedding"),
+    "non_embedding": ("params_non_embedding", "params.non_embedding", "param_counts.non_embedding",
+                      "non_embedding"),
+    "active": ("params_active", "params.active", "param_counts.active", "active"),
     "total": FIELDS["params_total"],
 }
 
@@ -166,7 +172,8 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
 
         n_exp = _lookup(flat, FIELDS["n_experts"])
         n_exp = 1 if n_exp is None else int(_number(n_exp, "n_experts", where))
-        arch = _lookup(flat, FIELDS["arch"]) or ("moe" if n_exp > 1 else "dense")
+        arch = str(_lookup(flat, FIELDS["arch"]) or ("moe" if n_exp > 1 else "dense"))
+        arch = "moe" if arch.lower().startswith("moe") or n_exp > 1 else "dense"  # sweep tags: "moe-E8k2"
         top_k = _lookup(flat, FIELDS["top_k"])
         top_k = 1 if top_k is None else int(_number(top_k, "top_k", where))
         n = _number(need("params", PARAM_ALIASES[params_key]), params_key, where)
@@ -222,10 +229,11 @@ def write_synthetic(path: str | pathlib.Path, laws_by_group: Mapping[tuple[str, 
             for n in n0 * np.logspace(-span_decades, span_decades, per_budget):
                 d = c / (flops_per_param_token * n)
                 l = float(np.asarray(law.loss(n, d))) * math.exp(noise * rng.standard_normal())
-                lines.append(json.dumps({
-                    "config": {"arch": arch, "n_experts": e, "top_k": k},
-                    "params": {"active_non_embedding": n, "total": n * (e / k if arch == "moe" else 1)},
-                    "flops_per_token": {"six_n": flops_per_param_token * n}, "tokens": d,
-                    "budget_flops": c, "final_train_loss": l, "final_eval_loss": l}))
+                lines.append(json.dumps({  # the sweep's record layout (validation/arith/sweep.py)
+                    "arch": "dense" if arch == "dense" else f"moe-E{e}k{k}", "budget_flops": c,
+                    "config": {"model": {"n_experts": e, "top_k": k}},
+                    "params_active_non_embedding": n, "params_total": n * (e / k if arch == "moe" else 1),
+                    "flops_per_token_train": flops_per_param_token * n, "tokens": d, "flops": c,
+                    "train_loss": l, "held_out_loss": l}))
     path.write_text("\n".join(lines) + "\n")
     return path
