@@ -21,6 +21,8 @@ boundary is visited once per group it touches (masked store).
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import numpy as np
 
@@ -159,10 +161,40 @@ def tgmm_compute_mask(n_i, k_i, grid_id, group_offsets, group_ids, m_tile_ids):
     return group_offsets[g + 1] - group_offsets[g] > 0
 
 
+# VPU work per output (or input) element, counted as vector-ALU operations from each
+# kernel's code. Vector loads and stores issue in their own VLIW slots and are not
+# counted; the rate (``TimingParams.vpu_ops_per_cycle``) is fitted.
+MEGABLOX_ACCUMULATE_OPS = 1
+"""``acc_scratch[...] += dot(...)`` every k step: one add per f32 accumulator element."""
+MEGABLOX_STORE_OPS = 8
+"""``_store_accum`` on the last k step: iota, add row offset, two compares, and (row
+mask), widen out to f32, select, narrow."""
+XLA_STORE_OPS = 7
+"""XLA's ragged_dot kernel body (its Mosaic MLIR, libtpu 0.0.42): iota, addi, two cmpi,
+andi (row mask), truncf of the f32 matmul result, select - on every step (no k loop
+when ``tk = k``)."""
+TGMM_MASK_OPS = 8
+"""megablox tgmm masks both input tiles every step: iota, add, two compares, and,
+widen, select, narrow, per lhs and rhs element."""
+TOKAMAX_ACCUMULATE_OPS = MEGABLOX_ACCUMULATE_OPS
+TOKAMAX_STORE_OPS = 1
+"""tokamax's store epilogue: narrow. An assumption: tokamax's source is not installed
+here, and its measured v5e times rule out megablox's masked store (and tgmm's input
+masks) on every tile - a 128 x 7168 tile would be VPU-bound at several times the
+measured time - so we take masks applied only where a tile straddles groups (not
+modelled apart)."""
+TOKAMAX_TGMM_MASK_OPS = 0
+
+
+def last_k_mask(n_i, grid_id, k_i, group_offsets, group_ids, m_tile_ids, *, tiles_k):
+    return k_i == tiles_k - 1
+
+
 def gmm_spec(
     group_sizes, k: int, n: int, *, m: int | None = None, tm: int, tk: int, tn: int,
     dtype: str = "bf16", out_dtype: str = "f32", transpose_rhs: bool = False,
     input_buffer_count: int = 2, require_divisible_m: bool = True, name: str = "megablox_gmm",
+    accumulate_ops: int = MEGABLOX_ACCUMULATE_OPS, store_ops: int = MEGABLOX_STORE_OPS,
 ) -> KernelSpec:
     """Megablox ``gmm``: ``out[rows of g] = lhs[rows of g] @ rhs[g]`` for every group ``g``.
 
@@ -171,6 +203,8 @@ def gmm_spec(
     is f32). Grid ``(cdiv(n, tn), num_tiles, cdiv(k, tk))``, semantics
     ``(parallel, arbitrary, arbitrary)``, f32 accumulator ``tm x tn`` in VMEM.
     ``m`` defaults to ``sum(group_sizes)``; megablox requires ``m % tm == 0``.
+    VPU work: ``accumulate_ops * tm * tn`` every step, ``store_ops * tm * tn``
+    on the last k step (see ``MEGABLOX_*_OPS``).
     """
     gs = np.asarray(group_sizes)
     m = int(gs.sum()) if m is None else int(m)
@@ -201,13 +235,16 @@ def gmm_spec(
         dimension_semantics=("parallel", "arbitrary", "arbitrary"), operands=operands,
         prefetch=meta.prefetch, scratch_bytes=tm * tn * 4,  # f32 accumulator
         step_matmuls=((tm, tk, tn),), useful_flops=2 * int(gs.sum()) * k * n, mxu_dtype=dtype,
+        step_vpu_flops=accumulate_ops * tm * tn, epilogue_vpu_ops=store_ops * tm * tn,
+        epilogue_mask=None if tiles_k == 1 else functools.partial(last_k_mask, tiles_k=tiles_k),
     )
 
 
 def tgmm_spec(
     group_sizes, k: int, n: int, *, m: int | None = None, tm: int, tk: int, tn: int,
     dtype: str = "bf16", out_dtype: str = "f32", input_buffer_count: int = 2,
-    name: str = "megablox_tgmm",
+    name: str = "megablox_tgmm", mask_ops: int = TGMM_MASK_OPS,
+    accumulate_ops: int = MEGABLOX_ACCUMULATE_OPS,
 ) -> KernelSpec:
     """Megablox ``tgmm``: ``out[g] = lhs[rows of g]^T @ rhs[rows of g]`` (ragged contraction).
 
@@ -238,6 +275,9 @@ def tgmm_spec(
         dimension_semantics=("parallel", "arbitrary", "arbitrary"), operands=operands,
         prefetch=meta.prefetch, scratch_bytes=tk * tn * 4,
         step_matmuls=((tk, tm, tn),),  # lhs^T (tk x tm) @ rhs (tm x tn)
+        # masks of lhs (tm x tk) and rhs (tm x tn): iota, add, 2 cmp, and, widen, select, narrow;
+        # accumulator update on tk x tn
+        step_vpu_flops=mask_ops * tm * (tk + tn) + accumulate_ops * tk * tn,
         compute_mask=tgmm_compute_mask, useful_flops=2 * int(gs.sum()) * k * n, mxu_dtype=dtype,
     )
 
@@ -258,12 +298,15 @@ def tokamax_gmm_spec(
     out_dtype = dtype if out_dtype is None else out_dtype
     if kind == "drhs":
         return tgmm_spec(group_sizes, k, n, m=m, tm=tm, tk=tk, tn=tn, dtype=dtype, out_dtype=out_dtype,
-                         input_buffer_count=input_buffer_count, name="tokamax_tgmm")
+                         input_buffer_count=input_buffer_count, name="tokamax_tgmm",
+                         mask_ops=TOKAMAX_TGMM_MASK_OPS, accumulate_ops=TOKAMAX_ACCUMULATE_OPS)
     if kind not in ("forward", "dlhs"):
         raise ValueError(f"kind must be 'forward', 'dlhs' or 'drhs', got {kind=}")
+    single_k = _cdiv(k, tk) == 1
     return gmm_spec(group_sizes, k, n, m=m, tm=tm, tk=tk, tn=tn, dtype=dtype, out_dtype=out_dtype,
                     transpose_rhs=kind == "dlhs", input_buffer_count=input_buffer_count,
-                    require_divisible_m=False, name="tokamax_gmm")
+                    require_divisible_m=False, name="tokamax_gmm",
+                    accumulate_ops=0 if single_k else TOKAMAX_ACCUMULATE_OPS, store_ops=TOKAMAX_STORE_OPS)
 
 
 def ragged_dot_spec(
@@ -289,6 +332,9 @@ def ragged_dot_spec(
         tm, tk, tn = tiling
     else:
         tm, tk, tn = tiling.tm, tiling.tk, tiling.tn
+    single_k = _cdiv(k, tk) == 1
     return gmm_spec(gs, k, n, m=m, tm=tm, tk=tk, tn=tn, dtype=dtype, out_dtype=dtype,
-                    transpose_rhs=transposed_rhs, require_divisible_m=False, name="xla_ragged_dot")
+                    transpose_rhs=transposed_rhs, require_divisible_m=False, name="xla_ragged_dot",
+                    accumulate_ops=0 if single_k else MEGABLOX_ACCUMULATE_OPS,
+                    store_ops=XLA_STORE_OPS if single_k else MEGABLOX_STORE_OPS)
 

@@ -19,8 +19,7 @@ How each is modelled:
 * XLA ``ragged_dot`` drhs: XLA:TPU has no Mosaic kernel; it runs one dense
   masked batched matmul of ``G * 2 m k n`` FLOPs (``xla_tiling``). Modelled as
   a roofline ``max(FLOPs / peak, bytes / bandwidth)`` with ``bytes`` = lhs and
-  rhs read once per group plus the output (an upper bound on fusion-less
-  traffic; we cannot see inside XLA's fusion), at the same efficiencies.
+  rhs read once per group plus the output (we cannot see inside XLA's fusion).
 * tokamax Pallas: megablox gmm (forward, dlhs with transposed rhs) or tgmm
   (drhs) at the config's ``(tile_m, tile_k, tile_n)``, each tile clamped to
   its dimension (a tile larger than the array dim covers it in one block),
@@ -30,6 +29,7 @@ How each is modelled:
 from __future__ import annotations
 
 import attrs
+import numpy as np
 
 from perfmodel.hardware import dtype_bytes, get_chip
 from perfmodel.tiling.gmm import gmm_spec, ragged_dot_spec, tokamax_gmm_spec
@@ -37,21 +37,55 @@ from perfmodel.tiling.params import DEFAULT, TimingParams
 from perfmodel.tiling.walker import KernelCost, walk
 
 KINDS = ("forward", "dlhs", "drhs")
-_XLA_VARIANT = {"forward": "forward", "dlhs": "rhs_transposed", "drhs": "ragged_contracting"}
+XLA_VARIANT = {"forward": "forward", "dlhs": "rhs_transposed", "drhs": "ragged_contracting"}
 
 
 @attrs.frozen(kw_only=True)
 class GroupedMatmulTime:
-    """Predicted time of one call and where it comes from."""
+    """Predicted time of one call and where it comes from.
+
+    ``kernel`` is the walked Mosaic kernel (None for XLA's dense drhs);
+    ``extra_*`` describe work outside it (XLA's rhs pre-transpose, the dense
+    drhs), timed as a roofline plus ``extra_launches`` launches.
+    """
 
     implementation: str  # "xla_ragged_dot" | "tokamax_pallas"
     kind: str
-    time_s: float
-    kernel: KernelCost | None  # the walked Mosaic kernel (None for XLA's dense drhs)
-    extra_s: float  # work outside the kernel (XLA's rhs pre-transpose, dense drhs)
+    chip: str
+    kernel: KernelCost | None
+    extra_flops: int
+    extra_hbm_bytes: int
+    extra_launches: int
     tiles: tuple[int, int, int] | None
     lowering: str  # "mosaic" | "dense"
     tiling_source: str
+    params: TimingParams
+    dtype: str = "bf16"
+
+    @property
+    def extra_s(self) -> float:
+        return extra_time_s(self.chip, self.extra_flops, self.extra_hbm_bytes, self.extra_launches,
+                            self.dtype, self.params)
+
+    @property
+    def time_s(self) -> float:
+        return (self.kernel.time_s if self.kernel is not None else 0.0) + self.extra_s
+
+    def retimed(self, params: TimingParams) -> "GroupedMatmulTime":
+        """Same prediction under other timing constants (no new walk)."""
+        kernel = None if self.kernel is None else self.kernel.retimed(params)
+        return attrs.evolve(self, kernel=kernel, params=params)
+
+
+def extra_time_s(chip, flops: int, hbm_bytes: int, launches: int, dtype: str, params: TimingParams) -> float:
+    """Roofline ``max(flops / peak, bytes / bandwidth)`` plus launches, at the params' efficiencies."""
+    if not (flops or hbm_bytes or launches):
+        return 0.0
+    chip = get_chip(chip)
+    launch = chip.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
+    compute = flops / (chip.per_core_flops_per_s(dtype) * params.mxu_efficiency)
+    memory = hbm_bytes / (chip.per_core_hbm_bytes_per_s() * params.hbm_efficiency)
+    return max(compute, memory) + launches * launch
 
 
 def _check_kind(kind: str) -> str:
@@ -60,21 +94,11 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _bw(chip, params: TimingParams) -> float:
-    return chip.per_core_hbm_bytes_per_s() * params.hbm_efficiency
-
-
-def _launch(chip, params: TimingParams) -> float:
-    return chip.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
-
-
 def xla_ragged_dot_time(
     chip, group_sizes, k: int, n: int, *, m: int | None = None, kind: str = "forward",
     dtype: str = "bf16", params: TimingParams = DEFAULT, tiling=None, allow_compile: bool = True,
 ) -> GroupedMatmulTime:
     """Time of ``jax.lax.ragged_dot`` on ``chip`` as XLA runs it (see module docstring)."""
-    import numpy as np
-
     chip = get_chip(chip)
     _check_kind(kind)
     gs = np.asarray(group_sizes)
@@ -83,26 +107,21 @@ def xla_ragged_dot_time(
     if tiling is None:
         from perfmodel.xla_tiling import ragged_dot_tiling
 
-        tiling = ragged_dot_tiling(chip.name, m, k, n, G, dtype, variant=_XLA_VARIANT[kind],
+        tiling = ragged_dot_tiling(chip.name, m, k, n, G, dtype, variant=XLA_VARIANT[kind],
                                    allow_compile=allow_compile)
     q = dtype_bytes(dtype)
+    common = dict(implementation="xla_ragged_dot", kind=kind, chip=chip.name, tiling_source=tiling.source,
+                  params=params, dtype=dtype)
     if tiling.lowering == "dense":
-        flops = G * 2 * m * k * n
-        hbm = G * (m * k + m * n) * q + G * k * n * q
-        compute = flops / (chip.per_core_flops_per_s(dtype) * params.mxu_efficiency)
-        extra = max(compute, hbm / _bw(chip, params)) + _launch(chip, params)
-        return GroupedMatmulTime(implementation="xla_ragged_dot", kind=kind, time_s=extra, kernel=None,
-                                 extra_s=extra, tiles=None, lowering="dense", tiling_source=tiling.source)
+        return GroupedMatmulTime(kernel=None, extra_flops=G * 2 * m * k * n,
+                                 extra_hbm_bytes=G * (m * k + m * n) * q + G * k * n * q, extra_launches=1,
+                                 tiles=None, lowering="dense", **common)
     pre_t = kind == "dlhs" and tiling.rhs_pre_transposed
     spec = ragged_dot_spec(chip, gs, k, n, m=m, dtype=dtype, transposed_rhs=kind == "dlhs" and not pre_t,
                            tiling=(tiling.tm, tiling.tk, tiling.tn))
-    cost = walk(spec, chip, params)
-    extra = 0.0
-    if pre_t:  # XLA copies rhs [G, n, k] -> [G, k, n] in HBM first
-        extra = 2 * G * k * n * q / _bw(chip, params) + _launch(chip, params)
-    return GroupedMatmulTime(implementation="xla_ragged_dot", kind=kind, time_s=cost.time_s + extra,
-                             kernel=cost, extra_s=extra, tiles=(tiling.tm, tiling.tk, tiling.tn),
-                             lowering="mosaic", tiling_source=tiling.source)
+    return GroupedMatmulTime(kernel=walk(spec, chip, params), extra_flops=0,
+                             extra_hbm_bytes=2 * G * k * n * q if pre_t else 0, extra_launches=int(pre_t),
+                             tiles=(tiling.tm, tiling.tk, tiling.tn), lowering="mosaic", **common)
 
 
 def tokamax_time(
@@ -111,8 +130,6 @@ def tokamax_time(
     params: TimingParams = DEFAULT,
 ) -> GroupedMatmulTime:
     """Time of tokamax's Pallas grouped matmul at ``(tm, tk, tn)`` (see module docstring)."""
-    import numpy as np
-
     chip = get_chip(chip)
     _check_kind(kind)
     gs = np.asarray(group_sizes)
@@ -120,10 +137,10 @@ def tokamax_time(
     tk_eff, tn_eff = min(tk, k), min(tn, n)
     spec = tokamax_gmm_spec(gs, k, n, m=m, tm=tm, tk=tk_eff, tn=tn_eff, dtype=dtype,
                             input_buffer_count=input_buffer_count, kind=kind)
-    cost = walk(spec, chip, params)
-    return GroupedMatmulTime(implementation="tokamax_pallas", kind=kind, time_s=cost.time_s, kernel=cost,
-                             extra_s=0.0, tiles=(tm, tk_eff, tn_eff), lowering="mosaic",
-                             tiling_source="tokamax config")
+    return GroupedMatmulTime(implementation="tokamax_pallas", kind=kind, chip=chip.name,
+                             kernel=walk(spec, chip, params), extra_flops=0, extra_hbm_bytes=0, extra_launches=0,
+                             tiles=(tm, tk_eff, tn_eff), lowering="mosaic", tiling_source="tokamax config",
+                             params=params, dtype=dtype)
 
 
 def megablox_time(chip, group_sizes, k: int, n: int, *, tm: int, tk: int, tn: int, dtype: str = "bf16",

@@ -140,6 +140,12 @@ class KernelSpec:
     * ``compute_mask``: optional ``(*grid_indices, *prefetch) -> bool array``,
       False where a step skips its compute (``pl.when``); DMAs still follow
       the index maps.
+    * ``step_vpu_flops``: elementwise (VPU) operations every active step
+      (e.g. accumulator updates, activations), counted per element per op;
+    * ``epilogue_vpu_ops`` / ``epilogue_mask``: VPU element operations of the
+      store epilogue (mask, cast, select, store) on the active steps where
+      ``epilogue_mask(*grid_indices, *prefetch)`` is True (default: every
+      active step), e.g. the last k step of a k-tiled matmul.
     * ``useful_flops``: the mathematically needed FLOPs (e.g. ``2 m k n`` of a
       grouped matmul); default: unpadded FLOPs of the executed step matmuls.
     * ``mxu_dtype``: operand dtype on the MXU (selects the chip peak).
@@ -158,6 +164,8 @@ class KernelSpec:
     step_vpu_flops: int = 0
     step_transcendentals: int = 0
     compute_mask: Callable | None = None
+    epilogue_vpu_ops: int = 0
+    epilogue_mask: Callable | None = None
     useful_flops: int | None = None
     mxu_dtype: str = attrs.field(default="bf16", converter=canonical_dtype)
     vmem_limit_bytes: int | None = None
@@ -187,7 +195,7 @@ class KernelSpec:
             if len(mm) != 3:
                 raise ValueError(f"{who}: step_matmuls entries are (m, k, n), got step_matmuls={self.step_matmuls!r}")
             _check_positive_ints(who, "step_matmuls", mm)
-        for field in ("scratch_bytes", "step_vpu_flops", "step_transcendentals"):
+        for field in ("scratch_bytes", "step_vpu_flops", "step_transcendentals", "epilogue_vpu_ops"):
             v = getattr(self, field)
             if not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{who}: {field} must be an int >= 0, got {field}={v!r}")

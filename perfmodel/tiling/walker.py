@@ -83,7 +83,8 @@ class StepProfile:
     """The schedule reduced to what the time model needs, exactly.
 
     Row ``i``: ``count[i]`` grid steps on core ``core[i]`` that each execute
-    ``step_flops[i]`` MXU FLOPs while ``dma_bytes[i]`` bytes in
+    ``step_flops[i]`` MXU FLOPs (plus ``fill_flops[i]`` per MXU fill row, the
+    weight-tile loads) and ``vpu_ops[i]`` VPU element operations while ``dma_bytes[i]`` bytes in
     ``dma_copies[i]`` block copies move in the background (next step's
     inputs, previous step's outputs). Per core: steps, the unhidden first
     fetch (prologue), the unhidden last writeback (epilogue), all traffic.
@@ -93,6 +94,8 @@ class StepProfile:
     cores: int
     core: np.ndarray
     step_flops: np.ndarray
+    fill_flops: np.ndarray
+    vpu_ops: np.ndarray
     dma_bytes: np.ndarray
     dma_copies: np.ndarray
     count: np.ndarray
@@ -104,6 +107,17 @@ class StepProfile:
     total_bytes: np.ndarray
     total_copies: np.ndarray
     mxu_dtype: str
+
+
+def core_clock_hz(chip: Chip | str) -> float:
+    """TensorCore clock implied by the MXU peak: ``per-core peak / (2 * MXUs * T^2)``.
+
+    v5e: 1.97e14 / (2 * 4 * 128^2) = 1.50 GHz; v6e: 1.75 GHz.
+    """
+    chip = get_chip(chip)
+    if not chip.mxus_per_core or not chip.mxu_tile:
+        raise ValueError(f"chip {chip.name!r} has no MXU count/shape to derive a clock from")
+    return chip.per_core_flops_per_s("bf16") / (2 * chip.mxus_per_core * chip.mxu_tile**2)
 
 
 def time_breakdown(profile: StepProfile, chip: Chip | str, params: TimingParams = DEFAULT) -> dict[str, float]:
@@ -119,7 +133,10 @@ def time_breakdown(profile: StepProfile, chip: Chip | str, params: TimingParams 
     flops_per_s = chip.per_core_flops_per_s(profile.mxu_dtype) * params.mxu_efficiency
     bw = chip.per_core_hbm_bytes_per_s() * params.hbm_efficiency
     lat = params.dma_latency_s
-    compute = profile.step_flops / flops_per_s
+    compute = (profile.step_flops + params.mxu_fill_rows * profile.fill_flops) / flops_per_s
+    if params.vpu_ops_per_cycle is not None:
+        # VLIW bundles issue MXU pushes and VPU ops together: the busier unit bounds the step.
+        compute = np.maximum(compute, profile.vpu_ops / (params.vpu_ops_per_cycle * core_clock_hz(chip)))
     dma = profile.dma_bytes / bw + profile.dma_copies * lat
     cores = profile.cores
     pipelined = np.bincount(profile.core, weights=profile.count * np.maximum(compute, dma), minlength=cores)
@@ -322,6 +339,14 @@ def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> 
         active = np.ones(n, dtype=bool)
     n_active = int(active.sum())
     step_mxu = sum(mxu_flops(m, k, nn, chip.mxu_tile) for m, k, nn in spec.step_matmuls)
+    T = chip.mxu_tile
+    step_fill = sum(2 * pad_to(k, T) * pad_to(nn, T) for m, k, nn in spec.step_matmuls)
+    if spec.epilogue_mask is not None:
+        epilogue = np.broadcast_to(np.asarray(spec.epilogue_mask(*grid_idx, *spec.prefetch), dtype=bool), (n,))
+        epilogue = epilogue[order] & active
+    else:
+        epilogue = active
+    vpu_ops = active * spec.step_vpu_flops + epilogue * spec.epilogue_vpu_ops
     step_useful = sum(2 * m * k * nn for m, k, nn in spec.step_matmuls)
     useful = spec.useful_flops if spec.useful_flops is not None else step_useful * n_active
 
@@ -336,15 +361,17 @@ def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> 
     prev_copies[1:] = np.where(first_on_core[1:], 0, write_copies[:-1])
     # Exact compression: the time model only needs the distinct per-step
     # (core, compute, DMA bytes, DMA copies) tuples and how often each occurs.
-    table = np.stack([core_sorted, active.astype(np.int64) * step_mxu, next_read + prev_write,
-                      next_copies + prev_copies], axis=1)
+    act = active.astype(np.int64)
+    table = np.stack([core_sorted, act * step_mxu, act * step_fill, vpu_ops.astype(np.int64),
+                      next_read + prev_write, next_copies + prev_copies], axis=1)
     rows, counts = _unique_rows(table)
 
     def per_core_int(x):
         return np.bincount(core_sorted, weights=x, minlength=cores).astype(np.int64)
 
     profile = StepProfile(
-        cores=cores, core=rows[:, 0], step_flops=rows[:, 1], dma_bytes=rows[:, 2], dma_copies=rows[:, 3],
+        cores=cores, core=rows[:, 0], step_flops=rows[:, 1], fill_flops=rows[:, 2], vpu_ops=rows[:, 3],
+        dma_bytes=rows[:, 4], dma_copies=rows[:, 5],
         count=counts.astype(np.int64), steps_per_core=np.bincount(core_sorted, minlength=cores),
         prologue_bytes=per_core_int(np.where(first_on_core, read_bytes, 0)),
         prologue_copies=per_core_int(np.where(first_on_core, read_copies, 0)),
@@ -357,7 +384,7 @@ def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> 
         name=spec.name, chip=chip.name, grid_steps=n, active_steps=n_active, cores=cores,
         hbm_read_bytes=int(read_bytes.sum()), hbm_write_bytes=int(write_bytes.sum()),
         operands=tuple(traffic), mxu_flops=step_mxu * n_active, useful_flops=int(useful),
-        vpu_flops=spec.step_vpu_flops * n_active, transcendentals=spec.step_transcendentals * n_active,
+        vpu_flops=int(vpu_ops.sum()), transcendentals=spec.step_transcendentals * n_active,
         vmem_bytes=spec.vmem_bytes, vmem_limit_bytes=spec.vmem_limit_bytes,
         profile=profile, **time_breakdown(profile, chip, params),
     )

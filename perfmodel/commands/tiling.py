@@ -1,0 +1,115 @@
+"""Tiling commands: validate timings, validate vmem, tiling bench."""
+
+from __future__ import annotations
+
+import pathlib
+
+_DEFAULT_OUT = "validation/results"
+
+
+def register(cli) -> None:
+    p = cli.subcommand(
+        "validate", "timings",
+        "predicted vs measured TPU times of XLA ragged_dot and tokamax's Pallas grouped matmul",
+        epilog="example: perfmodel validate timings ../shared/data/tokamax/tpu_v5_lite --chip v5e --fit")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="tokamax autotuning-cache files (ragged_dot.json, pallas_mosaic_tpu_ragged_dot.json) "
+                        "or a directory holding them")
+    p.add_argument("--chip", required=True, help="chip the measurements were taken on (e.g. v5e)")
+    p.add_argument("--fit", action="store_true",
+                   help="fit the timing constants on these rows (prints them for perfmodel/tiling/params.py)")
+    p.add_argument("--out", default=_DEFAULT_OUT, help=f"report directory (default {_DEFAULT_OUT})")
+    p.add_argument("--no-compile", action="store_true",
+                   help="never compile with libtpu: XLA tilings from the shipped table or the fallback rule")
+    p.set_defaults(func=_timings)
+
+    p = cli.subcommand(
+        "validate", "vmem",
+        "VMEM-fit verdict of the tiling model vs the TPU compiler (libtpu AOT) over a tile sweep")
+    p.add_argument("--chips", default="v4,v5e,v5p,v6e,tpu7x", help="comma-separated chips")
+    p.add_argument("--out", default=_DEFAULT_OUT, help=f"report directory (default {_DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="a few configs per chip (smoke test)")
+    p.set_defaults(func=_vmem)
+
+    p = cli.subcommand("tiling", "bench", "time the vectorised grid walker on a large grouped matmul")
+    p.add_argument("--steps", type=int, default=100_000, help="approximate number of grid steps")
+    p.add_argument("--chip", default="v5e")
+    p.set_defaults(func=_bench)
+
+
+def _timings(args) -> int:
+    import os
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from perfmodel.hardware import get_chip
+    from perfmodel.tables import text_table
+    from perfmodel.tiling import params as P
+    from validation import timings as V
+
+    chip = get_chip(args.chip)
+    files = V.expand_paths(args.files)
+    rows = [r for f in files for r in V.load_rows(f)]
+    if not rows:
+        raise ValueError(f"no measured rows in {[str(f) for f in files]}")
+    before = V.evaluate(rows, chip, P.DEFAULT, allow_compile=not args.no_compile)
+    if args.fit:
+        params, loss = V.fit_params(before, chip)
+        print("Fitted constants (paste into perfmodel/tiling/params.py as FITTED):")
+        print(f"FITTED = TimingParams(\n    hbm_efficiency={params.hbm_efficiency:.4f},\n"
+              f"    mxu_fill_rows={params.mxu_fill_rows:.3f},\n"
+              f"    vpu_ops_per_cycle={params.vpu_ops_per_cycle:.1f},\n"
+              f"    grid_step_overhead_s={params.grid_step_overhead_s:.4g},\n"
+              f"    source={params.source!r},\n)")
+    else:
+        params = P.FITTED
+    after = V.retimed_results(before, params)
+    print(f"\n{len(rows)} measured rows from {', '.join(f.name for f in files)} on {chip.name}")
+    print(text_table(["implementation", "kind", "rows", "median before", "p90 before", "median after",
+                      "p90 after"], V.summary_rows(before, after)))
+    fa, fb = V.faster_checks(after), V.faster_checks(before)
+    print(f"\nfaster implementation predicted correctly: {sum(f.correct for f in fa)}/{len(fa)} after, "
+          f"{sum(f.correct for f in fb)}/{len(fb)} before")
+    skipped = sum(not r.modelled for r in after)
+    if skipped:
+        print(f"not modelled (excluded): {skipped} XLA drhs rows (see report)")
+    md, js = V.write_report(args.out, chip, [pathlib.Path(f) for f in args.files], before, after, params,
+                            args.fit)
+    print(f"report: {md}, {js}")
+    return 0
+
+
+def _vmem(args) -> int:
+    import os
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from validation import vmem_fit
+
+    chips = [c.strip() for c in args.chips.split(",") if c.strip()]
+    return vmem_fit.main(chips, out_dir=args.out, quick=args.quick)
+
+
+def _bench(args) -> int:
+    import time
+
+    import numpy as np
+
+    from perfmodel.tiling.gmm import gmm_spec
+    from perfmodel.tiling.walker import walk
+
+    if args.steps <= 0:
+        raise ValueError(f"--steps must be positive, got steps={args.steps}")
+    # grid (tiles_n, ~m/tm + G - 1, tiles_k) with tm=128, tk=512, tn=512, k=1024, n=4096: 16 steps per row tile
+    G = 64
+    tiles_m = max(1, args.steps // 16 - G + 1)
+    m = tiles_m * 128
+    rng = np.random.default_rng(0)
+    gs = rng.multinomial(m, np.ones(G) / G)
+    spec = gmm_spec(gs, 1024, 4096, tm=128, tk=512, tn=512)
+    t0 = time.perf_counter()
+    cost = walk(spec, args.chip)
+    dt = time.perf_counter() - t0
+    print(f"walked {cost.grid_steps} grid steps of {spec.name} (m={m}, k=1024, n=4096, G={G}, tiles 128x512x512) "
+          f"on {cost.chip} in {dt:.3f} s ({cost.grid_steps / dt:.3g} steps/s)")
+    print(f"hbm_bytes={cost.hbm_bytes:.4g} mxu_flops={cost.mxu_flops:.4g} useful_flops={cost.useful_flops:.4g} "
+          f"time_s={cost.time_s:.4g}")
+    return 0
