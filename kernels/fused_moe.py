@@ -150,6 +150,16 @@ class GroupMetadata:
 def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int) -> GroupMetadata:
     """Build the visit schedule for ``m`` rows in tiles of ``tm`` (pure jnp; numpy input works).
 
+    See :func:`_metadata_arrays` for the construction and :class:`GroupMetadata` for the arrays.
+    """
+    names = [f.name for f in attrs.fields(GroupMetadata)]
+    return GroupMetadata(**dict(zip(names, _metadata_arrays(jnp.asarray(group_sizes), m=m, tm=tm))))
+
+
+@functools.partial(jax.jit, static_argnames=("m", "tm"))
+def _metadata_arrays(group_sizes: jax.Array, *, m: int, tm: int) -> tuple[jax.Array, ...]:
+    """Arrays of :class:`GroupMetadata`, in field order (jitted per ``m``, ``tm``).
+
     Follows megablox ``make_group_metadata`` (``visit_empty_groups=False``)
     with one extra group ``G`` of size ``tiles_m tm - sum(group_sizes)`` for
     the rows no expert owns, so every token tile is visited at least once and
@@ -157,7 +167,7 @@ def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int) -> GroupMeta
     owning its first row plus once per further group starting inside it; a
     group with 0 rows is never visited; visits to a tile are consecutive.
     """
-    group_sizes = jnp.asarray(group_sizes).astype(jnp.int32)
+    group_sizes = group_sizes.astype(jnp.int32)
     num_groups = group_sizes.shape[0]
     tiles_m = -(-m // tm)
     m_pad = tiles_m * tm
@@ -191,9 +201,8 @@ def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int) -> GroupMeta
     last_group = jnp.max(jnp.where(nonempty, jnp.arange(num_groups, dtype=jnp.int32), 0)) if num_groups else 0
     x_tile_ids = jnp.where(is_tail, last_real, m_tile_ids).astype(jnp.int32)
     w_group_ids = jnp.where(is_tail, last_group, group_ids).astype(jnp.int32)
-    return GroupMetadata(group_offsets=group_offsets, group_ids=group_ids, m_tile_ids=m_tile_ids,
-                         x_tile_ids=x_tile_ids, w_group_ids=w_group_ids,
-                         tail_steps=is_tail.astype(jnp.int32), num_steps=num_steps)
+    return (group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, is_tail.astype(jnp.int32),
+            num_steps)
 
 
 # --------------------------------------------------------------------------
