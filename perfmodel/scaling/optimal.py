@@ -1,0 +1,125 @@
+"""Compute-optimal allocation tables for ``perfmodel scaling optimal`` (one place per law choice).
+
+Total parameters of an MoE are reported with the fine-grained convention
+``N_total = N_act (1 + 2 E) / 3`` (attention ``4 d^2`` + FFN ``8 d^2`` per
+block, top-1 routing over E experts of the dense FFN's size); the laws
+themselves only speak of active parameters (joint) or total (fine-grained).
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from perfmodel.scaling import laws, moe_laws
+
+ROW_HEADERS = ["law", "E", "G", "N_act (opt)", "N_total", "D (opt)", "D/N_act", "L*"]
+DEFAULT_EXPERTS = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_EXPANSION = 64.0
+
+SOURCES = {
+    "chinchilla": "Hoffmann et al. 2022 (arXiv 2203.15556) Approach 3, unrounded constants; C = 6 N D",
+    "epoch": "Besiroglu et al. 2024 (Epoch AI) refit of Chinchilla's points; C = 6 N D",
+    "joint-moe": "Ludziejewski et al. 2025 (arXiv 2502.05172) joint law in E; C = 6 N_act D, router FLOPs "
+                 "neglected",
+    "fine-grained": "Krajewski et al. 2024 (arXiv 2402.07871), N = total non-embedding; C = 6 N_act D, "
+                    "router FLOPs neglected",
+    "fitted": "Approach 3 fit of the given results file (perfmodel scaling fit), per architecture group; "
+              "c_f = median C / (N D) of the group's runs",
+}
+
+
+@attrs.frozen(kw_only=True)
+class OptimalRow:
+    law: str
+    n_experts: float
+    granularity: float | None
+    compute_flops: float
+    params_active: float
+    params_total: float
+    tokens: float
+    loss: float
+
+    @property
+    def tokens_per_active_param(self) -> float:
+        return self.tokens / self.params_active
+
+    def as_dict(self) -> dict:
+        return attrs.asdict(self) | {"tokens_per_active_param": self.tokens_per_active_param}
+
+    def cells(self) -> list[str]:
+        from perfmodel.hardware import format_si
+
+        return [self.law, f"{self.n_experts:g}", "-" if self.granularity is None else f"{self.granularity:g}",
+                format_si(self.params_active), format_si(self.params_total), format_si(self.tokens),
+                f"{self.tokens_per_active_param:.3g}", f"{self.loss:.4f}"]
+
+
+def _row(name: str, o: laws.ComputeOptimal, *, experts: float, active: float, total: float,
+         granularity: float | None = None) -> OptimalRow:
+    return OptimalRow(law=name, n_experts=float(experts), granularity=granularity,
+                      compute_flops=float(o.compute_flops), params_active=float(active), params_total=float(total),
+                      tokens=float(o.tokens), loss=float(o.loss))
+
+
+def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: float | None = None,
+                 granularity: float = 8.0, results=None) -> list[OptimalRow]:
+    """Rows of the compute-optimal allocation at ``compute_flops`` for the named law."""
+    ratio = moe_laws.FineGrainedMoELaw.total_per_active
+    if law in ("chinchilla", "epoch"):
+        if experts not in (None, 1, 1.0):
+            raise ValueError(f"--law {law} is a dense law; --experts applies to joint-moe, fine-grained, fitted")
+        lw = laws.chinchilla_hoffmann() if law == "chinchilla" else laws.chinchilla_epoch()
+        o = lw.optimal(compute_flops)
+        return [_row(law, o, experts=1, active=float(o.params), total=float(o.params))]
+    if law == "joint-moe":
+        joint = moe_laws.JointMoELaw()
+        es = DEFAULT_EXPERTS if experts is None else tuple(sorted({1.0, float(experts)}))
+        rows = []
+        for e in es:
+            o = joint.optimal(compute_flops, e)
+            rows.append(_row(law, o, experts=e, active=float(o.params), total=float(o.params) * ratio(e)))
+        return rows
+    if law == "fine-grained":
+        fgl = moe_laws.FineGrainedMoELaw()
+        e = DEFAULT_EXPANSION if experts is None else float(experts)
+        o = fgl.optimal(compute_flops, granularity=granularity, expansion=e)
+        return [_row(law, o, experts=e, active=float(o.params) / ratio(e), total=float(o.params),
+                     granularity=granularity)]
+    if law == "fitted":
+        if results is None:
+            raise ValueError("--law fitted needs --results FILE (a training results JSONL)")
+        return fitted_rows(compute_flops, results, experts=experts)
+    raise ValueError(f"unknown law {law!r}; choose from {sorted(SOURCES)}")
+
+
+def fitted_rows(compute_flops: float, results, *, experts: float | None = None) -> list[OptimalRow]:
+    """Approach-3 point fits of each group in ``results``, evaluated at ``compute_flops``."""
+    from perfmodel.scaling import fit as F
+    from perfmodel.scaling.results import read_runs
+
+    runs = read_runs(results)
+    rows = []
+    for label, g in runs.groups().items():
+        e = float(g.n_experts[0])
+        if experts is not None and e not in (1.0, float(experts)):
+            continue
+        cf = float(np.median(g.compute_flops / (g.params * g.tokens)))
+        lw = F.fit_approach3(g.params, g.tokens, g.loss, flops_per_param_token=cf, name=f"fitted {label}").law
+        o = lw.optimal(compute_flops)
+        total_ratio = float(np.median(g.params_total / g.params))
+        rows.append(_row(f"fitted {label}", o, experts=e, active=float(o.params),
+                         total=float(o.params) * total_ratio))
+    if not rows:
+        raise ValueError(f"{results}: no group with n_experts={experts:g}")
+    return rows
+
+
+def notes(law: str) -> list[str]:
+    out = [f"source: {SOURCES[law]}"]
+    if law in ("joint-moe", "fine-grained"):
+        out.append("N_total assumes N_total / N_act = (1 + 2E) / 3 (attention 4d^2 + FFN 8d^2 per block, "
+                   "E experts of the dense FFN size, top-1).")
+    if law == "fitted":
+        out.append("N_total = N_act x the group's median total/active ratio.")
+    return out

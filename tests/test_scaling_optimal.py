@@ -1,0 +1,51 @@
+"""`perfmodel scaling optimal` tables (perfmodel/scaling/optimal.py)."""
+
+import json
+import math
+
+import pytest
+
+from perfmodel.scaling import laws, moe_laws, optimal, results
+
+
+def test_dense_laws_match_their_closed_form():
+    (row,) = optimal.optimal_rows(1e21, law="epoch")
+    o = laws.chinchilla_epoch().optimal(1e21)
+    assert math.isclose(row.params_active, float(o.params)) and math.isclose(row.tokens, float(o.tokens))
+    assert math.isclose(6 * row.params_active * row.tokens, 1e21, rel_tol=1e-9)
+
+
+def test_joint_moe_default_table_and_single_e():
+    rows = optimal.optimal_rows(1e20, law="joint-moe")
+    assert [r.n_experts for r in rows] == list(optimal.DEFAULT_EXPERTS)
+    rows8 = optimal.optimal_rows(1e20, law="joint-moe", experts=8)
+    assert [r.n_experts for r in rows8] == [1, 8]
+    assert math.isclose(rows8[1].params_active, 990e6, rel_tol=0.02)
+    assert rows8[1].params_total == pytest.approx(rows8[1].params_active * (1 + 16) / 3)
+
+
+def test_fine_grained_active_from_total():
+    (row,) = optimal.optimal_rows(1e20, law="fine-grained", experts=8, granularity=4)
+    assert math.isclose(row.params_total / row.params_active, moe_laws.FineGrainedMoELaw.total_per_active(8))
+    assert math.isclose(6 * row.params_active * row.tokens, 1e20, rel_tol=1e-9)
+
+
+def test_fitted_recovers_generating_law(tmp_path):
+    law = laws.ChinchillaLaw(E_irr=1.1, A=30.0, B=200.0, alpha=0.35, beta=0.3)
+    p = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): law}, (1e12, 1e13, 1e14))
+    (row,) = optimal.optimal_rows(1e15, law="fitted", results=p)
+    assert math.isclose(row.params_active, float(law.optimal(1e15).params), rel_tol=0.02)
+
+
+def test_errors_and_cli(capsys):
+    from perfmodel.cli import main
+
+    with pytest.raises(ValueError, match="needs --results"):
+        optimal.optimal_rows(1e21, law="fitted")
+    with pytest.raises(ValueError, match="dense law"):
+        optimal.optimal_rows(1e21, law="chinchilla", experts=8)
+    assert main(["scaling", "optimal", "--compute", "1e21", "--law", "joint-moe", "--experts", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["n_experts"] for r in out] == [1.0, 8.0]
+    assert main(["scaling", "optimal", "--compute", "-5"]) == 2
+    assert "--compute must be" in capsys.readouterr().err
