@@ -1,0 +1,97 @@
+"""Timings validation: parsing tokamax caches, predicting rows, re-timing and fitting constants."""
+
+import json
+import pathlib
+
+import attrs
+import numpy as np
+import pytest
+
+from perfmodel.tiling.params import DEFAULT, FITTED, TimingParams
+from validation import timings as V
+
+DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokamax" / "tpu_v5_lite"
+PALLAS = DATA / "pallas_mosaic_tpu_ragged_dot.json"
+needs_data = pytest.mark.skipif(not PALLAS.exists(), reason="shared tokamax data not present")
+
+
+def _key(lhs, rhs, gs, dn, res=False):
+    return json.dumps({"lhs": lhs, "rhs": rhs, "group_sizes": gs,
+                       "ragged_dot_dimension_numbers": {"dot_dimension_numbers": [dn, [[], []]],
+                                                        "lhs_ragged_dimensions": [0], "rhs_group_dimensions": [0]},
+                       "return_residuals": res})
+
+
+def test_parse_array():
+    assert V.parse_array("bf16[4096,1024]") == ("bf16", (4096, 1024))
+    with pytest.raises(ValueError, match="text"):
+        V.parse_array("bf16(4096)")
+
+
+@pytest.mark.parametrize("rhs,dn,kind,n", [
+    ("bf16[8,512,768]", [[1], [1]], "forward", 768),
+    ("bf16[8,768,512]", [[1], [2]], "dlhs", 768),
+    ("bf16[1024,768]", [[0], [0]], "drhs", 768),
+])
+def test_parse_call_kinds(rhs, dn, kind, n):
+    c = V.parse_call(_key("bf16[1024,512]", rhs, [128] * 8, dn))
+    assert (c.kind, c.m, c.k, c.n, c.num_groups) == (kind, 1024, 512, n, 8)
+
+
+def test_random_split_becomes_even_split():
+    c = V.parse_call(_key("bf16[1000,512]", "bf16[3,512,256]", {"num_groups": 3, "total_size": 1000}, [[1], [1]]))
+    assert c.random_split and sum(c.group_sizes) == 1000 and max(c.group_sizes) - min(c.group_sizes) <= 1
+
+
+def test_unknown_dimension_numbers_rejected():
+    with pytest.raises(ValueError, match="dimension numbers"):
+        V.parse_call(_key("bf16[8,8]", "bf16[8,8]", [8], [[0], [1]]))
+
+
+def test_unknown_file_name_rejected(tmp_path):
+    p = tmp_path / "other.json"
+    p.write_text("{}")
+    with pytest.raises(ValueError, match="other.json"):
+        V.load_rows(p)
+
+
+@needs_data
+def test_rows_are_medians_of_samples():
+    data = json.loads(PALLAS.read_text())
+    rows = V.load_rows(PALLAS)
+    assert rows and all(r.implementation == "tokamax_pallas" for r in rows)
+    r = rows[0]
+    (samples,) = [v["evaluation_times_ms"] for ck, v in data[r.call.key].items()
+                  if tuple(sorted(json.loads(ck).items())) == r.config]
+    assert r.measured_s == pytest.approx(np.median(samples) * 1e-3)
+
+
+@needs_data
+def test_tokamax_forward_within_target_with_fitted_constants():
+    rows = [r for r in V.load_rows(PALLAS) if r.call.kind == "forward" and not r.call.return_residuals]
+    results = V.retimed_results(V.evaluate(rows, "v5e"), FITTED)
+    (s,) = [s for s in V.summarize(results) if s.kind == "forward"]
+    assert s.median_abs_err <= 0.15
+
+
+@needs_data
+def test_retiming_equals_fresh_prediction():
+    rows = V.load_rows(PALLAS)[:4]
+    base = V.evaluate(rows, "v5e", DEFAULT)
+    fresh = V.evaluate(rows, "v5e", FITTED)
+    for r, f in zip(V.retimed_results(base, FITTED), fresh):
+        assert r.predicted_s == pytest.approx(f.predicted_s, rel=1e-12)
+
+
+@needs_data
+def test_fit_recovers_constants_from_synthetic_measurements():
+    true = TimingParams(hbm_efficiency=0.8, mxu_fill_rows=20.0, vpu_ops_per_cycle=300.0,
+                        grid_step_overhead_s=0.5e-6)
+    rows = [r for r in V.load_rows(PALLAS) if r.call.kind in ("forward", "dlhs")]
+    base = V.evaluate(rows, "v5e")
+    synthetic = [attrs.evolve(res, row=attrs.evolve(res.row, measured_s=res.pred.retimed(true).time_s))
+                 for res in base]
+    fitted, loss = V.fit_params(synthetic, "v5e")
+    assert loss < 1e-3
+    after = V.retimed_results(synthetic, fitted)
+    assert max(abs(a.ratio - 1) for a in after) < 0.02
