@@ -1,0 +1,138 @@
+"""Fused kernel vs the per-expert reference and the ragged_dot baseline, on CPU in interpret mode."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from jax.experimental.pallas import tpu as pltpu
+
+import kernels
+from kernels import FusedTiles, moe_ffn
+
+T, D, F, G = 200, 128, 256, 4  # T not a multiple of tm: the last token tile is partial
+TILES = FusedTiles(tm=64, tf=128)  # 4 token tiles x 2 F chunks: straddles and revisits
+TOL = {"f32": dict(atol=1e-4, rtol=1e-4), "bf16": dict(atol=4e-2, rtol=4e-2)}
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def _weights(dtype, glu, seed=0):
+    k = jax.random.split(jax.random.key(seed), 4)
+    x = jax.random.normal(k[0], (T, D), jnp.float32)
+    w_up = jax.random.normal(k[1], (G, D, F), jnp.float32) / np.sqrt(D)
+    w_down = jax.random.normal(k[2], (G, F, D), jnp.float32) / np.sqrt(F)
+    w_gate = jax.random.normal(k[3], (G, D, F), jnp.float32) / np.sqrt(D) if glu else None
+    cast = lambda a: None if a is None else a.astype(DTYPES[dtype])
+    return cast(x), cast(w_up), cast(w_down), cast(w_gate)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(implementation, activation, interpret_tpu=False):
+    interpret = pltpu.InterpretParams() if interpret_tpu else True
+    return jax.jit(functools.partial(moe_ffn, implementation=implementation, activation=activation,
+                                     tiles=TILES, chip="v5e", interpret=interpret))
+
+
+@st.composite
+def group_sizes_st(draw):
+    total = draw(st.integers(0, T))
+    cuts = sorted(draw(st.lists(st.integers(0, total), min_size=G - 1, max_size=G - 1)))
+    return np.diff([0, *cuts, total]).astype(np.int32)
+
+
+CASES = [("f32", "gelu", False), ("bf16", "relu", False), ("f32", "silu", True), ("bf16", "silu", True),
+         ("bf16", "gelu", True)]
+
+
+@pytest.mark.parametrize("dtype,activation,glu", CASES)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=group_sizes_st())
+@example(sizes=np.array([T, 0, 0, 0], np.int32))      # one group takes all tokens
+@example(sizes=np.array([0, 0, 0, T], np.int32))      # ... the last one, after empty groups
+@example(sizes=np.array([0, 0, 0, 0], np.int32))      # nothing routed: all rows zero
+@example(sizes=np.array([37, 0, 90, 13], np.int32))   # zeros, straddles and a 60-row tail
+def test_fused_matches_reference_and_ragged_dot(dtype, activation, glu, sizes):
+    x, w_up, w_down, w_gate = _weights(dtype, glu)
+    gs = jnp.asarray(sizes)
+    fused = _jitted("fused", activation)(x, gs, w_up, w_down, w_gate)
+    ref = _jitted("reference", activation)(x, gs, w_up, w_down, w_gate)
+    ragged = _jitted("ragged_dot", activation)(x, gs, w_up, w_down, w_gate)
+    assert fused.dtype == x.dtype and fused.shape == (T, D)
+    f32 = lambda a: np.asarray(a.astype(jnp.float32))
+    np.testing.assert_allclose(f32(fused), f32(ref), **TOL[dtype])
+    np.testing.assert_allclose(f32(fused), f32(ragged), **TOL[dtype])
+    # Rows no expert owns are exactly zero, as with ragged_dot.
+    assert not f32(fused)[int(sizes.sum()):].any()
+
+
+@pytest.mark.parametrize("dtype,activation,glu", [("f32", "gelu", False), ("bf16", "silu", True)])
+def test_fused_tpu_interpret_params(dtype, activation, glu):
+    """TPU semantics (scalar prefetch, VMEM scratch, dynamic grid, uninitialised memory = NaN)."""
+    x, w_up, w_down, w_gate = _weights(dtype, glu, seed=1)
+    gs = jnp.array([50, 0, 37, 90], jnp.int32)
+    fused = _jitted("fused", activation, interpret_tpu=True)(x, gs, w_up, w_down, w_gate)
+    ref = _jitted("reference", activation)(x, gs, w_up, w_down, w_gate)
+    np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(ref, np.float32), **TOL[dtype])
+    assert not np.asarray(fused, np.float32)[177:].any()
+
+
+@pytest.mark.parametrize("dtype,activation,glu,interpret_tpu",
+                         [("f32", "gelu", False, True), ("f32", "silu", True, False),
+                          ("bf16", "silu", True, False)])
+def test_gradients_match_reference(dtype, activation, glu, interpret_tpu):
+    x, w_up, w_down, w_gate = _weights(dtype, glu, seed=2)
+    gs = jnp.array([64, 0, 100, 20], jnp.int32)
+    dy = jax.random.normal(jax.random.key(3), (T, D), jnp.float32).astype(x.dtype)
+    interpret = pltpu.InterpretParams() if interpret_tpu else True
+
+    def grads(implementation):
+        def loss(x, w_up, w_down, w_gate):
+            y = moe_ffn(x, gs, w_up, w_down, w_gate, activation=activation, implementation=implementation,
+                        tiles=TILES, chip="v5e", interpret=interpret)
+            return jnp.sum(y.astype(jnp.float32) * dy.astype(jnp.float32))
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(x, w_up, w_down, w_gate)
+
+    got, want = grads("fused"), grads("reference")
+    for name, a, b in zip(("dx", "dw_up", "dw_down", "dw_gate"), got, want):
+        if b is None:
+            continue
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        scale = np.abs(b).max()
+        np.testing.assert_allclose(a, b, atol=TOL[dtype]["atol"] * scale, rtol=TOL[dtype]["rtol"], err_msg=name)
+    # The empty expert gets no gradient.
+    assert not np.asarray(got[1], np.float32)[1].any()
+
+
+def test_default_path_warns_once_and_uses_model_tiles(caplog, monkeypatch):
+    monkeypatch.setattr(kernels.fused_moe, "_warned_interpret", False)
+    x, w_up, w_down, _ = _weights("f32", False)
+    gs = jnp.array([100, 100, 0, 0], jnp.int32)
+    with caplog.at_level(logging.WARNING, logger="kernels.fused_moe"):
+        y1 = moe_ffn(x, gs, w_up, w_down, chip="v5e")
+        moe_ffn(x, gs, w_up, w_down, chip="v5e")
+    msgs = [r.getMessage() for r in caplog.records if "interpret mode" in r.getMessage()]
+    assert len(msgs) == 1
+    ref = moe_ffn(x, gs, w_up, w_down, implementation="reference")
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(ref), **TOL["f32"])
+
+
+def test_api_errors_name_values():
+    x, w_up, w_down, _ = _weights("f32", False)
+    gs = jnp.array([100, 100, 0, 0], jnp.int32)
+    with pytest.raises(ValueError, match="implementation='triton'"):
+        moe_ffn(x, gs, w_up, w_down, implementation="triton")
+    with pytest.raises(ValueError, match="activation='tanh'"):
+        moe_ffn(x, gs, w_up, w_down, activation="tanh", implementation="reference")
+    with pytest.raises(ValueError, match=r"w_down.shape=\(4, 128, 256\)"):
+        moe_ffn(x, gs, w_up, jnp.swapaxes(w_down, 1, 2), interpret=True)
+    with pytest.raises(ValueError, match="F=256 should be divisible by tf=512"):
+        moe_ffn(x, gs, w_up, w_down, tiles=FusedTiles(tm=64, tf=512), interpret=True)
+    with pytest.raises(ValueError, match="MiB of VMEM"):
+        big = FusedTiles(tm=8192, tf=256)
+        moe_ffn(jnp.zeros((8192, 128)), gs, w_up, w_down, tiles=big, chip="v4", interpret=True)
