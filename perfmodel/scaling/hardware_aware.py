@@ -1,0 +1,193 @@
+"""Time-optimal vs FLOP-optimal allocation on a chip (dense and MoE).
+
+Scaling laws allocate a FLOP budget; a practitioner has a *time* budget on
+a chip. Here each candidate model size is turned into seconds per training
+token with perfmodel's roofline (:func:`perfmodel.api.predict` of
+``decoder_train_step``), so the tokens a time budget buys depend on how well
+that size uses the chip, and the loss law is minimised over what is actually
+achievable.
+
+Model family (one knob: depth ``L``): ``d_model = 128 L``, head dim 128,
+``H = Hkv = d_model / 128``, FFN width ``F = 4 d_model`` (GELU), vocabulary
+32000, sequence 2048; the MoE has E experts of width F, top-1 routing (the
+joint law's setting), so dense and MoE of equal depth have equal active
+parameters. ``N`` = active non-embedding parameters
+(:meth:`perfmodel.transformer.TransformerShape.params`).
+
+Time per token::
+
+    t_tok(N) = (t_fwd + t_bwd) / tokens_per_step + t_adamw / global_batch_tokens
+
+with ``t_fwd, t_bwd, t_adamw`` the roofline lower bounds of the three parts of
+``decoder_train_step`` at ``tokens_per_step`` tokens per chip (B x T); the
+optimizer update is sharded over the chips (ZeRO-style), so it is paid once
+per *global* batch. The time budget is in chip-seconds (perfect scaling over
+chips; no communication). Tokens ``D(N) = time_s / t_tok(N)``; loss from
+:class:`perfmodel.scaling.moe_laws.JointMoELaw` at E (E=1 for dense).
+
+* **time-optimal**: ``argmin_N L(N, D(N))`` over the family;
+* **FLOP-optimal**: what a FLOP planner picks knowing its achieved MFU: the
+  fixed point ``C = 6 N_opt(C) D(N_opt(C))`` (start from ``C = time x peak``),
+  then trained for the same time budget.
+
+Hook: ``moe_ffn_time_s(chip, dtype, T, D, F, E, k) -> seconds`` replaces the
+forward MoE FFN time of the roofline's ``moe_ffn_unfused`` (ragged_dot, ideal
+traffic) inside the step (backward = 2 x forward, as in decoder_train_step).
+The kernel tiling model can be plugged in there; ``ffn="fused"`` uses
+``moe_ffn_fused`` (intermediate kept on chip, ideal traffic).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+
+from perfmodel.scaling import moe_laws
+
+ASPECT = 128  # d_model per layer
+HEAD_DIM = 128
+VOCAB = 32000
+SEQ_LEN = 2048
+DEPTHS = tuple(range(1, 97))
+
+HEADERS = ["arch", "choice", "L", "d_model", "N_act", "N_total", "tokens", "D/N_act", "MFU", "C achieved",
+           "loss"]
+ASSUMPTIONS = ("family d_model = 128 L, F = 4 d_model, head dim 128, V = 32000, T = 2048; MoE top-1 with E experts "
+               "of width F. Time = roofline lower bound per part of decoder_train_step (no overheads, no "
+               "communication), optimizer sharded over the global batch; budget in chip-seconds. MFU = 6 N_act D / "
+               "(time x peak).")
+
+MoeFfnTime = Callable[..., float]
+
+
+@attrs.frozen(kw_only=True)
+class SizeCost:
+    """One model of the family on a chip."""
+
+    n_layers: int
+    d_model: int
+    params_active: float  # active non-embedding
+    params_total: float
+    seconds_per_token: float
+
+    def mfu(self, peak_flops_per_s: float) -> float:
+        return 6 * self.params_active / (self.seconds_per_token * peak_flops_per_s)
+
+
+@attrs.frozen(kw_only=True)
+class Allocation:
+    arch: str
+    choice: str  # "time-optimal" | "FLOP-optimal"
+    chip: str
+    n_experts: int
+    size: SizeCost
+    tokens: float
+    mfu: float
+    compute_flops: float  # 6 N_act D achieved
+    loss: float
+
+    def as_dict(self) -> dict:
+        return attrs.asdict(self)
+
+    def cells(self) -> list[str]:
+        from perfmodel.hardware import format_si
+
+        s = self.size
+        return [self.arch, self.choice, s.n_layers, s.d_model, format_si(s.params_active), format_si(s.params_total),
+                format_si(self.tokens), f"{self.tokens / s.params_active:.3g}", f"{self.mfu:.1%}",
+                f"{self.compute_flops:.3g}", f"{self.loss:.4f}"]
+
+
+def _shape(n_layers: int, n_experts: int):
+    from perfmodel.transformer import TransformerShape
+
+    d = ASPECT * n_layers
+    return TransformerShape(d_model=d, d_ff=4 * d, n_layers=n_layers, vocab=VOCAB, seq_len=SEQ_LEN,
+                            n_heads=d // HEAD_DIM, head_dim=HEAD_DIM, n_experts=n_experts, top_k=1)
+
+
+def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: str = "bf16", ffn: str = "unfused",
+              tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
+              moe_ffn_time_s: MoeFfnTime | None = None) -> SizeCost:
+    """Seconds per training token of the family member with ``n_layers`` layers."""
+    from perfmodel.api import predict
+
+    if tokens_per_step % SEQ_LEN:
+        raise ValueError(f"tokens_per_step={tokens_per_step} should be divisible by the sequence length {SEQ_LEN}")
+    if ffn not in ("unfused", "fused"):
+        raise ValueError(f"ffn must be 'unfused' or 'fused', got {ffn=!r}")
+    shape = _shape(n_layers, n_experts)
+    B = tokens_per_step // SEQ_LEN
+    dims = dict(B=B, T=SEQ_LEN, D=shape.d_model, F=shape.d_ff, H=shape.n_heads, Hkv=shape.hkv, Dh=shape.dh,
+                L=n_layers, V=VOCAB)
+    moe = n_experts > 1
+    if moe:
+        dims |= dict(E=n_experts, k=1, moe=True)
+    pred = predict("decoder_train_step", chip=chip, dtype=dtype, **dims)
+    parts = dict(pred.parts)
+    step_s = parts["decoder_forward"].lower_s + parts["backward"].lower_s
+    if moe and (ffn == "fused" or moe_ffn_time_s is not None):
+        ffn_dims = dict(T=tokens_per_step, D=shape.d_model, F=shape.d_ff, E=n_experts, k=1)
+        base = predict("moe_ffn_unfused", chip=chip, dtype=dtype, **ffn_dims).time_s
+        if moe_ffn_time_s is not None:
+            new = float(moe_ffn_time_s(chip, dtype, **ffn_dims))
+        else:
+            new = predict("moe_ffn_fused", chip=chip, dtype=dtype, **ffn_dims).time_s
+        step_s += 3 * n_layers * (new - base)  # forward + backward (2 x forward)
+    per_token = step_s / tokens_per_step + parts["adamw"].lower_s / global_batch_tokens
+    p = shape.params()
+    return SizeCost(n_layers=n_layers, d_model=shape.d_model, params_active=float(p.active_non_embedding),
+                    params_total=float(p.non_embedding), seconds_per_token=per_token)
+
+
+def allocate(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str = "bf16", ffn: str = "unfused",
+             tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
+             moe_ffn_time_s: MoeFfnTime | None = None, law: moe_laws.JointMoELaw | None = None,
+             depths=DEPTHS) -> tuple[Allocation, Allocation]:
+    """(time-optimal, FLOP-optimal) allocations for ``time_s`` chip-seconds."""
+    from perfmodel.hardware import get_chip
+
+    if not (math.isfinite(time_s) and time_s > 0):
+        raise ValueError(f"time_s must be finite and positive, got {time_s=!r}")
+    c = get_chip(chip)
+    peak = c.peak_flops_per_s(dtype)
+    law_e = (law or moe_laws.JointMoELaw()).at_experts(n_experts)
+    sizes = [size_cost(L, chip=chip, n_experts=n_experts, dtype=dtype, ffn=ffn, tokens_per_step=tokens_per_step,
+                       global_batch_tokens=global_batch_tokens, moe_ffn_time_s=moe_ffn_time_s) for L in depths]
+    n = np.array([s.params_active for s in sizes])
+    tokens = np.array([time_s / s.seconds_per_token for s in sizes])
+    loss = law_e.loss(n, tokens)
+    arch = "dense" if n_experts == 1 else f"moe E={n_experts}"
+
+    def alloc(i: int, choice: str) -> Allocation:
+        s = sizes[i]
+        return Allocation(arch=arch, choice=choice, chip=c.name, n_experts=n_experts, size=s, tokens=float(tokens[i]),
+                          mfu=s.mfu(peak), compute_flops=float(6 * s.params_active * tokens[i]), loss=float(loss[i]))
+
+    t_opt = int(np.argmin(loss))
+    # FLOP planner: C -> N_opt(C) -> nearest family member -> its achieved C; iterate to a fixed point.
+    compute = time_s * peak
+    i = 0
+    for _ in range(50):
+        target = float(law_e.optimal(compute).params)
+        i_new = int(np.argmin(np.abs(np.log(n / target))))
+        compute_new = float(6 * n[i_new] * tokens[i_new])
+        if i_new == i and math.isclose(compute_new, compute, rel_tol=1e-9):
+            break
+        i, compute = i_new, compute_new
+    return alloc(t_opt, "time-optimal"), alloc(i, "FLOP-optimal")
+
+
+def compare(*, chip: str = "v5e", time_s: float, n_experts: int = 8, ffn: str = "unfused",
+            tokens_per_step: int = 16384, moe_ffn_time_s: MoeFfnTime | None = None) -> list[Allocation]:
+    """Dense and MoE (E experts), each time-optimal and FLOP-optimal, at the same time budget."""
+    if n_experts < 2:
+        raise ValueError(f"n_experts must be >= 2 for the MoE side, got {n_experts=}")
+    out = []
+    for e in (1, n_experts):
+        out += list(allocate(chip=chip, time_s=time_s, n_experts=e, ffn=ffn, tokens_per_step=tokens_per_step,
+                             moe_ffn_time_s=moe_ffn_time_s))
+    return out

@@ -1,0 +1,71 @@
+"""Time-optimal vs FLOP-optimal allocation on a chip (perfmodel/scaling/hardware_aware.py)."""
+
+import math
+
+import pytest
+
+from perfmodel.api import predict
+from perfmodel.hardware import get_chip
+from perfmodel.scaling import hardware_aware as H
+
+DEPTHS = tuple(range(2, 25, 2))
+
+
+def test_roofline_time_never_beats_6n_at_peak():
+    peak = get_chip("v5e").peak_flops_per_s("bf16")
+    for L in (2, 8, 24):
+        s = H.size_cost(L, chip="v5e")
+        assert 0 < s.mfu(peak) <= 1.0
+        assert s.params_active == s.params_total
+
+
+def test_moe_counts_active_and_total_and_fused_is_not_slower():
+    dense = H.size_cost(8, n_experts=1)
+    unfused = H.size_cost(8, n_experts=8)
+    fused = H.size_cost(8, n_experts=8, ffn="fused")
+    assert unfused.params_active == pytest.approx(dense.params_active + 8 * 8 * 1024)  # + router D E per layer
+    assert unfused.params_total > 5 * dense.params_total
+    assert fused.seconds_per_token <= unfused.seconds_per_token
+
+
+def test_moe_ffn_hook_replaces_the_ffn_time():
+    L, tps = 4, 16384
+    base = H.size_cost(L, n_experts=8, tokens_per_step=tps)
+    extra = 1e-3
+    calls = []
+
+    def slow_ffn(chip, dtype, *, T, D, F, E, k):
+        calls.append((chip, T, D, F, E, k))
+        return predict("moe_ffn_unfused", chip=chip, dtype=dtype, T=T, D=D, F=F, E=E, k=k).time_s + extra
+
+    hooked = H.size_cost(L, n_experts=8, tokens_per_step=tps, moe_ffn_time_s=slow_ffn)
+    assert calls == [("v5e", tps, 512, 2048, 8, 1)]
+    assert math.isclose(hooked.seconds_per_token - base.seconds_per_token, 3 * L * extra / tps, rel_tol=1e-9)
+
+
+def test_time_optimal_is_never_worse_and_flop_optimal_is_a_fixed_point():
+    for e in (1, 8):
+        t_opt, f_opt = H.allocate(chip="v5e", time_s=3600.0, n_experts=e, depths=DEPTHS)
+        assert t_opt.loss <= f_opt.loss
+        assert t_opt.tokens == pytest.approx(3600.0 / t_opt.size.seconds_per_token)
+        assert f_opt.compute_flops == pytest.approx(6 * f_opt.size.params_active * f_opt.tokens)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="time_s"):
+        H.allocate(time_s=-1.0)
+    with pytest.raises(ValueError, match="tokens_per_step"):
+        H.size_cost(4, tokens_per_step=1000)
+    with pytest.raises(ValueError, match="n_experts"):
+        H.compare(time_s=10.0, n_experts=1)
+
+
+def test_cli_time_optimal(capsys):
+    import json
+
+    from perfmodel.cli import main
+
+    assert main(["scaling", "time-optimal", "--hours", "1", "--experts", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["arch"], r["choice"]) for r in rows] == [("dense", "time-optimal"), ("dense", "FLOP-optimal"),
+                                                        ("moe E=8", "time-optimal"), ("moe E=8", "FLOP-optimal")]
