@@ -94,3 +94,19 @@ def test_lbfgs_and_bfgs_agree():
     a = F.fit_approach3(n, d, l, grid=grid)
     b = F.fit_approach3(n, d, l, grid=grid, method="L-BFGS-B")
     assert math.isclose(a.objective, b.objective, rel_tol=1e-6)
+
+
+def test_joint_fit_recovers_generating_constants(tmp_path):
+    from perfmodel.scaling import moe_laws, results
+
+    j = moe_laws.JointMoELaw(a=30.0, alpha=-0.2, delta=-0.2, gamma=0.01, b=40.0, beta=-0.18, omega=0.5,
+                             zeta=-0.02, c=1.3)
+    p = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): j.at_experts(1), ("moe", 8, 1): j.at_experts(8),
+                                                       ("moe", 32, 1): j.at_experts(32)}, (1e17, 1e18, 1e19))
+    r = results.read_runs(p)
+    f = F.fit_joint(r.params, r.tokens, r.loss, r.n_experts, starts=2)
+    assert f.experts == (1, 8, 32)
+    for name in ("alpha", "gamma", "beta", "zeta", "c"):
+        assert math.isclose(getattr(f.law, name), getattr(j, name), rel_tol=1e-3, abs_tol=1e-5), name
+    with pytest.raises(ValueError, match="2 expert counts"):
+        F.fit_joint(r.params[:21], r.tokens[:21], r.loss[:21], r.n_experts[:21])

@@ -80,3 +80,10 @@ def test_cli_bad_file_is_a_clear_error(tmp_path, capsys):
                              "final_eval_loss": float("inf")}) + "\n")
     assert main(["scaling", "fit", str(p), "--out", str(tmp_path)]) == 2
     assert "non-finite eval loss" in capsys.readouterr().err
+
+
+def test_joint_law_fitted_across_expert_counts(fitted):
+    assert fitted.joint is not None and fitted.joint.experts == (1, 8)
+    for e in (1, 8):
+        true = float(JOINT.optimal(BUDGETS[-1], e).loss)
+        assert abs(float(fitted.joint.law.optimal(BUDGETS[-1], e).loss) - true) < 0.02

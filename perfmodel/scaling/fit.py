@@ -393,3 +393,81 @@ def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, 
         tokens_per_param=tuple(_interval(x.tokens_opt / x.params_opt, d_s[:, i] / n_s[:, i], level)
                                for i, x in enumerate(fit.isoflops)),
         loss_opt=tuple(_interval(x.loss_opt, l_s[:, i], level) for i, x in enumerate(fit.isoflops)))
+
+
+# ---------------------------------------------------------------- joint law in E
+
+
+JOINT_NAMES = ("log_a", "alpha", "delta", "gamma", "log_b", "beta", "omega", "zeta", "log_c")
+
+
+def joint_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_e: np.ndarray,
+                    log_l: np.ndarray, delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
+    """Summed Huber loss of the joint law (Ludziejewski et al. 2025) in log-sum-exp form, and its gradient.
+
+    ``log L_hat = LSE(log a + delta ln E' + (alpha + gamma ln E') ln N,
+                      log b + omega ln E' + (beta + zeta ln E') ln D, log c)``;
+    ``theta`` = (log a, alpha, delta, gamma, log b, beta, omega, zeta, log c); ``log_e`` = ln E'.
+    """
+    la, al, de, ga, lb, be, om, ze, lc = theta
+    z = np.stack([la + de * log_e + (al + ga * log_e) * log_n, lb + om * log_e + (be + ze * log_e) * log_d,
+                  np.full_like(log_n, lc)])
+    zmax = z.max(axis=0)
+    w = np.exp(z - zmax)
+    s = w.sum(axis=0)
+    pred = zmax + np.log(s)
+    w /= s
+    r = pred - log_l
+    g = np.clip(r, -delta, delta)
+    g0, g1 = g * w[0], g * w[1]
+    grad = np.array([g0.sum(), np.dot(g0, log_n), np.dot(g0, log_e), np.dot(g0, log_e * log_n),
+                     g1.sum(), np.dot(g1, log_d), np.dot(g1, log_e), np.dot(g1, log_e * log_d), np.dot(g, w[2])])
+    return float(huber(r, delta).sum()), grad
+
+
+@attrs.frozen(kw_only=True)
+class JointFit:
+    """Joint-law fit over several expert counts (``E_start``, ``E_max`` held at the published values)."""
+
+    law: object  # perfmodel.scaling.moe_laws.JointMoELaw
+    objective: float
+    n_points: int
+    experts: tuple[int, ...]
+
+
+def fit_joint(params, tokens, loss, n_experts, *, delta: float = HUBER_DELTA, starts: int = 8,
+              seed: int = 0) -> JointFit:
+    """Fit the joint MoE law to runs at >= 2 distinct expert counts (E=1 is dense).
+
+    ``E_start`` and ``E_max`` stay at Ludziejewski et al.'s values (a sweep over
+    a few E cannot pin the saturation); the 9 other constants are fitted by
+    BFGS from the published constants and ``starts - 1`` random perturbations.
+    """
+    from perfmodel.scaling.moe_laws import JointMoELaw
+
+    n, d, l = _check_runs(params, tokens, loss)
+    e = np.asarray(n_experts, float).ravel()
+    if e.size != n.size:
+        raise ValueError(f"n_experts must have one entry per run, got {e.size} for {n.size} runs")
+    distinct = tuple(sorted({int(x) for x in e}))
+    if len(distinct) < 2:
+        raise ValueError(f"a joint law in E needs runs at >= 2 expert counts, got {distinct}")
+    pub = JointMoELaw()
+    log_e = np.log([pub.effective_experts(x) for x in e])
+    args = (np.log(n), np.log(d), log_e, np.log(l), delta)
+    x0 = np.array([math.log(pub.a), pub.alpha, pub.delta, pub.gamma, math.log(pub.b), pub.beta, pub.omega, pub.zeta,
+                   math.log(pub.c)])
+    rng = np.random.default_rng(seed)
+    best, best_val = None, math.inf
+    for i in range(starts):
+        start = x0 if i == 0 else x0 + rng.normal(0, 0.3, x0.size) * np.maximum(np.abs(x0), 0.05)
+        res = optimize.minimize(joint_objective, start, args=args, jac=True, method="BFGS",
+                                options=dict(maxiter=2000, gtol=1e-10))
+        if np.all(np.isfinite(res.x)) and math.isfinite(res.fun) and res.fun < best_val:
+            best, best_val = res.x, float(res.fun)
+    if best is None:
+        raise RuntimeError("joint fit: no start reached a finite objective")
+    la, al, de, ga, lb, be, om, ze, lc = (float(v) for v in best)
+    law = JointMoELaw(name="fitted joint", a=math.exp(la), alpha=al, delta=de, gamma=ga, b=math.exp(lb), beta=be,
+                      omega=om, zeta=ze, c=math.exp(lc), E_start=pub.E_start, E_max=pub.E_max)
+    return JointFit(law=law, objective=best_val, n_points=n.size, experts=distinct)

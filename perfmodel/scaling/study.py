@@ -86,6 +86,8 @@ class Study:
     groups: tuple[GroupFit, ...]
     comparisons: tuple[Comparison, ...]
     skipped: tuple[str, ...]  # groups skipped, with the reason
+    joint: F.JointFit | None = None  # joint law in E over all fitted groups (>= 2 expert counts)
+    joint_error: str | None = None
 
 
 def _pct(pred: float, obs: float) -> float:
@@ -192,8 +194,14 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
         raise ValueError(f"{path}: no architecture group can be fitted: " + "; ".join(skipped))
     dense = next((g for g in fits if g.label == "dense"), None)
     comps = tuple(compare(dense, g) for g in fits if dense is not None and g is not dense)
+    joint, joint_err = None, None
+    try:
+        cat = {k: np.concatenate([getattr(g.runs, k) for g in fits]) for k in ("params", "tokens", "loss", "n_experts")}
+        joint = F.fit_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], seed=seed)
+    except (ValueError, RuntimeError) as err:
+        joint_err = str(err)
     return Study(source=str(path), loss_key=loss, params_key=params_key, groups=tuple(fits), comparisons=comps,
-                 skipped=tuple(skipped))
+                 skipped=tuple(skipped), joint=joint, joint_error=joint_err)
 
 
 # ---------------------------------------------------------------- reports
@@ -247,6 +255,18 @@ def report_markdown(s: Study) -> str:
             out += [f"### {cmp.label}", "", markdown_table(
                 ["C (FLOPs)", "N_opt dense", "N_act,opt MoE", "D/N dense", "D/N_act MoE", "loss advantage"],
                 rows), ""]
+    if s.joint is not None:
+        j = s.joint.law
+        budgets = sorted({c for g in s.groups for c in g.approach3.budgets_flops})
+        rows = [[f"{c:.3g}"] + [f"{_si(j.optimal(c, e).params)} / {_si(j.optimal(c, e).tokens)}"
+                                for e in s.joint.experts] for c in budgets]
+        out += ["## Joint law in E (Ludziejewski et al. 2025 form, E_start and E_max at published values)", "",
+                f"Fitted on {s.joint.n_points} runs at E = {', '.join(map(str, s.joint.experts))} (top-k as run): "
+                f"a={j.a:.4g}, alpha={j.alpha:.4g}, delta={j.delta:.4g}, gamma={j.gamma:.4g}, b={j.b:.4g}, "
+                f"beta={j.beta:.4g}, omega={j.omega:.4g}, zeta={j.zeta:.4g}, c={j.c:.4g}.", "",
+                markdown_table(["C (FLOPs)"] + [f"E={e}: N_act / D" for e in s.joint.experts], rows), ""]
+    elif s.joint_error:
+        out += [f"Joint law in E not fitted: {s.joint_error}.", ""]
     out += ["## Held-out check (fit on all budgets but the largest, predict the largest)", ""]
     rows = []
     for g in s.groups:
@@ -297,8 +317,11 @@ def report_json(s: Study) -> dict:
               "params_opt_dense": [_ivd(x) for x in c.params_opt_dense],
               "params_opt_moe": [_ivd(x) for x in c.params_opt_moe],
               "loss_advantage": [_ivd(x) for x in c.loss_advantage]} for c in s.comparisons]
+    joint = None if s.joint is None else {
+        "experts": list(s.joint.experts), "n_points": s.joint.n_points, "objective": s.joint.objective,
+        "constants": attrs.asdict(s.joint.law)}
     return {"source": s.source, "loss": s.loss_key, "params": s.params_key, "groups": groups,
-            "comparisons": comps, "skipped": list(s.skipped)}
+            "comparisons": comps, "joint": joint, "joint_error": s.joint_error, "skipped": list(s.skipped)}
 
 
 def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True) -> list[pathlib.Path]:
