@@ -12,7 +12,7 @@ Study design
   and E experts (default 8) of width ``F_e = 4 D / k`` (top-k = 2: ``F_e = 2 D``),
   so the k active experts hold exactly the dense FFN's parameters; the router
   adds ``D E`` per layer. Total parameters are ~E / k times the dense FFN's;
-* batch ``B = clip(2^floor(log2(tokens / (200 T))), 32, 256)`` sequences, so
+* batch ``B = clip(2^floor(log2(tokens / (200 T))), 16, 256)`` sequences, so
   every run takes >= ~200 steps where possible;
 * recipe: AdamW(b1 0.9, b2 0.99, wd 0.1), clip 1.0, peak lr
   ``3e-3 * min(1, sqrt(64 / D))``, warm-up min(50, steps/10), cosine to 10%.
@@ -37,7 +37,7 @@ import attrs
 from validation.arith import optim, task as task_lib, train
 from validation.arith.model import ModelConfig
 
-WIDTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
+WIDTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 DEFAULT_TASK = "add3+mul3"
 
 
@@ -62,7 +62,7 @@ def optim_for(model: ModelConfig) -> optim.AdamWConfig:
 
 def batch_for(tokens: float, seq_len: int) -> int:
     b = 2 ** math.floor(math.log2(max(1.0, tokens / (200 * seq_len))))
-    return int(min(256, max(32, b)))
+    return int(min(256, max(16, b)))
 
 
 @attrs.frozen(kw_only=True)
@@ -77,7 +77,7 @@ class Study:
 
 STUDIES = {
     "quick": Study(name="quick", budgets_flops=(1e10, 3e10), sizes_per_budget=3),
-    "full": Study(name="full", budgets_flops=(1e11, 3e11, 1e12, 3e12), sizes_per_budget=5),
+    "full": Study(name="full", budgets_flops=(3e10, 1e11, 3e11, 1e12), sizes_per_budget=5),
 }
 
 

@@ -1,0 +1,77 @@
+"""Sweep: study designs, atomic JSONL appends, resume, and a kill in the middle loses <= 1 run."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from validation.arith import sweep
+
+
+def test_full_study_design():
+    full = sweep.STUDIES["full"]
+    assert len(full.budgets_flops) >= 3 and max(full.budgets_flops) / min(full.budgets_flops) >= 10
+    runs = sweep.plan(full)
+    for c in full.budgets_flops:
+        for arch in ("dense", "moe-E8k2"):
+            rs = [r for r in runs if r.budget_flops == c and r.arch == arch]
+            assert len(rs) >= 5
+            for r in rs:  # tokens = C / FLOPs per token, to within one step
+                fpt = r.config.model.shape.flops_per_token().train_exact
+                assert abs(r.config.steps * r.config.tokens_per_step * fpt / c - 1) < 0.5 / min(r.config.steps, 100) + 0.01
+    # dense and MoE at equal active parameters per token (MoE adds only the router, D E per layer)
+    dense = {r.config.model.d_model: r.config.model for r in runs if r.arch == "dense"}
+    for r in runs:
+        if r.arch != "dense":
+            m, d = r.config.model, dense[r.config.model.d_model]
+            extra = m.shape.params().active - d.shape.params().active
+            assert extra == m.n_layers * m.d_model * m.n_experts
+    assert len({r.run_id for r in runs}) == len(runs)
+
+
+def test_append_is_line_atomic_and_torn_lines_are_ignored(tmp_path):
+    p = tmp_path / "r.jsonl"
+    sweep.append_record(p, {"run_id": "a", "x": 1})
+    with open(p, "a") as f:
+        f.write('{"run_id": "b", "x"')  # a writer killed mid-line
+    assert set(sweep.read_done(p)) == {"a"}
+    sweep.append_record(p, {"run_id": "c", "x": 3})
+    assert set(sweep.read_done(p)) == {"a", "c"}
+    assert all(line.endswith("\n") for line in p.read_text().splitlines(keepends=True))
+
+
+_CHILD = """
+import sys
+from validation.arith import sweep
+study = sweep.Study(name="t", budgets_flops=(3e8,), sizes_per_budget=3, task="add2")
+sweep.run_study(study, __import__("pathlib").Path(sys.argv[1]), archs=("dense",))
+"""
+
+
+def test_kill_loses_at_most_the_run_in_progress_and_rerun_skips(tmp_path):
+    p = tmp_path / "kill.jsonl"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(p)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(sweep.read_done(p)) < 1:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done = sweep.read_done(p)
+    assert 1 <= len(done) < 3
+    study = sweep.Study(name="t", budgets_flops=(3e8,), sizes_per_budget=3, task="add2")
+    ran = []
+    recs = sweep.run_study(study, p, archs=("dense",), log=lambda s: None, after_run=lambda i, r: ran.append(r["run_id"]))
+    assert len(ran) == 3 - len(done) and not set(ran) & set(done)
+    assert len(recs) == 3 and len(p.read_text().splitlines()) == 3
+    rec = recs[0]
+    for key in ("params_total", "params_active_non_embedding", "flops", "tokens", "train_loss", "held_out_loss",
+                "curve_train_loss", "wall_time_s", "tokens_per_s", "device", "versions", "config"):
+        assert key in rec
+    assert math.isfinite(rec["held_out_loss"])
