@@ -84,6 +84,8 @@ def test_cli_bad_file_is_a_clear_error(tmp_path, capsys):
 
 def test_joint_law_fitted_across_expert_counts(fitted):
     assert fitted.joint is not None and fitted.joint.experts == (1, 8)
+    ci = fitted.joint_bootstrap.constants["alpha"]
+    assert ci.low <= ci.point <= ci.high
     for e in (1, 8):
         true = float(JOINT.optimal(BUDGETS[-1], e).loss)
         assert abs(float(fitted.joint.law.optimal(BUDGETS[-1], e).loss) - true) < 0.02

@@ -471,3 +471,38 @@ def fit_joint(params, tokens, loss, n_experts, *, delta: float = HUBER_DELTA, st
     law = JointMoELaw(name="fitted joint", a=math.exp(la), alpha=al, delta=de, gamma=ga, b=math.exp(lb), beta=be,
                       omega=om, zeta=ze, c=math.exp(lc), E_start=pub.E_start, E_max=pub.E_max)
     return JointFit(law=law, objective=best_val, n_points=n.size, experts=distinct)
+
+
+@attrs.frozen(kw_only=True)
+class JointBootstrap:
+    fit: JointFit
+    constants: dict  # name -> Interval, for JOINT_NAMES without the log_ prefix (a, b, c exponentiated)
+
+
+def bootstrap_joint(params, tokens, loss, n_experts, *, fit: JointFit | None = None, n_resamples: int = 100,
+                    level: float = 0.95, seed: int = 0) -> JointBootstrap:
+    """Resample runs (within each expert count), refit the joint law from the full-data optimum."""
+    n, d, l = _check_runs(params, tokens, loss)
+    e = np.asarray(n_experts, float).ravel()
+    fit = fit or fit_joint(n, d, l, e, seed=seed)
+    pub = fit.law
+    log_e = np.log([pub.effective_experts(x) for x in e])
+    x0 = np.array([math.log(pub.a), pub.alpha, pub.delta, pub.gamma, math.log(pub.b), pub.beta, pub.omega, pub.zeta,
+                   math.log(pub.c)])
+    groups = [np.flatnonzero(e == x) for x in np.unique(e)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_resamples):
+        idx = np.concatenate([rng.choice(g, g.size) for g in groups])
+        res = optimize.minimize(joint_objective, x0, args=(np.log(n[idx]), np.log(d[idx]), log_e[idx],
+                                                           np.log(l[idx]), HUBER_DELTA),
+                                jac=True, method="BFGS", options=dict(maxiter=2000, gtol=1e-10))
+        if np.all(np.isfinite(res.x)):
+            rows.append(res.x)
+    s = np.array(rows, float).reshape(-1, 9)
+    out = {}
+    for i, name in enumerate(JOINT_NAMES):
+        key = name.removeprefix("log_")
+        vals = np.exp(s[:, i]) if name.startswith("log_") else s[:, i]
+        out[key] = _interval(getattr(pub, key), vals, level)
+    return JointBootstrap(fit=fit, constants=out)

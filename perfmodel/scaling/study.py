@@ -87,6 +87,7 @@ class Study:
     comparisons: tuple[Comparison, ...]
     skipped: tuple[str, ...]  # groups skipped, with the reason
     joint: F.JointFit | None = None  # joint law in E over all fitted groups (>= 2 expert counts)
+    joint_bootstrap: F.JointBootstrap | None = None
     joint_error: str | None = None
 
 
@@ -194,14 +195,17 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
         raise ValueError(f"{path}: no architecture group can be fitted: " + "; ".join(skipped))
     dense = next((g for g in fits if g.label == "dense"), None)
     comps = tuple(compare(dense, g) for g in fits if dense is not None and g is not dense)
-    joint, joint_err = None, None
+    joint, joint_err, joint_boot = None, None, None
     try:
         cat = {k: np.concatenate([getattr(g.runs, k) for g in fits]) for k in ("params", "tokens", "loss", "n_experts")}
         joint = F.fit_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], seed=seed)
+        joint_boot = F.bootstrap_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], fit=joint,
+                                       n_resamples=max(2, n_resamples // 4), seed=seed)
     except (ValueError, RuntimeError) as err:
-        joint_err = str(err)
+        joint_err, joint_boot = str(err), None
     return Study(source=str(path), loss_key=loss, params_key=params_key, groups=tuple(fits), comparisons=comps,
-                 skipped=tuple(skipped), joint=joint, joint_error=joint_err)
+                 skipped=tuple(skipped), joint=joint, joint_error=joint_err,
+                 joint_bootstrap=joint_boot)
 
 
 # ---------------------------------------------------------------- reports
@@ -261,9 +265,13 @@ def report_markdown(s: Study) -> str:
         rows = [[f"{c:.3g}"] + [f"{_si(j.optimal(c, e).params)} / {_si(j.optimal(c, e).tokens)}"
                                 for e in s.joint.experts] for c in budgets]
         out += ["## Joint law in E (Ludziejewski et al. 2025 form, E_start and E_max at published values)", "",
-                f"Fitted on {s.joint.n_points} runs at E = {', '.join(map(str, s.joint.experts))} (top-k as run): "
-                f"a={j.a:.4g}, alpha={j.alpha:.4g}, delta={j.delta:.4g}, gamma={j.gamma:.4g}, b={j.b:.4g}, "
-                f"beta={j.beta:.4g}, omega={j.omega:.4g}, zeta={j.zeta:.4g}, c={j.c:.4g}.", "",
+                f"Fitted on {s.joint.n_points} runs at E = {', '.join(map(str, s.joint.experts))} (top-k as run); "
+                + (f"bootstrap intervals from {s.joint_bootstrap.constants['c'].n_resamples} resamples:"
+                   if s.joint_bootstrap else ""), "",
+                markdown_table(["constant", "value"],
+                               [[k, _iv(v)] for k, v in s.joint_bootstrap.constants.items()] if s.joint_bootstrap
+                               else [[k, f"{getattr(j, k):.4g}"] for k in
+                                     ("a", "alpha", "delta", "gamma", "b", "beta", "omega", "zeta", "c")]), "",
                 markdown_table(["C (FLOPs)"] + [f"E={e}: N_act / D" for e in s.joint.experts], rows), ""]
     elif s.joint_error:
         out += [f"Joint law in E not fitted: {s.joint_error}.", ""]
@@ -319,7 +327,9 @@ def report_json(s: Study) -> dict:
               "loss_advantage": [_ivd(x) for x in c.loss_advantage]} for c in s.comparisons]
     joint = None if s.joint is None else {
         "experts": list(s.joint.experts), "n_points": s.joint.n_points, "objective": s.joint.objective,
-        "constants": attrs.asdict(s.joint.law)}
+        "constants": attrs.asdict(s.joint.law),
+        "intervals": None if s.joint_bootstrap is None else
+        {k: _ivd(v) for k, v in s.joint_bootstrap.constants.items()}}
     return {"source": s.source, "loss": s.loss_key, "params": s.params_key, "groups": groups,
             "comparisons": comps, "joint": joint, "joint_error": s.joint_error, "skipped": list(s.skipped)}
 
