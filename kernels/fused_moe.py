@@ -239,6 +239,23 @@ def compute_mask(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group
     return 1 - tail_steps[s] > 0
 
 
+def straddle_mask(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps, *, tm):
+    """True where the visited group does not cover the whole token tile, so rows must be masked.
+
+    That is a tile shared with another group, the tail, or rows past ``T`` of a
+    partial last tile. The kernel branches on this same function; the model
+    charges the row-mask VPU work on these steps only.
+    """
+    g = group_ids[s]
+    lo = m_tile_ids[s] * tm
+    return (group_offsets[g] > lo) | (group_offsets[g + 1] < lo + tm)
+
+
+ROW_MASK_OPS = 6
+"""VPU ops per ``[tm, tf]`` element to mask rows of other groups: iota, add tile
+offset, two compares, and, select (counted as in ``perfmodel.tiling.gmm``)."""
+
+
 # --------------------------------------------------------------------------
 # Kernel description (one source of truth)
 # --------------------------------------------------------------------------
@@ -310,9 +327,16 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
         prefetch=prefetch,
         scratch_bytes=scratch,
         step_matmuls=(((tm, D, tf),) * n_in) + ((tm, tf, D),),
-        step_vpu_flops=tm * tf * vpu_flops_per_element(activation, glu=glu),
+        # Every active step: the activation on [tm, tf], the cast of h to the weight
+        # dtype (bf16), one add per f32 accumulator element [tm, D].
+        step_vpu_flops=tm * tf * (vpu_flops_per_element(activation, glu=glu) + (q < 4)) + tm * D,
         step_transcendentals=tm * tf * transcendentals_per_element(activation),
         compute_mask=compute_mask,
+        # The walker's "epilogue" slot carries the row-mask ops, charged on the steps
+        # straddle_mask selects (the kernel's masked branch). The final [tm, D] cast
+        # and store, once per tile, is not counted.
+        epilogue_vpu_ops=ROW_MASK_OPS * tm * tf,
+        epilogue_mask=functools.partial(straddle_mask, tm=tm),
         useful_flops=2 * int(min(group_sizes.sum(), T)) * D * F * (n_in + 1),
         mxu_dtype=dtype,
     )
@@ -348,18 +372,23 @@ def _fused_moe_kernel(group_offsets_ref, group_ids_ref, m_tile_ids_ref, x_tile_i
     def _zero_acc():
         acc_ref[...] = jnp.zeros_like(acc_ref)
 
-    @pl.when(group < num_groups)  # the tail group computes nothing
-    def _accumulate():
+    def _accumulate(mask_rows: bool):
         x = x_ref[...]
         up = jnp.dot(x, w_up_ref[...], preferred_element_type=jnp.float32)
         gate = None if w_gate_ref is None else jnp.dot(x, w_gate_ref[...], preferred_element_type=jnp.float32)
         h = ffn_hidden(up, gate, activation=activation)
-        # Rows of other groups (straddling tiles) and garbage rows of a partial last
-        # tile contribute nothing: select, so NaN/inf in those rows cannot leak.
-        rows = tile * tm + jax.lax.broadcasted_iota(jnp.int32, h.shape, 0)
-        in_group = jnp.logical_and(rows >= group_offsets_ref[group], rows < group_offsets_ref[group + 1])
-        h = jnp.where(in_group, h, 0.0).astype(w_down_ref.dtype)
-        acc_ref[...] += jnp.dot(h, w_down_ref[...], preferred_element_type=jnp.float32)
+        if mask_rows:
+            # Rows of other groups (straddling tiles), of the tail and garbage rows of a
+            # partial last tile contribute nothing: select, so NaN/inf cannot leak.
+            rows = tile * tm + jax.lax.broadcasted_iota(jnp.int32, h.shape, 0)
+            in_group = jnp.logical_and(rows >= group_offsets_ref[group], rows < group_offsets_ref[group + 1])
+            h = jnp.where(in_group, h, 0.0)
+        acc_ref[...] += jnp.dot(h.astype(w_down_ref.dtype), w_down_ref[...], preferred_element_type=jnp.float32)
+
+    @pl.when(group < num_groups)  # the tail group computes nothing
+    def _compute():
+        straddles = straddle_mask(s, j, group_offsets_ref, group_ids_ref, m_tile_ids_ref, None, None, None, tm=tm)
+        jax.lax.cond(straddles, functools.partial(_accumulate, True), functools.partial(_accumulate, False))
 
     @pl.when(jnp.logical_and(last_visit, j == tiles_f - 1))
     def _store():
@@ -470,21 +499,18 @@ def fused_moe_ffn_forward(x, group_sizes, w_up, w_down, w_gate=None, *, activati
 # --------------------------------------------------------------------------
 # Model hooks: cost estimate and default tiles
 # --------------------------------------------------------------------------
-def cost_estimate(spec: KernelSpec, chip: Chip) -> pl.CostEstimate | None:
+def cost_estimate(spec: KernelSpec, chip: Chip) -> pl.CostEstimate:
     """``pl.CostEstimate`` from the tiling model's walk of ``spec`` (executed, padded work and real HBM bytes)."""
     cost = _walk(spec, chip)
-    if cost is None:  # TEMPORARY until perfmodel.tiling.walker lands
-        return None
     return pl.CostEstimate(flops=int(cost.mxu_flops), transcendentals=int(cost.transcendentals),
                            bytes_accessed=int(cost.hbm_bytes))
 
 
 def _walk(spec: KernelSpec, chip: Chip):
-    try:
-        from perfmodel.tiling.walker import walk
-    except ImportError:  # TEMPORARY until perfmodel.tiling.walker lands
-        return None
-    return walk(spec, chip)
+    from perfmodel.tiling.params import FITTED
+    from perfmodel.tiling.walker import walk
+
+    return walk(spec, chip, FITTED)
 
 
 TM_CANDIDATES = (128, 256, 512, 1024)
@@ -508,8 +534,7 @@ def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
                               chip=chip)
         if spec.vmem_bytes > chip.vmem_bytes_per_core:
             continue
-        cost = _walk(spec, chip)
-        time_s = -tiles.tm * tiles.tf if cost is None else cost.time_s  # TEMPORARY: largest fitting tiles
+        time_s = _walk(spec, chip).time_s
         if best is None or time_s < best[0]:
             best = (time_s, tiles)
     if best is None:
@@ -519,7 +544,12 @@ def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
 
 def default_tiles(*, T: int, D: int, F: int, G: int, dtype, glu: bool, chip, activation: str | None = None
                   ) -> FusedTiles:
-    """Tiles with the least modelled time (tiling walker, equal groups) among candidates that fit VMEM."""
+    """Tiles with the least modelled time among candidates that fit VMEM.
+
+    Time: :func:`perfmodel.tiling.walker.walk` of :func:`fused_moe_spec` for
+    ``G`` equal groups, with the timing constants fitted on v5e measurements
+    (``perfmodel.tiling.params.FITTED``).
+    """
     chip = get_chip(chip)
     activation = resolve_activation(activation, glu=glu)
     return _default_tiles(T, D, F, G, canonical_dtype(dtype), glu, chip.name, activation)
