@@ -189,8 +189,8 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
     for label, group in runs.groups().items():
         try:
             fits.append(fit_group(label, group, n_resamples=n_resamples, grid=grid, seed=seed))
-        except ValueError as err:
-            skipped.append(str(err))
+        except (ValueError, RuntimeError) as err:  # too few budgets; a fit that lands on alpha or beta <= 0
+            skipped.append(f"{label}: {err}" if not str(err).startswith(label) else str(err))
     if not fits:
         raise ValueError(f"{path}: no architecture group can be fitted: " + "; ".join(skipped))
     dense = next((g for g in fits if g.label == "dense"), None)
