@@ -22,7 +22,7 @@ def test_roofline_time_never_beats_6n_at_peak():
 def test_moe_counts_active_and_total_and_fused_is_not_slower():
     dense = H.size_cost(8, n_experts=1)
     unfused = H.size_cost(8, n_experts=8)
-    fused = H.size_cost(8, n_experts=8, ffn="fused")
+    fused = H.size_cost(8, n_experts=8, ffn="ideal-fused")
     assert unfused.params_active == pytest.approx(dense.params_active + 8 * 8 * 1024)  # + router D E per layer
     assert unfused.params_total > 5 * dense.params_total
     assert fused.seconds_per_token <= unfused.seconds_per_token
@@ -36,11 +36,20 @@ def test_moe_ffn_hook_replaces_the_ffn_time():
 
     def slow_ffn(chip, dtype, *, T, D, F, E, k):
         calls.append((chip, T, D, F, E, k))
-        return predict("moe_ffn_unfused", chip=chip, dtype=dtype, T=T, D=D, F=F, E=E, k=k).time_s + extra
+        return 3 * predict("moe_ffn_unfused", chip=chip, dtype=dtype, T=T, D=D, F=F, E=E, k=k).time_s + extra
 
-    hooked = H.size_cost(L, n_experts=8, tokens_per_step=tps, moe_ffn_time_s=slow_ffn)
+    hooked = H.size_cost(L, n_experts=8, tokens_per_step=tps, moe_ffn_train_time_s=slow_ffn)
     assert calls == [("v5e", tps, 512, 2048, 8, 1)]
-    assert math.isclose(hooked.seconds_per_token - base.seconds_per_token, 3 * L * extra / tps, rel_tol=1e-9)
+    assert math.isclose(hooked.seconds_per_token - base.seconds_per_token, L * extra / tps, rel_tol=1e-9)
+
+
+def test_xla_ragged_dot_tiling_model_is_slower_than_ideal():
+    # XLA's drhs is a dense masked matmul (E x FLOPs): the tiling model must cost more than the ideal roofline.
+    ideal = H.size_cost(8, n_experts=8)
+    xla = H.size_cost(8, n_experts=8, ffn="xla-ragged-dot")
+    assert xla.seconds_per_token > ideal.seconds_per_token
+    with pytest.raises(ValueError, match="ffn must be"):
+        H.size_cost(8, n_experts=8, ffn="magic")
 
 
 def test_time_optimal_is_never_worse_and_flop_optimal_is_a_fixed_point():

@@ -43,8 +43,9 @@ def register(cli) -> None:
     p.add_argument("--chip", default="v5e")
     p.add_argument("--hours", type=float, default=24.0, help="time budget in chip-hours (default 24)")
     p.add_argument("--experts", type=int, default=8, help="experts of the MoE (top-1; default 8)")
-    p.add_argument("--ffn", default="unfused", choices=["unfused", "fused"],
-                   help="MoE FFN kernel: ragged_dot (unfused) or fused at ideal traffic")
+    p.add_argument("--ffn", default="ideal", choices=["ideal", "ideal-fused", "xla-ragged-dot"],
+                   help="MoE FFN time: roofline of ragged_dot at ideal traffic (default), fused kernel at ideal "
+                        "traffic, or XLA ragged_dot from the kernel tiling model (dense drhs)")
     p.add_argument("--tokens-per-chip-step", type=int, default=16384,
                    help="tokens per chip per training step (default 16384)")
     p.add_argument("--json", action="store_true")
@@ -113,7 +114,7 @@ def _time_optimal(args) -> int:
         print(json.dumps([r.as_dict() for r in res], indent=2))
         return 0
     print(f"time budget {args.hours:g} chip-hours on {res[0].chip}; loss from the joint MoE law "
-          "(Ludziejewski et al. 2025); step time from perfmodel roofline (decoder_train_step)")
+          f"(Ludziejewski et al. 2025); step time from perfmodel roofline (decoder_train_step), MoE FFN: {args.ffn}")
     print(text_table(H.HEADERS, [r.cells() for r in res]))
     print(H.ASSUMPTIONS)
     return 0

@@ -30,11 +30,17 @@ chips; no communication). Tokens ``D(N) = time_s / t_tok(N)``; loss from
   fixed point ``C = 6 N_opt(C) D(N_opt(C))`` (start from ``C = time x peak``),
   then trained for the same time budget.
 
-Hook: ``moe_ffn_time_s(chip, dtype, T, D, F, E, k) -> seconds`` replaces the
-forward MoE FFN time of the roofline's ``moe_ffn_unfused`` (ragged_dot, ideal
-traffic) inside the step (backward = 2 x forward, as in decoder_train_step).
-The kernel tiling model can be plugged in there; ``ffn="fused"`` uses
-``moe_ffn_fused`` (intermediate kept on chip, ideal traffic).
+MoE FFN time (``ffn``): ``"ideal"`` keeps the roofline of ``moe_ffn_unfused``
+inside ``decoder_train_step`` (ragged_dot at ideal traffic, backward = 2 x
+forward); ``"ideal-fused"`` uses ``moe_ffn_fused`` (intermediate kept on
+chip); ``"xla-ragged-dot"`` uses the kernel tiling model
+(:func:`perfmodel.tiling.predict.xla_ragged_dot_time`, XLA's tiling rule, no
+compile): forward, dlhs and drhs of the up and down projections at
+``T k / E`` rows per expert (balanced routing), where XLA's drhs is a dense
+masked matmul (E x the useful FLOPs, FACTS section 2). Any other model plugs
+in through the hook ``moe_ffn_train_time_s(chip, dtype, *, T, D, F, E, k) ->
+seconds`` (forward + backward of one layer's MoE FFN), which replaces the
+roofline FFN time inside the step.
 """
 
 from __future__ import annotations
@@ -61,6 +67,40 @@ ASSUMPTIONS = ("family d_model = 128 L, F = 4 d_model, head dim 128, V = 32000, 
                "(time x peak).")
 
 MoeFfnTime = Callable[..., float]
+FFN_MODELS = ("ideal", "ideal-fused", "xla-ragged-dot")
+
+
+def ideal_fused_ffn_train_time_s(chip, dtype, *, T, D, F, E, k) -> float:
+    """3 x the fused MoE FFN's forward roofline (backward = 2 x forward)."""
+    from perfmodel.api import predict
+
+    return 3 * predict("moe_ffn_fused", chip=chip, dtype=dtype, T=T, D=D, F=F, E=E, k=k).time_s
+
+
+def xla_ragged_dot_ffn_train_time_s(chip, dtype, *, T, D, F, E, k) -> float:
+    """Forward + backward of a ragged_dot MoE FFN with the kernel tiling model (balanced groups).
+
+    up ``[Tk, D] @ [E, D, F]`` and down ``[Tk, F] @ [E, F, D]``: each has a
+    forward, a dlhs (rhs contracted on its last dim) and a drhs call; the
+    activation pass is the roofline of ``activation`` (x3 for fwd + bwd).
+    """
+    import numpy as np
+
+    from perfmodel.api import predict
+    from perfmodel.tiling.predict import xla_ragged_dot_time
+
+    rows = T * k
+    if rows % E:
+        raise ValueError(f"T*k={rows} should be divisible by E={E} for balanced groups")
+    groups = np.full(E, rows // E)
+
+    def t(kind, kk, nn):
+        return xla_ragged_dot_time(chip, groups, kk, nn, kind=kind, dtype=dtype, allow_compile=False).time_s
+
+    up = t("forward", D, F) + t("dlhs", F, D) + t("drhs", D, F)
+    down = t("forward", F, D) + t("dlhs", D, F) + t("drhs", F, D)
+    act = 3 * predict("activation", chip=chip, dtype=dtype, M=rows, F=F).time_s
+    return up + down + act
 
 
 @attrs.frozen(kw_only=True)
@@ -109,16 +149,16 @@ def _shape(n_layers: int, n_experts: int):
                             n_heads=d // HEAD_DIM, head_dim=HEAD_DIM, n_experts=n_experts, top_k=1)
 
 
-def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: str = "bf16", ffn: str = "unfused",
+def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: str = "bf16", ffn: str = "ideal",
               tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
-              moe_ffn_time_s: MoeFfnTime | None = None) -> SizeCost:
+              moe_ffn_train_time_s: MoeFfnTime | None = None) -> SizeCost:
     """Seconds per training token of the family member with ``n_layers`` layers."""
     from perfmodel.api import predict
 
     if tokens_per_step % SEQ_LEN:
         raise ValueError(f"tokens_per_step={tokens_per_step} should be divisible by the sequence length {SEQ_LEN}")
-    if ffn not in ("unfused", "fused"):
-        raise ValueError(f"ffn must be 'unfused' or 'fused', got {ffn=!r}")
+    if ffn not in FFN_MODELS:
+        raise ValueError(f"ffn must be one of {FFN_MODELS}, got {ffn=!r}")
     shape = _shape(n_layers, n_experts)
     B = tokens_per_step // SEQ_LEN
     dims = dict(B=B, T=SEQ_LEN, D=shape.d_model, F=shape.d_ff, H=shape.n_heads, Hkv=shape.hkv, Dh=shape.dh,
@@ -129,23 +169,21 @@ def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: st
     pred = predict("decoder_train_step", chip=chip, dtype=dtype, **dims)
     parts = dict(pred.parts)
     step_s = parts["decoder_forward"].lower_s + parts["backward"].lower_s
-    if moe and (ffn == "fused" or moe_ffn_time_s is not None):
+    hook = moe_ffn_train_time_s or {"ideal": None, "ideal-fused": ideal_fused_ffn_train_time_s,
+                                     "xla-ragged-dot": xla_ragged_dot_ffn_train_time_s}[ffn]
+    if moe and hook is not None:
         ffn_dims = dict(T=tokens_per_step, D=shape.d_model, F=shape.d_ff, E=n_experts, k=1)
-        base = predict("moe_ffn_unfused", chip=chip, dtype=dtype, **ffn_dims).time_s
-        if moe_ffn_time_s is not None:
-            new = float(moe_ffn_time_s(chip, dtype, **ffn_dims))
-        else:
-            new = predict("moe_ffn_fused", chip=chip, dtype=dtype, **ffn_dims).time_s
-        step_s += 3 * n_layers * (new - base)  # forward + backward (2 x forward)
+        base = 3 * predict("moe_ffn_unfused", chip=chip, dtype=dtype, **ffn_dims).time_s  # fwd + 2 x fwd
+        step_s += n_layers * (float(hook(chip, dtype, **ffn_dims)) - base)
     per_token = step_s / tokens_per_step + parts["adamw"].lower_s / global_batch_tokens
     p = shape.params()
     return SizeCost(n_layers=n_layers, d_model=shape.d_model, params_active=float(p.active_non_embedding),
                     params_total=float(p.non_embedding), seconds_per_token=per_token)
 
 
-def allocate(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str = "bf16", ffn: str = "unfused",
+def allocate(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str = "bf16", ffn: str = "ideal",
              tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
-             moe_ffn_time_s: MoeFfnTime | None = None, law: moe_laws.JointMoELaw | None = None,
+             moe_ffn_train_time_s: MoeFfnTime | None = None, law: moe_laws.JointMoELaw | None = None,
              depths=DEPTHS) -> tuple[Allocation, Allocation]:
     """(time-optimal, FLOP-optimal) allocations for ``time_s`` chip-seconds."""
     from perfmodel.hardware import get_chip
@@ -156,7 +194,8 @@ def allocate(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str
     peak = c.peak_flops_per_s(dtype)
     law_e = (law or moe_laws.JointMoELaw()).at_experts(n_experts)
     sizes = [size_cost(L, chip=chip, n_experts=n_experts, dtype=dtype, ffn=ffn, tokens_per_step=tokens_per_step,
-                       global_batch_tokens=global_batch_tokens, moe_ffn_time_s=moe_ffn_time_s) for L in depths]
+                       global_batch_tokens=global_batch_tokens, moe_ffn_train_time_s=moe_ffn_train_time_s)
+             for L in depths]
     n = np.array([s.params_active for s in sizes])
     tokens = np.array([time_s / s.seconds_per_token for s in sizes])
     loss = law_e.loss(n, tokens)
@@ -181,13 +220,13 @@ def allocate(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str
     return alloc(t_opt, "time-optimal"), alloc(i, "FLOP-optimal")
 
 
-def compare(*, chip: str = "v5e", time_s: float, n_experts: int = 8, ffn: str = "unfused",
-            tokens_per_step: int = 16384, moe_ffn_time_s: MoeFfnTime | None = None) -> list[Allocation]:
+def compare(*, chip: str = "v5e", time_s: float, n_experts: int = 8, ffn: str = "ideal",
+            tokens_per_step: int = 16384, moe_ffn_train_time_s: MoeFfnTime | None = None) -> list[Allocation]:
     """Dense and MoE (E experts), each time-optimal and FLOP-optimal, at the same time budget."""
     if n_experts < 2:
         raise ValueError(f"n_experts must be >= 2 for the MoE side, got {n_experts=}")
     out = []
     for e in (1, n_experts):
         out += list(allocate(chip=chip, time_s=time_s, n_experts=e, ffn=ffn, tokens_per_step=tokens_per_step,
-                             moe_ffn_time_s=moe_ffn_time_s))
+                             moe_ffn_train_time_s=moe_ffn_train_time_s))
     return out
