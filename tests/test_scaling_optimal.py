@@ -49,3 +49,11 @@ def test_errors_and_cli(capsys):
     assert [r["n_experts"] for r in out] == [1.0, 8.0]
     assert main(["scaling", "optimal", "--compute", "-5"]) == 2
     assert "--compute must be" in capsys.readouterr().err
+
+
+def test_cli_prints_derived_formula(capsys):
+    from perfmodel.cli import main
+
+    assert main(["scaling", "optimal", "--compute", "1e21", "--law", "chinchilla", "--formula"]) == 0
+    out = capsys.readouterr().out
+    assert "a = beta/(alpha + beta)" in out and "params = (A*C**beta*alpha/(B*beta*c_f**beta))" in out

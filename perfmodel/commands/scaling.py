@@ -34,6 +34,8 @@ def register(cli) -> None:
                         "default 64); with --law fitted selects the MoE fit")
     p.add_argument("--granularity", type=float, default=8.0, help="fine-grained law granularity G (default 8)")
     p.add_argument("--results", default=None, help="results JSONL for --law fitted")
+    p.add_argument("--formula", action="store_true",
+                   help="also print the sympy-derived closed forms N_opt(C), D_opt(C), L*(C), D/N")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_optimal)
 
@@ -100,6 +102,15 @@ def _optimal(args) -> int:
     print(text_table(O.ROW_HEADERS, [r.cells() for r in rows]))
     for note in O.notes(args.law):
         print(note)
+    if args.formula:
+        import sympy as sp
+
+        from perfmodel.scaling import laws
+
+        e = laws.compute_optimal_exprs()
+        print(f"\nderived from L = {laws.chinchilla_loss_expr()} on C = c_f N D (sympy):")
+        for name in ("params", "tokens", "loss", "tokens_per_param", "a", "b"):
+            print(f"  {name} = {sp.sstr(getattr(e, name))}")
     return 0
 
 
