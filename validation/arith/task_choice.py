@@ -58,7 +58,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("non-embedding parameters (dense, 2 layers)")
     ax.set_ylabel("held-out answer loss (nats/token)")
-    ax.set_title(f"Which task keeps improving with size? ({result['tokens_per_run']:.0e} tokens per run)")
+    ax.set_title(f"Held-out loss vs size, {result['tokens_per_run']:.0e} tokens per run")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
