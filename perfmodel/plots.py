@@ -81,3 +81,59 @@ def roofline_plot(chips: Sequence[str], points: Sequence[RooflinePoint], path, *
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)
+
+
+def fusion_map_plot(m, path) -> pathlib.Path:
+    """Heatmap of the predicted speedup (ragged_dot time / fused time) with the speedup = 1 contour."""
+    plt = _pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    s = np.log2(m.speedup)
+    lim = max(abs(s.min()), abs(s.max()), 0.1)
+    mesh = ax.pcolormesh(m.tokens_per_expert, m.f_over_d, s, cmap="RdBu", norm=TwoSlopeNorm(0, -lim, lim),
+                         shading="nearest")
+    cbar = fig.colorbar(mesh, ax=ax)
+    ticks = [t for t in (-3, -2, -1, -0.5, 0, 0.5, 1, 2, 3) if -lim <= t <= lim]
+    cbar.set_ticks(ticks)
+    cbar.set_ticklabels([f"{2 ** t:.2g}x" for t in ticks])
+    cbar.set_label("predicted speedup of fusion (ragged_dot path time / fused time)")
+    ll = np.asarray(m.last_loss_tokens_per_expert)
+    if np.isfinite(ll).any():
+        ax.plot(ll, m.f_over_d, "k.-", lw=1.2, ms=3,
+                label="crossover: largest tokens/expert where ragged_dot still wins")
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens per expert (rows routed to each expert)")
+    ax.set_ylabel("F / D")
+    kind = "GLU" if m.glu else m.activation
+    ax.set_title(f"{m.chip}: fused MoE FFN vs ragged_dot, D={m.D}, E={m.E}, {kind}, {m.dtype}\n"
+                 f"blue: fusion faster; red: ragged_dot faster (uniform groups, closed-form model)", fontsize=10)
+    return save(fig, path)
+
+
+def time_breakdown_plot(predictions, path, *, title: str | None = None) -> pathlib.Path:
+    """Stacked bars per prediction: ragged_dot path kernels vs the fused kernel, split into bound causes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(predictions)), 4.8))
+    labels, x = [], 0
+    colors = {"up": "#4c72b0", "gate": "#55a868", "act": "#c44e52", "down": "#8172b2", "fused": "#dd8452"}
+    seen = set()
+    for p in predictions:
+        bottom = 0.0
+        for op in p.unfused:
+            lab = f"ragged_dot path: {op.name}" if op.name not in seen else None
+            seen.add(op.name)
+            ax.bar(x, op.time_s * 1e6, bottom=bottom, color=colors.get(op.name, "grey"), label=lab, width=0.8)
+            bottom += op.time_s * 1e6
+        lab = "fused kernel" if "fused" not in seen else None
+        seen.add("fused")
+        ax.bar(x + 0.9, p.fused.time_s * 1e6, color=colors["fused"], label=lab, width=0.8)
+        ax.text(x + 0.45, max(bottom, p.fused.time_s * 1e6) * 1.02, f"{p.speedup:.2f}x", ha="center", fontsize=8)
+        labels.append((x + 0.45, f"{p.chip}\n{p.tokens_per_expert:.0f} tok/exp\nD={p.D} F={p.F}"))
+        x += 2.4
+    ax.set_xticks([l[0] for l in labels], [l[1] for l in labels], fontsize=7)
+    ax.set_ylabel("predicted time (us)")
+    ax.set_title(title or "Predicted time: ragged_dot path (stacked kernels) vs fused kernel")
+    ax.legend(fontsize=7)
+    return save(fig, path)

@@ -20,6 +20,9 @@ G           number of groups of a grouped matmul (= E for an MoE FFN)
 M, K, N     matmul dims: [M, K] @ [K, N]
 q           bytes per element of the operands (2 for bf16)
 tm, tk, tn  kernel tile sizes along M, K, N (tf: tile along F)
+V_f         row-tile visits of the fused MoE kernel (group x token tile)
+P, W        per-TensorCore MXU peak (FLOP/s) and HBM bandwidth (B/s)
+t_step      fixed cost per grid step; t_launch per kernel launch
 ==========  ==========================================================
 
 Scaling-law symbols live apart from the shape symbols: ``N_params`` prints as
@@ -37,7 +40,10 @@ B, T, D, F, E, k, L, V = sp.symbols("B T D F E k L V", **_dim)
 H, Hkv, Dh, G = sp.symbols("H H_kv D_h G", **_dim)
 M, K, N = sp.symbols("M K N", **_dim)
 tm, tk, tn, tf = sp.symbols("t_m t_k t_n t_f", **_dim)
-q = sp.Symbol("q", positive=True)  # bytes per element (may be fractional for int4 later)
+q = sp.Symbol("q", positive=True)
+# Hardware rates in closed-form time expressions (substituted per chip).
+P, W = sp.symbols("P W", positive=True)
+t_step, t_launch = sp.symbols("t_step t_launch", nonnegative=True)  # bytes per element (may be fractional for int4 later)
 
 # Scaling laws (real-valued).
 N_params = sp.Symbol("N", positive=True)

@@ -1,0 +1,259 @@
+"""Closed forms of the fused-vs-ragged_dot comparison for uniform group sizes.
+
+Symbols (``perfmodel.symbols``): ``T`` rows (tokens x k, sorted by expert),
+``D``, ``F``, ``E`` experts, fused tiles ``tm, tf``; ``q`` bytes per element;
+``P`` per-TensorCore MXU peak, ``W`` per-TensorCore HBM bandwidth,
+``t_step`` per grid step, ``t_launch`` per kernel launch.
+
+Assumptions: ``E`` equal groups of ``g = T / E`` rows (``E | T``), ``tf | F``
+(the fused kernel allows ``tm`` not dividing ``T``: the partial last tile adds
+one tail visit without DMA or compute); XLA's ragged_dot tiles are given numbers (from
+:mod:`perfmodel.xla_tiling`), and its kernels follow
+:func:`perfmodel.tiling.closed_form.gmm_closed_form`.
+
+Fused kernel (:mod:`kernels.fused_moe`), grid ``(V, F / tf)``:
+
+* visits ``V = ceil(T/tm) + (E - 1) - floor((E - 1) gcd(g, tm) / tm)`` (a token
+  tile is visited once per group it holds rows of);
+* ``x`` is read once per token tile (its block index does not change across
+  a tile's consecutive visits): ``T D q``; the output is written once: ``T D q``;
+* weights: every visit streams all ``F / tf`` chunks of ``W_up`` (``W_gate``)
+  and ``W_down``: ``(n + 1) D F q V`` with ``n = 2`` for GLU else 1; when
+  ``tf = F`` the block index stays while the group does, so each expert's
+  weights are read once: ``(n + 1) D F q E``;
+* MXU FLOPs per step ``2 ceil8(tm) (n ceilX(D) ceilX(tf) + ceilX(tf) ceilX(D))``
+  (``X`` the MXU tile).
+
+Time of one kernel: ``t_launch + max(C, B / W) + steps t_step`` with ``C`` the
+MXU time including the fill cost of every weight tile (``mxu_fill_rows``
+row-cycles per ``X x X`` tile) on the cores the kernel uses. This is a
+whole-kernel roofline plus fixed costs; the walker's per-step
+``max(compute, DMA)``, prologue and epilogue make it slightly slower. The
+activation pass between the ragged_dots is ``t_launch + bytes / W``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+import numpy as np
+import sympy as sp
+
+from perfmodel import symbols as S
+from perfmodel.hardware import get_chip
+from perfmodel.tiling.closed_form import Gcd, gmm_closed_form
+from perfmodel.tiling.params import FITTED, TimingParams
+
+# Tiles of XLA's up / down ragged_dot kernels (numbers per shape, symbols here).
+tm_up, tk_up, tn_up, tm_dn, tk_dn, tn_dn = sp.symbols("t_m^up t_k^up t_n^up t_m^down t_k^down t_n^down",
+                                                      integer=True, positive=True)
+# VPU element operations per grid step of each kernel (numbers read from the kernels' own
+# specs: KernelSpec.step_vpu_flops + epilogue_vpu_ops spread over the k steps).
+v_fused, v_up, v_down = sp.symbols("v_fused v_up v_down", nonnegative=True)
+# VPU element operations per second of one TensorCore (vpu_ops_per_cycle x clock).
+R_vpu = sp.Symbol("R_vpu", positive=True)
+
+
+def _pad(x, multiple):
+    return sp.ceiling(x / multiple) * multiple
+
+
+@attrs.frozen
+class KernelForm:
+    """Symbolic counts of one kernel and the TensorCores it runs on."""
+
+    name: str
+    steps: sp.Expr
+    hbm_bytes: sp.Expr
+    mxu_flops: sp.Expr
+    fill_flops: sp.Expr  # sum over steps of 2 ceilX(k) ceilX(n) per block matmul
+    vpu_ops: sp.Expr
+    cores: int = 1
+
+    def time(self, fill_rows) -> sp.Expr:
+        mxu = (self.mxu_flops + fill_rows * self.fill_flops) / (self.cores * S.P)
+        vpu = self.vpu_ops / (self.cores * R_vpu)
+        memory = self.hbm_bytes / (self.cores * S.W)
+        return S.t_launch + sp.Max(mxu, vpu, memory) + self.steps / self.cores * S.t_step
+
+
+def fused_form(*, glu: bool, mxu_tile: int) -> KernelForm:
+    T, D, F, E, tm, tf, q = S.T, S.D, S.F, S.E, S.tm, S.tf, S.q
+    n = 2 if glu else 1
+    g = T / E
+    tiles_m = sp.ceiling(T / tm)
+    visits = tiles_m + (E - 1) - sp.floor((E - 1) * Gcd(g, tm) / tm)
+    # Rows of a partial last tile form a tail group: one more visit with no DMA or compute.
+    tail = tiles_m - sp.floor(T / tm)
+    steps = (visits + tail) * F / tf
+    weights = sp.Piecewise(((n + 1) * D * F * q * E, sp.Eq(tf, F)), ((n + 1) * D * F * q * visits, True))
+    X = mxu_tile
+    per_step = 2 * _pad(tm, 8) * (n * _pad(D, X) * _pad(tf, X) + _pad(tf, X) * _pad(D, X))
+    fill = 2 * (n * _pad(D, X) * _pad(tf, X) + _pad(tf, X) * _pad(D, X))
+    real_steps = visits * F / tf
+    return KernelForm("fused", steps, 2 * T * D * q + weights, real_steps * per_step, real_steps * fill,
+                      real_steps * v_fused, cores=1)
+
+
+def _gmm_form(name, K, N, tm, tk, tn, vpu, *, mxu_tile: int, cores: int) -> KernelForm:
+    cf = gmm_closed_form(mxu_tile=mxu_tile)
+    subs = {S.M: S.T, S.K: K, S.N: N, S.G: S.E, S.tm: tm, S.tk: tk, S.tn: tn}
+    steps = cf.grid_steps.subs(subs)
+    fill = steps * 2 * _pad(tk, mxu_tile) * _pad(tn, mxu_tile)
+    return KernelForm(name, steps, cf.hbm_bytes.subs(subs), cf.mxu_flops.subs(subs), fill, steps * vpu,
+                      cores=cores)
+
+
+def unfused_forms(*, glu: bool, mxu_tile: int, cores: int = 1) -> tuple[KernelForm, ...]:
+    """XLA ragged_dot up (gate) and down kernels; the activation pass is separate."""
+    forms = [_gmm_form("up", S.D, S.F, tm_up, tk_up, tn_up, v_up, mxu_tile=mxu_tile, cores=cores)]
+    if glu:
+        forms.append(_gmm_form("gate", S.D, S.F, tm_up, tk_up, tn_up, v_up, mxu_tile=mxu_tile, cores=cores))
+    forms.append(_gmm_form("down", S.F, S.D, tm_dn, tk_dn, tn_dn, v_down, mxu_tile=mxu_tile, cores=cores))
+    return tuple(forms)
+
+
+def activation_time(*, glu: bool, activation: str) -> sp.Expr:
+    from perfmodel.ops import activation as activation_cost
+
+    cost = activation_cost(S.T, S.F, kind=activation, glu=glu)
+    return S.t_launch + cost.hbm_bytes / S.W
+
+
+@attrs.frozen
+class SpeedupForm:
+    """Sympy times of both paths and the speedup ``t_ragged_dot / t_fused``."""
+
+    fused_time: sp.Expr
+    unfused_time: sp.Expr
+    fused_bytes: sp.Expr
+    unfused_bytes: sp.Expr
+
+    @property
+    def speedup(self) -> sp.Expr:
+        return self.unfused_time / self.fused_time
+
+
+@functools.cache
+def speedup_form(*, glu: bool, activation: str, mxu_tile: int, megacore: bool, fill_rows: float) -> SpeedupForm:
+    fused = fused_form(glu=glu, mxu_tile=mxu_tile)
+    # XLA's ragged_dot kernel has a "parallel" n axis: megacore chips split it over 2 cores.
+    unf = unfused_forms(glu=glu, mxu_tile=mxu_tile, cores=2 if megacore else 1)
+    act = activation_time(glu=glu, activation=activation)
+    from perfmodel.ops import activation as activation_cost
+
+    act_bytes = activation_cost(S.T, S.F, kind=activation, glu=glu).hbm_bytes
+    return SpeedupForm(
+        fused_time=fused.time(fill_rows), unfused_time=sp.Add(*[f.time(fill_rows) for f in unf]) + act,
+        fused_bytes=fused.hbm_bytes, unfused_bytes=sp.Add(*[f.hbm_bytes for f in unf]) + act_bytes)
+
+
+_ARGS = (S.T, S.D, S.F, S.E, S.tm, S.tf, tm_up, tk_up, tn_up, tm_dn, tk_dn, tn_dn, v_fused, v_up, v_down,
+         S.q, S.P, S.W, R_vpu, S.t_step, S.t_launch)
+
+
+def _gcd(a, b):
+    return np.gcd(np.rint(a).astype(np.int64), np.rint(b).astype(np.int64)).astype(np.float64)
+
+
+@functools.cache
+def _compiled(glu: bool, activation: str, mxu_tile: int, megacore: bool, fill_rows: float):
+    form = speedup_form(glu=glu, activation=activation, mxu_tile=mxu_tile, megacore=megacore,
+                        fill_rows=fill_rows)
+    modules = [{"Gcd": _gcd, "ceiling": np.ceil, "floor": np.floor}, "numpy"]
+    return sp.lambdify(_ARGS, [form.fused_time, form.unfused_time], modules=modules)
+
+
+@attrs.frozen
+class ClosedFormTimes:
+    fused_time_s: np.ndarray
+    unfused_time_s: np.ndarray
+
+    @property
+    def speedup(self) -> np.ndarray:
+        return self.unfused_time_s / self.fused_time_s
+
+
+def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_step, q: int, glu: bool,
+                   activation: str, params: TimingParams = FITTED) -> ClosedFormTimes:
+    """Numeric closed-form times (numpy arrays broadcast together).
+
+    ``xla_up`` / ``xla_down``: ``(tm, tk, tn)`` arrays of XLA's tiles for the
+    up ``[rows, D] @ [E, D, F]`` and down ``[rows, F] @ [E, F, D]`` calls;
+    ``vpu_per_step``: ``(fused, up, down)`` VPU ops per grid step
+    (:func:`vpu_ops_per_step`).
+    """
+    c = get_chip(chip)
+    fn = _compiled(glu, activation, c.mxu_tile, bool(c.megacore), float(params.mxu_fill_rows))
+    launch = c.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
+    step = (c.grid_step_overhead_s or 0.0) if params.grid_step_overhead_s is None else params.grid_step_overhead_s
+    P = c.per_core_flops_per_s("bf16") * params.mxu_efficiency
+    W = c.per_core_hbm_bytes_per_s() * params.hbm_efficiency
+    from perfmodel.tiling.walker import core_clock_hz
+
+    vpu_rate = np.inf if params.vpu_ops_per_cycle is None else params.vpu_ops_per_cycle * core_clock_hz(c)
+    args = [rows, D, F, E, tm, tf, *xla_up, *xla_down, *vpu_per_step]
+    args = [np.asarray(a, dtype=np.float64) for a in args]
+    fused, unfused = fn(*args, q, P, W, vpu_rate, step, launch)
+    shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+    return ClosedFormTimes(np.broadcast_to(fused, shape), np.broadcast_to(unfused, shape))
+
+
+def vpu_ops_per_step(*, D: int, F: int, tm: int, tf: int, xla_up, xla_down, dtype: str, glu: bool,
+                     activation: str) -> tuple[float, float, float]:
+    """VPU ops per grid step of the fused, up and down kernels, read from their own specs.
+
+    Per-step work does not depend on the number of rows or groups, so each
+    spec is built for one token tile and one group. Work charged once per
+    output tile over ``k`` steps (the gmm store epilogue) is spread evenly.
+    Row masks on straddling tiles of the fused kernel are not included.
+    """
+    from kernels.fused_moe import FusedTiles, fused_moe_spec
+    from perfmodel.tiling.gmm import ragged_dot_spec
+
+    fused = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
+                           activation=activation).step_vpu_flops
+
+    def gmm(k, n, tiles):
+        t_m, t_k, t_n = (int(x) for x in tiles)
+        spec = ragged_dot_spec(None, [t_m], k, n, m=t_m, dtype=dtype, tiling=(t_m, t_k, t_n))
+        k_steps = -(-k // t_k)
+        return spec.step_vpu_flops + spec.epilogue_vpu_ops / k_steps
+
+    return float(fused), gmm(D, F, xla_up), gmm(F, D, xla_down)
+
+
+@attrs.frozen
+class Crossover:
+    """Rows ``T*`` where both paths move the same HBM bytes (memory-bound regime)."""
+
+    byte_difference: sp.Expr  # ragged_dot-path bytes - fused bytes, as a function of T
+    rows: sp.Expr  # T* solving byte_difference = 0 (may be negative: no crossover)
+    assumptions: str
+
+
+@functools.cache
+def crossover(*, glu: bool, activation: str = "silu") -> Crossover:
+    """Solve ``B_ragged_dot(T) = B_fused(T)`` symbolically.
+
+    Assumptions: both paths memory-bound with fixed costs ignored; XLA reads
+    each projection's full ``K`` in one block (``tk = K``, the common case:
+    lhs read once per output column tile, ``ceil(N / tn)`` times); the fused
+    kernel streams ``F`` in several chunks (``tf < F``) and its token tiles
+    straddle groups at every boundary (``tm`` does not divide ``T / E``):
+    visits ``T / tm + E - 1``. Linear in ``T``, so sympy solves it exactly.
+    """
+    from perfmodel.ops import activation as activation_cost
+
+    T, D, F, E, tm, q = S.T, S.D, S.F, S.E, S.tm, S.q
+    n = 2 if glu else 1
+    Nt_up, Nt_dn = sp.symbols("N_t^up N_t^down", positive=True)  # ceil(F / tn_up), ceil(D / tn_down)
+    fused = 2 * T * D * q + (n + 1) * D * F * q * (T / tm + E - 1)
+    up = Nt_up * T * D * q + D * F * q * E + T * F * q
+    down = Nt_dn * T * F * q + F * D * q * E + T * D * q
+    act = activation_cost(T, F, kind=activation, glu=glu).hbm_bytes
+    diff = sp.expand(n * up + act + down - fused)
+    sol = sp.solve(sp.Eq(diff, 0), T)
+    return Crossover(byte_difference=diff, rows=sp.simplify(sol[0]) if sol else sp.nan,
+                     assumptions=crossover.__doc__.split("Assumptions:")[1].strip())

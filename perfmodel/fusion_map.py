@@ -1,0 +1,144 @@
+"""Speedup maps of the fused MoE kernel over (tokens per expert, F/D), and the crossover.
+
+Each map cell is one uniform-group MoE FFN call evaluated with the closed
+forms of :mod:`perfmodel.fusion_closed_form` (vectorised numpy), with the
+fused kernel's tiles chosen per cell as the fastest candidate that fits VMEM
+(the candidates of :func:`kernels.fused_moe.candidate_tiles`) and XLA's
+ragged_dot tiles from :mod:`perfmodel.xla_tiling` (shipped table or rule).
+The crossover is where the speedup crosses 1 along the tokens axis,
+interpolated in log space.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+import numpy as np
+
+from perfmodel.hardware import canonical_dtype, dtype_bytes, get_chip
+from perfmodel.tiling.params import FITTED, TimingParams
+
+
+@attrs.frozen(kw_only=True)
+class SpeedupMap:
+    """Speedup (ragged_dot time / fused time) on a (F/D, tokens per expert) grid."""
+
+    chip: str
+    D: int
+    E: int
+    glu: bool
+    activation: str
+    dtype: str
+    tokens_per_expert: np.ndarray  # [nx]
+    f_over_d: np.ndarray  # [ny] (F = f_over_d D, rounded to a multiple of 128)
+    F: np.ndarray  # [ny]
+    speedup: np.ndarray  # [ny, nx]
+    fused_time_s: np.ndarray
+    unfused_time_s: np.ndarray
+    tm: np.ndarray  # chosen fused tiles [ny, nx]
+    tf: np.ndarray
+    crossovers: tuple[tuple[float, tuple[float, ...]], ...]  # (F/D, tokens-per-expert crossings)
+    # per F/D row: the largest tokens per expert at which ragged_dot still wins (nan: fusion always wins)
+    last_loss_tokens_per_expert: np.ndarray
+    params_source: str
+
+
+@functools.lru_cache(maxsize=4096)
+def _fused_facts(D: int, tm: int, tf: int, dtype: str, glu: bool, activation: str) -> tuple[int, float]:
+    """(VMEM bytes, VPU ops per step) of the fused kernel's own spec for these tiles."""
+    from kernels.fused_moe import FusedTiles, fused_moe_spec
+
+    spec = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
+                          activation=activation)
+    return spec.vmem_bytes, float(spec.step_vpu_flops)
+
+
+@functools.lru_cache(maxsize=65536)
+def _xla(chip: str, m: int, k: int, n: int, E: int, dtype: str) -> tuple[int, int, int, float]:
+    from perfmodel.tiling.gmm import ragged_dot_spec
+    from perfmodel.xla_tiling import ragged_dot_tiling
+
+    t = ragged_dot_tiling(chip, m, k, n, E, dtype, allow_compile=False)
+    if t.lowering != "mosaic":
+        raise ValueError(f"XLA lowers ragged_dot densely for m={m} (not a multiple of 8); map rows must be")
+    return t.tm, t.tk, t.tn, _xla_vpu(k, n, t.tm, t.tk, t.tn, dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _xla_vpu(k, n, tm, tk, tn, dtype) -> float:
+    from perfmodel.tiling.gmm import ragged_dot_spec
+
+    spec = ragged_dot_spec(None, [tm], k, n, m=tm, dtype=dtype, tiling=(tm, tk, tn))
+    return spec.step_vpu_flops + spec.epilogue_vpu_ops / -(-k // tk)
+
+
+def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = True, activation: str | None = None,
+                dtype: str = "bf16", tokens_per_expert=None, f_over_d=None, n: int = 200,
+                params: TimingParams = FITTED) -> SpeedupMap:
+    """Evaluate the map (default 200 x 200: tokens per expert 8..16384, F/D 1..8)."""
+    from kernels.activations import resolve_activation
+    from kernels.fused_moe import TF_CANDIDATES, TM_CANDIDATES
+    from perfmodel.fusion_closed_form import evaluate_times
+
+    c = get_chip(chip)
+    dt = canonical_dtype(dtype)
+    act = resolve_activation(activation, glu=glu)
+    q = dtype_bytes(dt)
+    for name, v in (("D", D), ("E", E), ("n", n)):
+        if not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
+    if tokens_per_expert is None:
+        tokens_per_expert = np.geomspace(8, 16384, n)
+    g = np.maximum(8, np.round(np.asarray(tokens_per_expert, float) / 8) * 8).astype(np.int64)
+    if f_over_d is None:
+        f_over_d = np.linspace(1, 8, n)
+    # Real models use F in multiples of 256; finer steps only add tile-divisibility noise.
+    F = np.unique(np.maximum(256, np.round(np.asarray(f_over_d, float) * D / 256) * 256).astype(np.int64))
+    rows = g * E
+    G2, F2 = np.meshgrid(g, F)  # [ny, nx]
+    R2 = G2 * E
+    up = np.array([[_xla(c.name, int(r), D, int(f), E, dt) for r in rows] for f in F])  # [ny, nx, 4]
+    dn = np.array([[_xla(c.name, int(r), int(f), D, E, dt) for r in rows] for f in F])
+    cands = np.array(TM_CANDIDATES)
+    first_cover = np.where(R2[..., None] <= cands, cands, np.iinfo(np.int64).max).min(-1)
+    first_cover = np.where(first_cover == np.iinfo(np.int64).max, cands.max(), first_cover)
+    best_t = np.full(R2.shape, np.inf)
+    best_unf = np.full(R2.shape, np.nan)
+    best_tm = np.zeros(R2.shape, np.int64)
+    best_tf = np.zeros(R2.shape, np.int64)
+    for tm in TM_CANDIDATES:
+        for tf in TF_CANDIDATES:
+            vmem, vpu = _fused_facts(D, tm, tf, dt, glu, act)
+            if vmem > c.vmem_bytes_per_core:
+                continue
+            # As candidate_tiles: tf divides F; tm up to the first candidate covering the rows.
+            ok = (F2 % tf == 0) & ((tm < R2) | (tm == first_cover))
+            if not ok.any():
+                continue
+            times = evaluate_times(c, rows=R2, D=D, F=F2, E=E, tm=tm, tf=tf, xla_up=(up[..., 0], up[..., 1], up[..., 2]),
+                                   xla_down=(dn[..., 0], dn[..., 1], dn[..., 2]),
+                                   vpu_per_step=(vpu, up[..., 3], dn[..., 3]), q=q, glu=glu, activation=act,
+                                   params=params)
+            better = ok & (times.fused_time_s < best_t)
+            best_t = np.where(better, times.fused_time_s, best_t)
+            best_unf = np.where(np.isnan(best_unf), times.unfused_time_s, best_unf)
+            best_tm = np.where(better, tm, best_tm)
+            best_tf = np.where(better, tf, best_tf)
+    if not np.isfinite(best_t).all():
+        raise ValueError(f"no fused tiles fit {c.name}'s VMEM for some cells (D={D})")
+    speedup = best_unf / best_t
+    crossings = []
+    for i in range(len(F)):
+        ls = np.log(speedup[i])
+        idx = np.nonzero(np.sign(ls[:-1]) * np.sign(ls[1:]) < 0)[0]
+        xs = []
+        for j in idx:
+            x0, x1 = np.log(g[j]), np.log(g[j + 1])
+            xs.append(float(np.exp(x0 + (x1 - x0) * ls[j] / (ls[j] - ls[j + 1]))))
+        crossings.append((float(F[i] / D), tuple(xs)))
+    lose = speedup < 1
+    last_loss = np.array([float(g[np.nonzero(row)[0].max()]) if row.any() else np.nan for row in lose])
+    return SpeedupMap(last_loss_tokens_per_expert=last_loss, chip=c.name, D=D, E=E, glu=glu, activation=act, dtype=dt, tokens_per_expert=g,
+                      f_over_d=F / D, F=F, speedup=speedup, fused_time_s=best_t, unfused_time_s=best_unf,
+                      tm=best_tm, tf=best_tf, crossovers=tuple(crossings), params_source=params.source)
