@@ -122,13 +122,17 @@ def test_compute_mask_skips_flops_not_dma():
     assert cm.hbm_bytes == c.hbm_bytes
 
 
-def test_fits_vmem_uses_kernel_limit_else_chip():
+def test_fits_vmem_uses_kernel_limit_else_scoped_default():
     import attrs
 
     spec = matmul_spec(4096, 4096, 4096, 2048, 2048, 2048)
     c = walk(spec, "v5e")
     assert c.vmem_bytes == spec.vmem_bytes
-    assert c.fits_vmem("v5e") == (spec.vmem_bytes <= get_chip("v5e").vmem_bytes_per_core)
+    from perfmodel.tiling.vmem import DEFAULT_SCOPED_VMEM_BYTES
+
+    assert c.fits_vmem("v5e") == (spec.vmem_bytes <= DEFAULT_SCOPED_VMEM_BYTES["v5e"])
+    big = walk(attrs.evolve(spec, vmem_limit_bytes=100 * 2**20), "v5e")
+    assert big.fits_vmem() == (spec.vmem_bytes <= 100 * 2**20)
     small = walk(attrs.evolve(spec, vmem_limit_bytes=1024), "v5e")
     assert not small.fits_vmem()
 

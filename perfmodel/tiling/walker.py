@@ -30,14 +30,17 @@ core walks its sub-grid in row-major order with its own copy history.
 
 Time model (per core, then the slowest core)
 --------------------------------------------
-With ``c_s`` the compute time of step ``s`` (MXU FLOPs / (per-core peak x
-mxu_efficiency)), ``r_s`` the input bytes fetched for step ``s`` and ``w_s`` the
-output bytes written back after step ``s``, ``bw`` = per-core HBM bandwidth x
-hbm_efficiency, ``n_dma_s`` the number of copies issued during step ``s``::
+With ``c_s`` the compute time of step ``s``, ``r_s`` the input bytes fetched
+for step ``s``, ``w_s`` the output bytes written back after step ``s``, ``bw`` =
+per-core HBM bandwidth x hbm_efficiency, ``n_dma_s`` the copies issued during
+step ``s``::
 
+    c_s      = max(MXU_s, VPU_s)
+    MXU_s    = sum over block matmuls of 2 (ceil8(m) + fill_rows) ceilT(k) ceilT(n) / (peak x mxu_efficiency)
+    VPU_s    = VPU element ops of the step / (vpu_ops_per_cycle x clock)     (0 if not timed)
     prologue = r_0 / bw + (#copies for step 0) * dma_latency      (first fetch not hidden)
     step_s   = max(c_s, (r_{s+1} + w_{s-1}) / bw + n_dma_s * dma_latency) + step_overhead
-    epilogue = w_last / bw + dma_latency                          (last writeback not hidden)
+    epilogue = w_last / bw + (#copies) * dma_latency              (last writeback not hidden)
     time     = launch_overhead + prologue + sum_s step_s + epilogue
 
 Constants come from :class:`perfmodel.tiling.params.TimingParams`.
@@ -210,11 +213,10 @@ class KernelCost:
         return self.useful_flops / self.mxu_flops if self.mxu_flops else 1.0
 
     def fits_vmem(self, chip: Chip | str | None = None) -> bool:
-        """Footprint <= the kernel's scoped limit if it sets one, else the chip's VMEM per core."""
-        limit = self.vmem_limit_bytes
-        if limit is None:
-            limit = get_chip(chip or self.chip).vmem_bytes_per_core
-        return self.vmem_bytes <= limit
+        """Footprint within the kernel's scoped VMEM limit (its own, else the chip default) and capacity."""
+        from perfmodel.tiling.vmem import vmem_verdict
+
+        return vmem_verdict(self.vmem_bytes, chip or self.chip, self.vmem_limit_bytes).fits
 
 
 def _grid_indices(grid: tuple[int, ...]) -> tuple[np.ndarray, ...]:

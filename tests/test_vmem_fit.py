@@ -1,0 +1,40 @@
+"""VMEM verdict: scoped limits, and (libtpu AOT) agreement with the compiler on clear cases."""
+
+import pytest
+
+from perfmodel.tiling.gmm import gmm_spec
+from perfmodel.tiling.vmem import DEFAULT_SCOPED_VMEM_BYTES, scoped_vmem_limit_bytes, vmem_verdict
+
+MIB = 2**20
+
+
+def test_scoped_limit_default_and_requested():
+    assert scoped_vmem_limit_bytes("v5e") == DEFAULT_SCOPED_VMEM_BYTES["v5e"]
+    assert scoped_vmem_limit_bytes("v5e", 100 * MIB) == 100 * MIB
+    with pytest.raises(ValueError, match="requested"):
+        scoped_vmem_limit_bytes("v5e", 0)
+    with pytest.raises(ValueError, match="h100"):
+        scoped_vmem_limit_bytes("h100")
+
+
+def test_verdict_respects_capacity_even_with_a_larger_request():
+    v = vmem_verdict(80 * MIB, "v5p", requested_limit=100 * MIB)
+    assert not v.fits and v.capacity_bytes == 64 * MIB
+
+
+def test_megablox_footprint_is_buffers_plus_accumulator():
+    spec = gmm_spec([512] * 4, 2048, 2048, tm=512, tk=1024, tn=1024, out_dtype="f32")
+    assert spec.vmem_bytes == 2 * (512 * 1024 * 2 + 1024 * 1024 * 2 + 512 * 1024 * 4) + 512 * 1024 * 4
+
+
+@pytest.mark.tpu_compile
+@pytest.mark.parametrize("tiles", [(128, 512, 512), (512, 512, 2048)])
+def test_compiler_agrees_on_clear_cases(tiles):
+    from perfmodel.tpu_compile import libtpu_available
+    from validation.vmem_fit import run_case
+
+    if not libtpu_available():
+        pytest.skip("libtpu not available")
+    case = run_case("v5e", tiles)
+    assert case.compiled is not None, case.message
+    assert case.agrees
