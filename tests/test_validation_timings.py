@@ -95,3 +95,21 @@ def test_fit_recovers_constants_from_synthetic_measurements():
     assert loss < 1e-3
     after = V.retimed_results(synthetic, fitted)
     assert max(abs(a.ratio - 1) for a in after) < 0.02
+
+
+@needs_data
+def test_cli_writes_reports(tmp_path):
+    from perfmodel.cli import main
+
+    rc = main(["validate", "timings", str(PALLAS), "--chip", "v5e", "--out", str(tmp_path), "--no-compile"])
+    assert rc == 0
+    report = json.loads((tmp_path / "timings_v5e.json").read_text())
+    assert report["chip"] == "v5e" and report["rows"]
+    assert (tmp_path / "timings_v5e.md").read_text().startswith("# Predicted vs measured")
+
+
+def test_cli_bad_chip_is_an_error(capsys):
+    from perfmodel.cli import main
+
+    assert main(["validate", "timings", str(PALLAS), "--chip", "nochip"]) == 2
+    assert "nochip" in capsys.readouterr().err

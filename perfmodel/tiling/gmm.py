@@ -320,18 +320,26 @@ def ragged_dot_spec(
     arbitrary, arbitrary)``, lhs block ``(tm, tk)``, rhs ``(1, tk, tn)``, out
     ``(tm, tn)`` in the lhs dtype, double buffered. ``tiling`` is a
     ``RaggedDotTiling`` (``perfmodel.xla_tiling``) or a ``(tm, tk, tn)`` tuple;
-    by default the tiling XLA picks for this chip and shape is looked up.
+    by default the tiling XLA picks for this chip and shape is looked up. With
+    ``transposed_rhs`` (rhs ``[G, n, k]``) and a record saying XLA pre-transposes
+    rhs in HBM, the kernel reads ``[G, k, n]`` (the copy is not part of the spec;
+    :func:`perfmodel.tiling.predict.xla_ragged_dot_time` adds it).
     """
     gs = np.asarray(group_sizes)
     m = int(gs.sum()) if m is None else int(m)
     if tiling is None:
         from perfmodel.xla_tiling import ragged_dot_tiling  # compiler engineer's module
 
-        tiling = ragged_dot_tiling(chip, m, k, n, int(gs.size), dtype, transposed_rhs=transposed_rhs)
+        tiling = ragged_dot_tiling(chip, m, k, n, int(gs.size), dtype,
+                                   variant="rhs_transposed" if transposed_rhs else "forward")
     if isinstance(tiling, tuple):
         tm, tk, tn = tiling
     else:
+        if tiling.lowering != "mosaic":
+            raise ValueError(f"XLA runs this ragged_dot without a Mosaic kernel, got lowering={tiling.lowering!r}")
         tm, tk, tn = tiling.tm, tiling.tk, tiling.tn
+        # XLA copies rhs to [G, k, n] before the kernel when it pre-transposes (xla_tiling).
+        transposed_rhs = transposed_rhs and not tiling.rhs_pre_transposed
     single_k = _cdiv(k, tk) == 1
     return gmm_spec(gs, k, n, m=m, tm=tm, tk=tk, tn=tn, dtype=dtype, out_dtype=dtype,
                     transpose_rhs=transposed_rhs, require_divisible_m=False, name="xla_ragged_dot",
