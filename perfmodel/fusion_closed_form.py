@@ -51,6 +51,8 @@ tm_up, tk_up, tn_up, tm_dn, tk_dn, tn_dn = sp.symbols("t_m^up t_k^up t_n^up t_m^
 # VPU element operations per grid step of each kernel (numbers read from the kernels' own
 # specs: KernelSpec.step_vpu_flops + epilogue_vpu_ops spread over the k steps).
 v_fused, v_up, v_down = sp.symbols("v_fused v_up v_down", nonnegative=True)
+# VPU ops of the fused kernel's row mask, paid on steps whose group does not cover the whole tile.
+v_mask = sp.Symbol("v_mask", nonnegative=True)
 # VPU element operations per second of one TensorCore (vpu_ops_per_cycle x clock).
 R_vpu = sp.Symbol("R_vpu", positive=True)
 
@@ -92,8 +94,13 @@ def fused_form(*, glu: bool, mxu_tile: int) -> KernelForm:
     per_step = 2 * _pad(tm, 8) * (n * _pad(D, X) * _pad(tf, X) + _pad(tf, X) * _pad(D, X))
     fill = 2 * (n * _pad(D, X) * _pad(tf, X) + _pad(tf, X) * _pad(D, X))
     real_steps = visits * F / tf
+    # Straddling visits (rows of another group, or past T, in the tile): when g >= tm each
+    # unaligned inner boundary makes two of them; when g < tm no group covers a whole tile.
+    boundaries = (E - 1) - sp.floor((E - 1) * Gcd(g, tm) / tm)
+    straddling = sp.Piecewise((visits, g < tm), (2 * boundaries, True)) + tail
+    mask_steps = sp.Min(straddling, visits) * F / tf
     return KernelForm("fused", steps, 2 * T * D * q + weights, real_steps * per_step, real_steps * fill,
-                      real_steps * v_fused, cores=1)
+                      real_steps * v_fused + mask_steps * v_mask, cores=1)
 
 
 def _gmm_form(name, K, N, tm, tk, tn, vpu, *, mxu_tile: int, cores: int) -> KernelForm:
@@ -149,7 +156,7 @@ def speedup_form(*, glu: bool, activation: str, mxu_tile: int, megacore: bool, f
         fused_bytes=fused.hbm_bytes, unfused_bytes=sp.Add(*[f.hbm_bytes for f in unf]) + act_bytes)
 
 
-_ARGS = (S.T, S.D, S.F, S.E, S.tm, S.tf, tm_up, tk_up, tn_up, tm_dn, tk_dn, tn_dn, v_fused, v_up, v_down,
+_ARGS = (S.T, S.D, S.F, S.E, S.tm, S.tf, tm_up, tk_up, tn_up, tm_dn, tk_dn, tn_dn, v_fused, v_mask, v_up, v_down,
          S.q, S.P, S.W, R_vpu, S.t_step, S.t_launch)
 
 
@@ -181,7 +188,7 @@ def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_ste
 
     ``xla_up`` / ``xla_down``: ``(tm, tk, tn)`` arrays of XLA's tiles for the
     up ``[rows, D] @ [E, D, F]`` and down ``[rows, F] @ [E, F, D]`` calls;
-    ``vpu_per_step``: ``(fused, up, down)`` VPU ops per grid step
+    ``vpu_per_step``: ``(fused, fused row mask, up, down)`` VPU ops per grid step
     (:func:`vpu_ops_per_step`).
     """
     c = get_chip(chip)
@@ -201,19 +208,20 @@ def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_ste
 
 
 def vpu_ops_per_step(*, D: int, F: int, tm: int, tf: int, xla_up, xla_down, dtype: str, glu: bool,
-                     activation: str) -> tuple[float, float, float]:
-    """VPU ops per grid step of the fused, up and down kernels, read from their own specs.
+                     activation: str) -> tuple[float, float, float, float]:
+    """VPU ops per grid step of the fused kernel (always; on straddling steps), up and down kernels.
+
+    Read from the kernels' own specs.
 
     Per-step work does not depend on the number of rows or groups, so each
     spec is built for one token tile and one group. Work charged once per
     output tile over ``k`` steps (the gmm store epilogue) is spread evenly.
-    Row masks on straddling tiles of the fused kernel are not included.
     """
     from kernels.fused_moe import FusedTiles, fused_moe_spec
     from perfmodel.tiling.gmm import ragged_dot_spec
 
-    fused = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
-                           activation=activation).step_vpu_flops
+    spec = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
+                          activation=activation)
 
     def gmm(k, n, tiles):
         t_m, t_k, t_n = (int(x) for x in tiles)
@@ -221,7 +229,7 @@ def vpu_ops_per_step(*, D: int, F: int, tm: int, tf: int, xla_up, xla_down, dtyp
         k_steps = -(-k // t_k)
         return spec.step_vpu_flops + spec.epilogue_vpu_ops / k_steps
 
-    return float(fused), gmm(D, F, xla_up), gmm(F, D, xla_down)
+    return float(spec.step_vpu_flops), float(spec.epilogue_vpu_ops), gmm(D, F, xla_up), gmm(F, D, xla_down)
 
 
 @attrs.frozen

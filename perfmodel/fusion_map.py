@@ -45,13 +45,13 @@ class SpeedupMap:
 
 
 @functools.lru_cache(maxsize=4096)
-def _fused_facts(D: int, tm: int, tf: int, dtype: str, glu: bool, activation: str) -> tuple[int, float]:
-    """(VMEM bytes, VPU ops per step) of the fused kernel's own spec for these tiles."""
+def _fused_facts(D: int, tm: int, tf: int, dtype: str, glu: bool, activation: str) -> tuple[int, float, float]:
+    """(VMEM bytes, VPU ops per step, row-mask VPU ops per straddling step) from the fused kernel's own spec."""
     from kernels.fused_moe import FusedTiles, fused_moe_spec
 
     spec = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
                           activation=activation)
-    return spec.vmem_bytes, float(spec.step_vpu_flops)
+    return spec.vmem_bytes, float(spec.step_vpu_flops), float(spec.epilogue_vpu_ops)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -109,7 +109,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     best_tf = np.zeros(R2.shape, np.int64)
     for tm in TM_CANDIDATES:
         for tf in TF_CANDIDATES:
-            vmem, vpu = _fused_facts(D, tm, tf, dt, glu, act)
+            vmem, vpu, vpu_mask = _fused_facts(D, tm, tf, dt, glu, act)
             if vmem > c.vmem_bytes_per_core:
                 continue
             # As candidate_tiles: tf divides F; tm up to the first candidate covering the rows.
@@ -118,7 +118,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
                 continue
             times = evaluate_times(c, rows=R2, D=D, F=F2, E=E, tm=tm, tf=tf, xla_up=(up[..., 0], up[..., 1], up[..., 2]),
                                    xla_down=(dn[..., 0], dn[..., 1], dn[..., 2]),
-                                   vpu_per_step=(vpu, up[..., 3], dn[..., 3]), q=q, glu=glu, activation=act,
+                                   vpu_per_step=(vpu, vpu_mask, up[..., 3], dn[..., 3]), q=q, glu=glu, activation=act,
                                    params=params)
             better = ok & (times.fused_time_s < best_t)
             best_t = np.where(better, times.fused_time_s, best_t)

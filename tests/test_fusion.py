@@ -1,0 +1,153 @@
+"""perfmodel.fusion: prediction, explanation, closed forms, maps, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from perfmodel import symbols as S
+from perfmodel.fusion import group_sizes, predict_fusion
+from perfmodel.fusion_closed_form import crossover, fused_form
+from perfmodel.hardware import get_chip
+from perfmodel.ops import moe_ffn_fused
+
+SHAPES = [  # chip, tokens, D, F, E, k, glu, tiles
+    ("v5e", 64, 512, 2048, 8, 1, False, (128, 512)),
+    ("v5e", 2048, 1024, 4096, 8, 2, True, (512, 1024)),
+    ("v6e", 512, 2048, 8192, 16, 2, True, (256, 2048)),
+    ("v5p", 1000, 1024, 2048, 4, 1, False, (256, 512)),
+    ("v4", 4096, 1024, 4096, 32, 2, True, (512, 512)),
+]
+
+
+@pytest.mark.parametrize("chip, tokens, D, F, E, k, glu, tiles", SHAPES)
+def test_no_path_is_faster_than_its_roofline_bound(chip, tokens, D, F, E, k, glu, tiles):
+    p = predict_fusion(chip=chip, tokens=tokens, D=D, F=F, E=E, k=k, glu=glu, tiles=tiles)
+    c = get_chip(chip)
+    ideal = moe_ffn_fused(glu=glu).evaluate(T=tokens, D=D, F=F, E=E, k=k, q=2)
+    bound = max(ideal.flops / c.peak_flops_per_s("bf16"), ideal.hbm_bytes / c.hbm_bytes_per_s)
+    assert p.fused_time_s >= bound
+    assert p.unfused_time_s >= bound
+    # useful work is never above the work executed
+    assert p.fused.executed_flops >= p.fused.useful_flops > 0
+
+
+def test_intermediate_traffic_is_the_hand_derived_round_trip():
+    p = predict_fusion(chip="v5e", tokens=1024, D=512, F=2048, E=8, k=2, glu=True, tiles=(256, 512))
+    rows, q = 2048, 2
+    # GLU: write up and gate, read both in the activation pass, write h, read h in down.
+    assert p.intermediate_bytes == 6 * rows * 2048 * q
+    act = next(o for o in p.unfused if o.name == "act")
+    assert dict(act.bytes_by_tensor) == {"gate": rows * 2048 * q, "up": rows * 2048 * q, "h": rows * 2048 * q}
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v6e"])
+def test_times_grow_with_tokens_and_with_F(chip):
+    kw = dict(chip=chip, D=1024, E=8, k=1, glu=False, tiles=(256, 512))
+    t = [predict_fusion(tokens=n, F=2048, **kw) for n in (2048, 4096, 8192, 16384)]
+    for a, b in zip(t, t[1:]):
+        assert b.fused_time_s > a.fused_time_s and b.unfused_time_s > a.unfused_time_s
+    f = [predict_fusion(tokens=4096, F=F, **kw) for F in (1024, 2048, 4096)]
+    for a, b in zip(f, f[1:]):
+        assert b.fused_time_s > a.fused_time_s and b.unfused_time_s > a.unfused_time_s
+
+
+def test_explanation_names_a_cause_and_the_verdict():
+    p = predict_fusion(chip="v5e", tokens=4096, D=2048, F=8192, E=8, k=2, glu=True, tiles=(1024, 2048))
+    s = p.sentence
+    assert f"{p.speedup:.2f}x" in s
+    assert any(word in s for word in ("round trip", "re-reads", "compute-bound", "fixed costs"))
+    assert ("fusion wins" in s) == (p.speedup > 1.02)
+
+
+def test_weight_rereads_appear_when_groups_span_several_tiles():
+    one = predict_fusion(chip="v5e", tokens=1024, D=512, F=2048, E=8, glu=False, tiles=(128, 512))
+    many = predict_fusion(chip="v5e", tokens=8192, D=512, F=2048, E=8, glu=False, tiles=(128, 512))
+    assert one.weight_reread_bytes == 0  # 128 rows per expert: one tile, weights once
+    # 1024 rows per expert = 8 tiles: each expert's 2 D F q weights are read 8 times.
+    assert many.weight_reread_bytes == 7 * 8 * 2 * 512 * 2048 * 2
+    assert "re-reads each expert's weights" in many.sentence or "compute-bound" in many.sentence
+
+
+@pytest.mark.parametrize("T, E, tm, tf, glu", [(2048, 8, 256, 512, False), (1920, 8, 128, 512, True),
+                                              (4096, 16, 512, 2048, True), (1000, 8, 128, 1024, False)])
+def test_fused_closed_form_counts_equal_the_walker(T, E, tm, tf, glu):
+    from kernels.fused_moe import FusedTiles, fused_moe_spec
+    from perfmodel.tiling.walker import walk
+
+    D, F, chip = 512, 2048, get_chip("v5e")
+    spec = fused_moe_spec(T=T, D=D, F=F, G=E, dtype="bf16", tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
+                          group_sizes=np.full(E, T // E))
+    cost = walk(spec, chip)
+    form = fused_form(glu=glu, mxu_tile=chip.mxu_tile)
+    subs = {S.T: T, S.D: D, S.F: F, S.E: E, S.tm: tm, S.tf: tf, S.q: 2}
+    assert int(form.steps.subs(subs)) == cost.grid_steps
+    assert int(form.hbm_bytes.subs(subs)) == cost.hbm_bytes
+    assert int(form.mxu_flops.subs(subs)) == cost.mxu_flops
+
+
+def test_closed_form_speedup_tracks_the_walker():
+    from perfmodel.fusion_closed_form import evaluate_times, vpu_ops_per_step
+    from perfmodel.xla_tiling import ragged_dot_tiling
+
+    for chip, tok, D, F, E, glu in [("v5e", 4096, 1024, 4096, 8, True), ("v6e", 512, 1024, 4096, 8, False)]:
+        p = predict_fusion(chip=chip, tokens=tok, D=D, F=F, E=E, glu=glu, tiles=(512, 1024))
+        up = ragged_dot_tiling(chip, tok, D, F, E, allow_compile=False)
+        dn = ragged_dot_tiling(chip, tok, F, D, E, allow_compile=False)
+        ut, dt_ = (up.tm, up.tk, up.tn), (dn.tm, dn.tk, dn.tn)
+        v = vpu_ops_per_step(D=D, F=F, tm=512, tf=1024, xla_up=ut, xla_down=dt_, dtype="bf16", glu=glu,
+                             activation=p.activation)
+        cf = evaluate_times(chip, rows=tok, D=D, F=F, E=E, tm=512, tf=1024, xla_up=ut, xla_down=dt_,
+                            vpu_per_step=v, q=2, glu=glu, activation=p.activation)
+        assert float(cf.speedup) == pytest.approx(p.speedup, rel=0.15)
+
+
+def test_symbolic_crossover_zeroes_the_byte_difference():
+    c = crossover(glu=True)
+    assert sp.simplify(c.byte_difference.subs(S.T, c.rows)) == 0
+    # Small token counts: weights read once by both paths, fusion saves the intermediate.
+    vals = {S.D: 2048, S.F: 8192, S.E: 8, S.tm: 512, S.q: 2, sp.Symbol("N_t^up", positive=True): 13,
+            sp.Symbol("N_t^down", positive=True): 16}
+    assert float(c.byte_difference.subs(vals).subs(S.T, 64)) > 0
+
+
+def test_group_size_distributions_sum_to_rows():
+    for dist in ("uniform", "random", "skewed"):
+        gs = group_sizes(1000, 8, dist, seed=3)
+        assert gs.sum() == 1000 and gs.shape == (8,) and (gs >= 0).all()
+    sk = group_sizes(100000, 8, "skewed")
+    assert sk[0] > 3 * sk[-1]
+    with pytest.raises(ValueError, match="distribution"):
+        group_sizes(10, 2, "zipfian")
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(chip="h100"), "TPU"), (dict(k=9), "k must not exceed E"), (dict(tokens=0), "tokens=0"),
+    (dict(tiles=(100, 512)), "tm=100"), (dict(tiles=(128, 1000)), "tf=1000"),
+])
+def test_bad_input_is_refused_with_the_value(kw, needle):
+    base = dict(chip="v5e", tokens=256, D=512, F=2048, E=8, k=1, tiles=(128, 512))
+    base.update(kw)
+    with pytest.raises(ValueError, match=needle):
+        predict_fusion(**base)
+
+
+def test_speedup_map_small_grid_and_crossover_fields():
+    from perfmodel.fusion_map import speedup_map
+
+    m = speedup_map("v5e", D=1024, E=8, glu=False, n=12)
+    assert m.speedup.shape == (len(m.F), 12)
+    assert np.isfinite(m.speedup).all() and (m.speedup > 0).all()
+    assert len(m.last_loss_tokens_per_expert) == len(m.F)
+
+
+def test_cli_fusion_json(capsys):
+    from perfmodel.cli import main
+
+    code = main(["fusion", "--chip", "v6e", "--tokens", "1024", "--D", "1024", "--F", "4096", "--E", "8",
+                 "--glu", "--tm", "256", "--tf", "1024", "--json"])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["speedup"] == pytest.approx(d["unfused_time_s"] / d["fused_time_s"])
+    assert [o["name"] for o in d["unfused"]] == ["up", "gate", "act", "down"]
