@@ -78,3 +78,8 @@ def test_cli_time_optimal(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["arch"], r["choice"]) for r in rows] == [("dense", "time-optimal"), ("dense", "FLOP-optimal"),
                                                         ("moe E=8", "time-optimal"), ("moe E=8", "FLOP-optimal")]
+
+
+def test_plot_time_budget(tmp_path):
+    out = H.compare(time_s=3600.0, n_experts=8, plot_path=tmp_path / "t.png")
+    assert len(out) == 4 and (tmp_path / "t.png").stat().st_size > 10_000

@@ -50,6 +50,7 @@ def register(cli) -> None:
                         "traffic, or XLA ragged_dot from the kernel tiling model (dense drhs)")
     p.add_argument("--tokens-per-chip-step", type=int, default=16384,
                    help="tokens per chip per training step (default 16384)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write loss vs size at the time budget")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_time_optimal)
 
@@ -120,7 +121,7 @@ def _time_optimal(args) -> int:
 
     _positive("--hours", args.hours)
     res = H.compare(chip=args.chip, time_s=args.hours * 3600, n_experts=args.experts, ffn=args.ffn,
-                    tokens_per_step=args.tokens_per_chip_step)
+                    tokens_per_step=args.tokens_per_chip_step, plot_path=args.plot)
     if args.json:
         print(json.dumps([r.as_dict() for r in res], indent=2))
         return 0
@@ -128,6 +129,8 @@ def _time_optimal(args) -> int:
           f"(Ludziejewski et al. 2025); step time from perfmodel roofline (decoder_train_step), MoE FFN: {args.ffn}")
     print(text_table(H.HEADERS, [r.cells() for r in res]))
     print(H.ASSUMPTIONS)
+    if args.plot:
+        print(f"wrote {args.plot}")
     return 0
 
 

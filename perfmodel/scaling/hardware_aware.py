@@ -181,37 +181,62 @@ def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: st
                     params_total=float(p.non_embedding), seconds_per_token=per_token)
 
 
-def allocate(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str = "bf16", ffn: str = "ideal",
-             tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
-             moe_ffn_train_time_s: MoeFfnTime | None = None, law: moe_laws.JointMoELaw | None = None,
-             depths=DEPTHS) -> tuple[Allocation, Allocation]:
-    """(time-optimal, FLOP-optimal) allocations for ``time_s`` chip-seconds."""
+@attrs.frozen(kw_only=True)
+class TimeBudgetCurve:
+    """Every family member trained for the same time budget: its tokens and predicted loss."""
+
+    arch: str
+    chip: str
+    n_experts: int
+    time_s: float
+    peak_flops_per_s: float
+    sizes: tuple[SizeCost, ...]
+    tokens: np.ndarray
+    loss: np.ndarray
+    law: object = attrs.field(repr=False)  # the Chinchilla law at this E
+
+    @property
+    def params_active(self) -> np.ndarray:
+        return np.array([s.params_active for s in self.sizes])
+
+
+def loss_curve(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str = "bf16", ffn: str = "ideal",
+               tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
+               moe_ffn_train_time_s: MoeFfnTime | None = None, law: moe_laws.JointMoELaw | None = None,
+               depths=DEPTHS) -> TimeBudgetCurve:
+    """Tokens ``D(N) = time_s / t_tok(N)`` and loss ``L(N, D(N))`` over the family."""
     from perfmodel.hardware import get_chip
 
     if not (math.isfinite(time_s) and time_s > 0):
         raise ValueError(f"time_s must be finite and positive, got {time_s=!r}")
     c = get_chip(chip)
-    peak = c.peak_flops_per_s(dtype)
     law_e = (law or moe_laws.JointMoELaw()).at_experts(n_experts)
-    sizes = [size_cost(L, chip=chip, n_experts=n_experts, dtype=dtype, ffn=ffn, tokens_per_step=tokens_per_step,
-                       global_batch_tokens=global_batch_tokens, moe_ffn_train_time_s=moe_ffn_train_time_s)
-             for L in depths]
+    sizes = tuple(size_cost(L, chip=chip, n_experts=n_experts, dtype=dtype, ffn=ffn, tokens_per_step=tokens_per_step,
+                            global_batch_tokens=global_batch_tokens, moe_ffn_train_time_s=moe_ffn_train_time_s)
+                  for L in depths)
     n = np.array([s.params_active for s in sizes])
     tokens = np.array([time_s / s.seconds_per_token for s in sizes])
-    loss = law_e.loss(n, tokens)
-    arch = "dense" if n_experts == 1 else f"moe E={n_experts}"
+    return TimeBudgetCurve(arch="dense" if n_experts == 1 else f"moe E={n_experts}", chip=c.name,
+                           n_experts=n_experts, time_s=time_s, peak_flops_per_s=c.peak_flops_per_s(dtype),
+                           sizes=sizes, tokens=tokens, loss=np.asarray(law_e.loss(n, tokens)), law=law_e)
+
+
+def pick(curve: TimeBudgetCurve) -> tuple[Allocation, Allocation]:
+    """(time-optimal, FLOP-optimal) members of ``curve``."""
+    n, tokens, loss, peak = curve.params_active, curve.tokens, curve.loss, curve.peak_flops_per_s
 
     def alloc(i: int, choice: str) -> Allocation:
-        s = sizes[i]
-        return Allocation(arch=arch, choice=choice, chip=c.name, n_experts=n_experts, size=s, tokens=float(tokens[i]),
-                          mfu=s.mfu(peak), compute_flops=float(6 * s.params_active * tokens[i]), loss=float(loss[i]))
+        s = curve.sizes[i]
+        return Allocation(arch=curve.arch, choice=choice, chip=curve.chip, n_experts=curve.n_experts, size=s,
+                          tokens=float(tokens[i]), mfu=s.mfu(peak), compute_flops=float(6 * s.params_active * tokens[i]),
+                          loss=float(loss[i]))
 
     t_opt = int(np.argmin(loss))
     # FLOP planner: C -> N_opt(C) -> nearest family member -> its achieved C; iterate to a fixed point.
-    compute = time_s * peak
+    compute = curve.time_s * peak
     i = 0
     for _ in range(50):
-        target = float(law_e.optimal(compute).params)
+        target = float(curve.law.optimal(compute).params)
         i_new = int(np.argmin(np.abs(np.log(n / target))))
         compute_new = float(6 * n[i_new] * tokens[i_new])
         if i_new == i and math.isclose(compute_new, compute, rel_tol=1e-9):
@@ -220,13 +245,22 @@ def allocate(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str
     return alloc(t_opt, "time-optimal"), alloc(i, "FLOP-optimal")
 
 
+def allocate(**kwargs) -> tuple[Allocation, Allocation]:
+    """(time-optimal, FLOP-optimal) allocations; arguments as :func:`loss_curve`."""
+    return pick(loss_curve(**kwargs))
+
+
 def compare(*, chip: str = "v5e", time_s: float, n_experts: int = 8, ffn: str = "ideal",
-            tokens_per_step: int = 16384, moe_ffn_train_time_s: MoeFfnTime | None = None) -> list[Allocation]:
+            tokens_per_step: int = 16384, moe_ffn_train_time_s: MoeFfnTime | None = None,
+            plot_path=None) -> list[Allocation]:
     """Dense and MoE (E experts), each time-optimal and FLOP-optimal, at the same time budget."""
     if n_experts < 2:
         raise ValueError(f"n_experts must be >= 2 for the MoE side, got {n_experts=}")
-    out = []
-    for e in (1, n_experts):
-        out += list(allocate(chip=chip, time_s=time_s, n_experts=e, ffn=ffn, tokens_per_step=tokens_per_step,
-                             moe_ffn_train_time_s=moe_ffn_train_time_s))
+    curves = [loss_curve(chip=chip, time_s=time_s, n_experts=e, ffn=ffn, tokens_per_step=tokens_per_step,
+                         moe_ffn_train_time_s=moe_ffn_train_time_s) for e in (1, n_experts)]
+    out = [a for c in curves for a in pick(c)]
+    if plot_path is not None:
+        from perfmodel.scaling.plots import plot_time_budget
+
+        plot_time_budget(curves, out, plot_path, ffn=ffn)
     return out

@@ -128,3 +128,30 @@ def plot_study(study, out_dir: pathlib.Path) -> list[pathlib.Path]:
     return [plot_isoflops(study, out_dir / "scaling_isoflops.png"),
             plot_law_vs_data(study, out_dir / "scaling_law_vs_data.png"),
             plot_frontier(study, out_dir / "scaling_frontier.png")]
+
+
+def plot_time_budget(curves, allocations, path, *, ffn: str = "") -> pathlib.Path:
+    """Loss vs active parameters when every size trains for the same time; time- and FLOP-optimal marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for color, c in zip(_colors(len(curves) + 1), curves):
+        ax.plot(c.params_active, c.loss, color=color, label=f"{c.arch}")
+        for a in allocations:
+            if a.arch == c.arch:
+                marker = "*" if a.choice == "time-optimal" else "o"
+                ax.scatter([a.size.params_active], [a.loss], color=color, marker=marker, s=120 if marker == "*" else 50,
+                           edgecolor="k", zorder=3, label=f"{c.arch} {a.choice} (MFU {a.mfu:.0%})")
+    ax.set_xscale("log")
+    ax.set_xlabel("N_act (active non-embedding parameters)")
+    ax.set_ylabel("predicted loss (joint MoE law)")
+    hours = curves[0].time_s / 3600
+    ax.set_title(f"{hours:g} chip-hours on {curves[0].chip}" + (f", MoE FFN: {ffn}" if ffn else ""))
+    lo = min(float(np.min(c.loss)) for c in curves)
+    ax.set_ylim(lo - 0.05, lo + 0.6)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
