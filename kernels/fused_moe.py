@@ -112,60 +112,70 @@ class FusedTiles:
 # --------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class GroupMetadata:
-    """Scalar-prefetched schedule of (token tile, group) visits.
+    """Scalar-prefetched schedule of (token tile, group) visits, split over ``cores`` TensorCores.
 
-    With ``tiles_m = ceil(T / tm)`` and ``S_max = tiles_m + G`` (array length):
+    With ``tiles_m = ceil(T / tm)``, ``S = tiles_m + G`` (per-core stride) and
+    step ``s`` of core ``c`` stored at index ``c S + s``:
 
     * ``group_offsets [G + 2]``: ``group_offsets[g]`` is the first row of group
       ``g``; entry ``G`` is ``sum(group_sizes)`` (clipped to ``T``) and entry
-      ``G + 1`` is ``tiles_m * tm``: rows ``[group_offsets[G], tiles_m tm)``
-      form the tail group ``G`` (no expert, output zero).
-    * ``group_ids [S_max]``: group visited at step ``s`` (``G`` = tail).
-    * ``m_tile_ids [S_max]``: token tile (output block) at step ``s``;
-      non-decreasing, so revisits of a tile are consecutive.
-    * ``x_tile_ids [S_max]``: ``x`` block loaded at step ``s``: ``m_tile_ids``
-      on real steps; on tail steps the last real step's tile (no new DMA).
-    * ``w_group_ids [S_max]``: weight group loaded at step ``s``: ``group_ids``
-      on real steps; on tail steps the last real step's group (no new DMA).
-    * ``tail_steps [S_max]``: 1 on tail steps (weight F chunk pinned to the
-      last), else 0.
-    * ``num_steps``: scalar, steps actually executed (``tiles_m <= num_steps <=
-      tiles_m + G``); entries past it are padding and never visited.
+      ``G + 1`` is ``tiles_m tm``: rows ``[group_offsets[G], tiles_m tm)`` form
+      the tail group ``G`` (no expert, output zero).
+    * ``core_steps [cores]``: visits core ``c`` executes; steps past it are padding.
+    * ``group_ids [cores S]``: group visited (``G`` = tail).
+    * ``m_tile_ids [cores S]``: token tile (output block); non-decreasing per
+      core, so revisits of a tile are consecutive; the cores' tile ranges are
+      disjoint (split at a tile boundary), so no output block is shared.
+    * ``x_tile_ids [cores S]``: ``x`` block loaded; on idle steps the previous
+      block (no new DMA).
+    * ``w_group_ids [cores S]``: weight group loaded; on idle steps the previous one.
+    * ``idle_steps [cores S]``: 1 where the step computes nothing (tail group or
+      padding; their weight F chunk is pinned to the last one), else 0.
+    * ``num_steps``: scalar, ``max(core_steps)``: the dynamic grid extent.
     """
 
     group_offsets: jax.Array
+    core_steps: jax.Array
     group_ids: jax.Array
     m_tile_ids: jax.Array
     x_tile_ids: jax.Array
     w_group_ids: jax.Array
-    tail_steps: jax.Array
+    idle_steps: jax.Array
     num_steps: jax.Array
 
     def prefetch(self) -> tuple[jax.Array, ...]:
         """Arrays in scalar-prefetch order (the order every index map and the kernel receive)."""
-        return (self.group_offsets, self.group_ids, self.m_tile_ids,
-                self.x_tile_ids, self.w_group_ids, self.tail_steps)
+        return (self.group_offsets, self.core_steps, self.group_ids, self.m_tile_ids,
+                self.x_tile_ids, self.w_group_ids, self.idle_steps)
 
 
-def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int) -> GroupMetadata:
+def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int, cores: int = 1) -> GroupMetadata:
     """Build the visit schedule for ``m`` rows in tiles of ``tm`` (pure jnp; numpy input works).
 
     See :func:`_metadata_arrays` for the construction and :class:`GroupMetadata` for the arrays.
     """
+    if cores not in (1, 2):
+        raise ValueError(f"cores={cores} should be 1 or 2")
+    if cores == 2 and -(-m // tm) < 2:
+        raise ValueError(f"cores=2 needs at least 2 token tiles, got m={m}, tm={tm}")
     names = [f.name for f in attrs.fields(GroupMetadata)]
-    return GroupMetadata(**dict(zip(names, _metadata_arrays(jnp.asarray(group_sizes), m=m, tm=tm))))
+    arrays = _metadata_arrays(jnp.asarray(group_sizes), m=m, tm=tm, cores=cores)
+    return GroupMetadata(**dict(zip(names, arrays)))
 
 
-@functools.partial(jax.jit, static_argnames=("m", "tm"))
-def _metadata_arrays(group_sizes: jax.Array, *, m: int, tm: int) -> tuple[jax.Array, ...]:
-    """Arrays of :class:`GroupMetadata`, in field order (jitted per ``m``, ``tm``).
+@functools.partial(jax.jit, static_argnames=("m", "tm", "cores"))
+def _metadata_arrays(group_sizes: jax.Array, *, m: int, tm: int, cores: int) -> tuple[jax.Array, ...]:
+    """Arrays of :class:`GroupMetadata`, in field order (jitted per ``m``, ``tm``, ``cores``).
 
-    Follows megablox ``make_group_metadata`` (``visit_empty_groups=False``)
-    with one extra group ``G`` of size ``tiles_m tm - sum(group_sizes)`` for
-    the rows no expert owns, so every token tile is visited at least once and
-    its output written. Invariants: every tile is visited once by the group
-    owning its first row plus once per further group starting inside it; a
-    group with 0 rows is never visited; visits to a tile are consecutive.
+    The single-core schedule follows megablox ``make_group_metadata``
+    (``visit_empty_groups=False``) with one extra group ``G`` of size
+    ``tiles_m tm - sum(group_sizes)`` for the rows no expert owns, so every
+    token tile is visited at least once and its output written. Invariants:
+    every tile is visited once by the group owning its first row plus once per
+    further group starting inside it; a group with 0 rows is never visited;
+    visits to a tile are consecutive. With ``cores = 2`` the sequence is cut at
+    the tile boundary that best halves the computing steps; each core gets at
+    least one step (``tiles_m >= 2``).
     """
     group_sizes = group_sizes.astype(jnp.int32)
     num_groups = group_sizes.shape[0]
@@ -181,17 +191,16 @@ def _metadata_arrays(group_sizes: jax.Array, *, m: int, tm: int) -> tuple[jax.Ar
 
     # Tiles each group touches: its rows rounded out to tile boundaries; 0 if empty.
     group_tiles = jnp.where(sizes == 0, 0, (ends + tm - 1) // tm - starts // tm)
-    num_slots = tiles_m + num_groups
+    stride = tiles_m + num_groups
     group_ids = jnp.repeat(jnp.arange(num_groups + 1, dtype=jnp.int32), group_tiles,
-                           total_repeat_length=num_slots)
+                           total_repeat_length=stride)
 
     # A tile is visited once by the group owning its first row, plus once by each
     # non-empty group starting strictly inside it.
     starts_inside = (starts % tm != 0) & (sizes > 0)
     extra = jnp.zeros((tiles_m,), jnp.int32).at[jnp.where(starts_inside, starts // tm, tiles_m)].add(
         1, mode="drop")
-    m_tile_ids = jnp.repeat(jnp.arange(tiles_m, dtype=jnp.int32), extra + 1,
-                            total_repeat_length=num_slots)
+    m_tile_ids = jnp.repeat(jnp.arange(tiles_m, dtype=jnp.int32), extra + 1, total_repeat_length=stride)
     num_steps = group_tiles.sum().astype(jnp.int32)
 
     # Tail steps re-use the last real step's blocks (no DMA).
@@ -201,53 +210,78 @@ def _metadata_arrays(group_sizes: jax.Array, *, m: int, tm: int) -> tuple[jax.Ar
     last_group = jnp.max(jnp.where(nonempty, jnp.arange(num_groups, dtype=jnp.int32), 0)) if num_groups else 0
     x_tile_ids = jnp.where(is_tail, last_real, m_tile_ids).astype(jnp.int32)
     w_group_ids = jnp.where(is_tail, last_group, group_ids).astype(jnp.int32)
-    return (group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, is_tail.astype(jnp.int32),
-            num_steps)
+
+    steps = jnp.arange(stride, dtype=jnp.int32)
+    if cores == 1:
+        first = jnp.zeros((1,), jnp.int32)
+        core_steps = num_steps[None]
+    else:
+        # Cut at the tile boundary that best halves the computing steps.
+        computing = ((~is_tail) & (steps < num_steps)).astype(jnp.int32)
+        before = jnp.cumsum(computing) - computing
+        prev_tile = jnp.concatenate([m_tile_ids[:1], m_tile_ids[:-1]])
+        boundary = (steps >= 1) & (steps < num_steps) & (m_tile_ids != prev_tile)
+        score = jnp.where(boundary, jnp.abs(2 * before - computing.sum()), jnp.iinfo(jnp.int32).max)
+        split = jnp.argmin(score).astype(jnp.int32)
+        first = jnp.stack([jnp.int32(0), split])
+        core_steps = jnp.stack([split, num_steps - split])
+    # Per-core views; padding steps repeat the core's last step and are idle.
+    src = first[:, None] + jnp.minimum(steps[None, :], core_steps[:, None] - 1)
+    idle = is_tail[src] | (steps[None, :] >= core_steps[:, None])
+    per_core = [a[src].reshape(-1) for a in (group_ids, m_tile_ids, x_tile_ids, w_group_ids)]
+    return (group_offsets, core_steps.astype(jnp.int32), *per_core, idle.reshape(-1).astype(jnp.int32),
+            jnp.max(core_steps).astype(jnp.int32))
 
 
 # --------------------------------------------------------------------------
-# Index maps: (s, j, *prefetch) -> block indices. Arithmetic and indexing only,
-# so the same functions run under Pallas tracing and on numpy arrays (walker).
+# Index maps: (c, s, j, *prefetch) -> block indices, with the per-core stride
+# bound by functools.partial. Arithmetic and indexing only, so the same
+# functions run under Pallas tracing and on numpy arrays (the walker).
 # --------------------------------------------------------------------------
-def x_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps):
-    return x_tile_ids[s], 0
+def x_index_map(c, s, j, group_offsets, core_steps, group_ids, m_tile_ids, x_tile_ids, w_group_ids,
+                idle_steps, *, stride):
+    return x_tile_ids[c * stride + s], 0
 
 
-def _f_chunk(s, j, tail_steps, *, tiles_f):
-    # Tail steps keep the last chunk, which the previous (real) step loaded.
-    return j + tail_steps[s] * (tiles_f - 1 - j)
+def _f_chunk(c, s, j, idle_steps, *, stride, tiles_f):
+    # Idle steps keep the last chunk, which the previous (computing) step loaded.
+    return j + idle_steps[c * stride + s] * (tiles_f - 1 - j)
 
 
-def w_in_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps, *,
-                   tiles_f):
+def w_in_index_map(c, s, j, group_offsets, core_steps, group_ids, m_tile_ids, x_tile_ids, w_group_ids,
+                   idle_steps, *, stride, tiles_f):
     """``W_up`` / ``W_gate`` ``[G, D, F]``, block ``(None, D, tf)``."""
-    return w_group_ids[s], 0, _f_chunk(s, j, tail_steps, tiles_f=tiles_f)
+    return w_group_ids[c * stride + s], 0, _f_chunk(c, s, j, idle_steps, stride=stride, tiles_f=tiles_f)
 
 
-def w_down_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps, *,
-                     tiles_f):
+def w_down_index_map(c, s, j, group_offsets, core_steps, group_ids, m_tile_ids, x_tile_ids, w_group_ids,
+                     idle_steps, *, stride, tiles_f):
     """``W_down`` ``[G, F, D]``, block ``(None, tf, D)``."""
-    return w_group_ids[s], _f_chunk(s, j, tail_steps, tiles_f=tiles_f), 0
+    return w_group_ids[c * stride + s], _f_chunk(c, s, j, idle_steps, stride=stride, tiles_f=tiles_f), 0
 
 
-def out_index_map(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps):
-    return m_tile_ids[s], 0
+def out_index_map(c, s, j, group_offsets, core_steps, group_ids, m_tile_ids, x_tile_ids, w_group_ids,
+                  idle_steps, *, stride):
+    return m_tile_ids[c * stride + s], 0
 
 
-def compute_mask(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps):
-    """True where a step runs its matmuls (every step but the tail group's)."""
-    return 1 - tail_steps[s] > 0
+def compute_mask(c, s, j, group_offsets, core_steps, group_ids, m_tile_ids, x_tile_ids, w_group_ids,
+                 idle_steps, *, stride):
+    """True where a step runs its matmuls (not the tail group, not padding)."""
+    return 1 - idle_steps[c * stride + s] > 0
 
 
-def straddle_mask(s, j, group_offsets, group_ids, m_tile_ids, x_tile_ids, w_group_ids, tail_steps, *, tm):
+def straddle_mask(c, s, j, group_offsets, core_steps, group_ids, m_tile_ids, x_tile_ids, w_group_ids,
+                  idle_steps, *, stride, tm):
     """True where the visited group does not cover the whole token tile, so rows must be masked.
 
     That is a tile shared with another group, the tail, or rows past ``T`` of a
     partial last tile. The kernel branches on this same function; the model
     charges the row-mask VPU work on these steps only.
     """
-    g = group_ids[s]
-    lo = m_tile_ids[s] * tm
+    i = c * stride + s
+    g = group_ids[i]
+    lo = m_tile_ids[i] * tm
     return (group_offsets[g] > lo) | (group_offsets[g + 1] < lo + tm)
 
 
@@ -278,16 +312,29 @@ def vmem_scratch_bytes(*, tm: int, tf: int, D: int, q: int, glu: bool) -> int:
     return acc + projections + h_cast
 
 
+def megacore_cores(chip: Chip | None, *, T: int, tm: int) -> int:
+    """TensorCores the kernel splits its token tiles over: 2 on megacore chips (v4, v5p)
+    when there are at least 2 token tiles, else 1."""
+    if chip is None or not chip.megacore or chip.tensor_cores_per_chip < 2:
+        return 1
+    return 2 if -(-T // tm) >= 2 else 1
+
+
 def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, glu: bool,
                    activation: str | None = None, group_sizes=None,
                    chip: str | Chip | None = None) -> KernelSpec:
     """The fused kernel as a :class:`KernelSpec` for concrete ``group_sizes``.
 
+    Grid ``(cores, S, F / tf)``: ``cores`` (:func:`megacore_cores`) is a
+    ``"parallel"`` axis that megacore chips shard over their two TensorCores;
+    ``S`` visits per core (dynamic in the kernel) and F chunks run in order.
     ``group_sizes=None`` means ``G`` equal groups splitting ``T`` (the
     representative used for ``pl.CostEstimate`` under ``jit``, where the real
-    sizes are traced). ``chip`` sets ``vmem_limit_bytes`` (footprint +
-    ``VMEM_HEADROOM_BYTES``, capped at the chip's VMEM); ``None`` leaves it unset.
+    sizes are traced). ``chip`` sets the cores and ``vmem_limit_bytes``
+    (footprint + ``VMEM_HEADROOM_BYTES``, capped at the chip's VMEM); ``None``
+    means one core and no limit.
     """
+    chip = None if chip is None else get_chip(chip)
     activation = resolve_activation(activation, glu=glu)
     dtype = canonical_dtype(dtype)
     q = dtype_bytes(dtype)
@@ -300,14 +347,16 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
     group_sizes = np.asarray(group_sizes, np.int32)
     if group_sizes.shape != (G,):
         raise ValueError(f"group_sizes.shape={group_sizes.shape} should be (G,)=({G},)")
+    cores = megacore_cores(chip, T=T, tm=tm)
     with jax.ensure_compile_time_eval():  # concrete numbers even when called under jit
-        meta = make_group_metadata(group_sizes=group_sizes, m=T, tm=tm)
+        meta = make_group_metadata(group_sizes=group_sizes, m=T, tm=tm, cores=cores)
         prefetch = tuple(np.asarray(a) for a in meta.prefetch())
         num_steps = int(meta.num_steps)
-    w_in_map = functools.partial(w_in_index_map, tiles_f=tiles_f)
-    w_down_map = functools.partial(w_down_index_map, tiles_f=tiles_f)
-    operands = [Operand(name="x", shape=(T, D), dtype=dtype, block_shape=(tm, D), index_map=x_index_map,
-                        role="input"),
+    stride = -(-T // tm) + G
+    w_in_map = functools.partial(w_in_index_map, stride=stride, tiles_f=tiles_f)
+    w_down_map = functools.partial(w_down_index_map, stride=stride, tiles_f=tiles_f)
+    operands = [Operand(name="x", shape=(T, D), dtype=dtype, block_shape=(tm, D),
+                        index_map=functools.partial(x_index_map, stride=stride), role="input"),
                 Operand(name="w_up", shape=(G, D, F), dtype=dtype, block_shape=(None, D, tf),
                         index_map=w_in_map, role="input")]
     if glu:
@@ -315,14 +364,14 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
                                 index_map=w_in_map, role="input"))
     operands += [Operand(name="w_down", shape=(G, F, D), dtype=dtype, block_shape=(None, tf, D),
                          index_map=w_down_map, role="input"),
-                 Operand(name="out", shape=(T, D), dtype=dtype, block_shape=(tm, D), index_map=out_index_map,
-                         role="output")]
+                 Operand(name="out", shape=(T, D), dtype=dtype, block_shape=(tm, D),
+                         index_map=functools.partial(out_index_map, stride=stride), role="output")]
     n_in = 2 if glu else 1
     scratch = vmem_scratch_bytes(tm=tm, tf=tf, D=D, q=q, glu=glu)
     spec = KernelSpec(
         name=f"fused_moe_ffn[{'glu-' if glu else ''}{activation}]",
-        grid=(num_steps, tiles_f),
-        dimension_semantics=("arbitrary", "arbitrary"),
+        grid=(cores, num_steps, tiles_f),
+        dimension_semantics=("parallel", "arbitrary", "arbitrary"),
         operands=tuple(operands),
         prefetch=prefetch,
         scratch_bytes=scratch,
@@ -331,17 +380,17 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
         # dtype (bf16), one add per f32 accumulator element [tm, D].
         step_vpu_flops=tm * tf * (vpu_flops_per_element(activation, glu=glu) + (q < 4)) + tm * D,
         step_transcendentals=tm * tf * transcendentals_per_element(activation),
-        compute_mask=compute_mask,
+        compute_mask=functools.partial(compute_mask, stride=stride),
         # The walker's "epilogue" slot carries the row-mask ops, charged on the steps
         # straddle_mask selects (the kernel's masked branch). The final [tm, D] cast
         # and store, once per tile, is not counted.
         epilogue_vpu_ops=ROW_MASK_OPS * tm * tf,
-        epilogue_mask=functools.partial(straddle_mask, tm=tm),
+        epilogue_mask=functools.partial(straddle_mask, stride=stride, tm=tm),
         useful_flops=2 * int(min(group_sizes.sum(), T)) * D * F * (n_in + 1),
         mxu_dtype=dtype,
     )
     if chip is not None:
-        spec = attrs.evolve(spec, vmem_limit_bytes=vmem_limit_bytes(spec, get_chip(chip)))
+        spec = attrs.evolve(spec, vmem_limit_bytes=vmem_limit_bytes(spec, chip))
     return spec
 
 
@@ -353,20 +402,23 @@ def vmem_limit_bytes(spec: KernelSpec, chip: Chip) -> int:
 # --------------------------------------------------------------------------
 # Kernel body
 # --------------------------------------------------------------------------
-def _fused_moe_kernel(group_offsets_ref, group_ids_ref, m_tile_ids_ref, x_tile_ids_ref, w_group_ids_ref,
-                      tail_steps_ref, x_ref, w_up_ref, *refs, tm: int, num_groups: int, num_slots: int,
+def _fused_moe_kernel(group_offsets_ref, core_steps_ref, group_ids_ref, m_tile_ids_ref, x_tile_ids_ref,
+                      w_group_ids_ref, idle_steps_ref, x_ref, w_up_ref, *refs, tm: int, stride: int,
                       activation: str, glu: bool):
-    del x_tile_ids_ref, w_group_ids_ref, tail_steps_ref
+    del x_tile_ids_ref, w_group_ids_ref
     if glu:
         w_gate_ref, w_down_ref, out_ref, acc_ref = refs
     else:
         (w_down_ref, out_ref, acc_ref), w_gate_ref = refs, None
-    s, j = pl.program_id(0), pl.program_id(1)
-    num_steps, tiles_f = pl.num_programs(0), pl.num_programs(1)
-    tile = m_tile_ids_ref[s]
-    first_visit = jnp.logical_or(s == 0, m_tile_ids_ref[jnp.maximum(s - 1, 0)] != tile)
-    last_visit = jnp.logical_or(s == num_steps - 1, m_tile_ids_ref[jnp.minimum(s + 1, num_slots - 1)] != tile)
-    group = group_ids_ref[s]
+    c, s, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    tiles_f = pl.num_programs(2)
+    i = c * stride + s
+    steps = core_steps_ref[c]  # this core's visits; later steps are padding
+    tile = m_tile_ids_ref[i]
+    first_visit = jnp.logical_or(s == 0, m_tile_ids_ref[jnp.maximum(i - 1, 0)] != tile)
+    next_tile = m_tile_ids_ref[jnp.minimum(i + 1, c * stride + stride - 1)]
+    last_visit = jnp.logical_and(s < steps, jnp.logical_or(s == steps - 1, next_tile != tile))
+    group = group_ids_ref[i]
 
     @pl.when(jnp.logical_and(first_visit, j == 0))
     def _zero_acc():
@@ -385,9 +437,10 @@ def _fused_moe_kernel(group_offsets_ref, group_ids_ref, m_tile_ids_ref, x_tile_i
             h = jnp.where(in_group, h, 0.0)
         acc_ref[...] += jnp.dot(h.astype(w_down_ref.dtype), w_down_ref[...], preferred_element_type=jnp.float32)
 
-    @pl.when(group < num_groups)  # the tail group computes nothing
+    @pl.when(idle_steps_ref[i] == 0)  # the tail group and padding compute nothing
     def _compute():
-        straddles = straddle_mask(s, j, group_offsets_ref, group_ids_ref, m_tile_ids_ref, None, None, None, tm=tm)
+        straddles = straddle_mask(c, s, j, group_offsets_ref, core_steps_ref, group_ids_ref, m_tile_ids_ref,
+                                  None, None, idle_steps_ref, stride=stride, tm=tm)
         jax.lax.cond(straddles, functools.partial(_accumulate, True), functools.partial(_accumulate, False))
 
     @pl.when(jnp.logical_and(last_visit, j == tiles_f - 1))
@@ -473,10 +526,11 @@ def fused_moe_ffn_forward(x, group_sizes, w_up, w_down, w_gate=None, *, activati
             f"tiles={tiles} need {spec.vmem_bytes / _MIB:.1f} MiB of VMEM (model) for T={T}, D={D}, F={F}, "
             f"dtype={canonical_dtype(x.dtype)}, but {chip.name} has {chip.vmem_bytes_per_core / _MIB:.0f} MiB "
             f"per core; use smaller tm or tf")
-    meta = make_group_metadata(group_sizes=group_sizes, m=T, tm=tiles.tm)
+    cores = spec.grid[0]
+    meta = make_group_metadata(group_sizes=group_sizes, m=T, tm=tiles.tm, cores=cores)
     in_specs, out_specs = spec.pallas_block_specs()
-    kernel = functools.partial(_fused_moe_kernel, tm=tiles.tm, num_groups=G,
-                               num_slots=int(meta.group_ids.shape[0]), activation=activation, glu=glu)
+    kernel = functools.partial(_fused_moe_kernel, tm=tiles.tm, stride=-(-T // tiles.tm) + G,
+                               activation=activation, glu=glu)
     weights = (w_up, w_gate, w_down) if glu else (w_up, w_down)
     return pl.pallas_call(
         kernel,
@@ -485,7 +539,7 @@ def fused_moe_ffn_forward(x, group_sizes, w_up, w_down, w_gate=None, *, activati
             num_scalar_prefetch=len(meta.prefetch()),
             in_specs=in_specs,
             out_specs=out_specs[0],
-            grid=(meta.num_steps, F // tiles.tf),
+            grid=(cores, meta.num_steps, F // tiles.tf),
             scratch_shapes=[pltpu.VMEM((tiles.tm, D), jnp.float32)],
         ),
         compiler_params=pltpu.CompilerParams(dimension_semantics=spec.dimension_semantics,

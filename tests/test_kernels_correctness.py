@@ -33,10 +33,10 @@ def _weights(dtype, glu, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(implementation, activation, interpret_tpu=False):
+def _jitted(implementation, activation, interpret_tpu=False, chip="v5e"):
     interpret = pltpu.InterpretParams() if interpret_tpu else True
     return jax.jit(functools.partial(moe_ffn, implementation=implementation, activation=activation,
-                                     tiles=TILES, chip="v5e", interpret=interpret))
+                                     tiles=TILES, chip=chip, interpret=interpret))
 
 
 @st.composite
@@ -46,21 +46,22 @@ def group_sizes_st(draw):
     return np.diff([0, *cuts, total]).astype(np.int32)
 
 
-CASES = [("f32", "gelu", False), ("bf16", "relu", False), ("f32", "silu", True), ("bf16", "silu", True),
-         ("bf16", "gelu", True)]
+# chip v5p: megacore, the token tiles are split over a 2-long "parallel" grid axis.
+CASES = [("f32", "gelu", False, "v5e"), ("bf16", "relu", False, "v5e"), ("f32", "silu", True, "v5p"),
+         ("bf16", "silu", True, "v5e"), ("bf16", "gelu", True, "v5p")]
 
 
-@pytest.mark.parametrize("dtype,activation,glu", CASES)
+@pytest.mark.parametrize("dtype,activation,glu,chip", CASES)
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=group_sizes_st())
 @example(sizes=np.array([T, 0, 0, 0], np.int32))      # one group takes all tokens
 @example(sizes=np.array([0, 0, 0, T], np.int32))      # ... the last one, after empty groups
 @example(sizes=np.array([0, 0, 0, 0], np.int32))      # nothing routed: all rows zero
 @example(sizes=np.array([37, 0, 90, 13], np.int32))   # zeros, straddles and a 60-row tail
-def test_fused_matches_reference_and_ragged_dot(dtype, activation, glu, sizes):
+def test_fused_matches_reference_and_ragged_dot(dtype, activation, glu, chip, sizes):
     x, w_up, w_down, w_gate = _weights(dtype, glu)
     gs = jnp.asarray(sizes)
-    fused = _jitted("fused", activation)(x, gs, w_up, w_down, w_gate)
+    fused = _jitted("fused", activation, chip=chip)(x, gs, w_up, w_down, w_gate)
     ref = _jitted("reference", activation)(x, gs, w_up, w_down, w_gate)
     ragged = _jitted("ragged_dot", activation)(x, gs, w_up, w_down, w_gate)
     assert fused.dtype == x.dtype and fused.shape == (T, D)
@@ -71,12 +72,12 @@ def test_fused_matches_reference_and_ragged_dot(dtype, activation, glu, sizes):
     assert not f32(fused)[int(sizes.sum()):].any()
 
 
-@pytest.mark.parametrize("dtype,activation,glu", [("f32", "gelu", False), ("bf16", "silu", True)])
-def test_fused_tpu_interpret_params(dtype, activation, glu):
+@pytest.mark.parametrize("dtype,activation,glu,chip", [("f32", "gelu", False, "v5e"), ("bf16", "silu", True, "v5p")])
+def test_fused_tpu_interpret_params(dtype, activation, glu, chip):
     """TPU semantics (scalar prefetch, VMEM scratch, dynamic grid, uninitialised memory = NaN)."""
     x, w_up, w_down, w_gate = _weights(dtype, glu, seed=1)
     gs = jnp.array([50, 0, 37, 90], jnp.int32)
-    fused = _jitted("fused", activation, interpret_tpu=True)(x, gs, w_up, w_down, w_gate)
+    fused = _jitted("fused", activation, interpret_tpu=True, chip=chip)(x, gs, w_up, w_down, w_gate)
     ref = _jitted("reference", activation)(x, gs, w_up, w_down, w_gate)
     np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(ref, np.float32), **TOL[dtype])
     assert not np.asarray(fused, np.float32)[177:].any()

@@ -24,26 +24,33 @@ def group_sizes_st(draw, *, G=None, T=None):
     return T, sizes
 
 
-def _visits(meta, G):
-    n = int(meta.num_steps)
-    return [(int(meta.m_tile_ids[s]), int(meta.group_ids[s])) for s in range(n)]
+def _visits(meta):
+    """(tile, group) per executed visit, core 0's then core 1's."""
+    steps = np.asarray(meta.core_steps)
+    stride = meta.group_ids.shape[0] // steps.shape[0]
+    return [(int(meta.m_tile_ids[c * stride + s]), int(meta.group_ids[c * stride + s]))
+            for c in range(steps.shape[0]) for s in range(int(steps[c]))]
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=group_sizes_st(), tm=st.sampled_from([8, 64]))
-@example(data=(256, np.array([256, 0, 0, 0], np.int32)), tm=64)
-@example(data=(200, np.array([0, 0, 0, 0], np.int32)), tm=64)
-@example(data=(200, np.array([0, 0, 0, 200], np.int32)), tm=64)
-def test_metadata_visits_every_row_block_once_per_group(data, tm):
+@given(data=group_sizes_st(), tm=st.sampled_from([8, 64]), cores=st.sampled_from([1, 2]))
+@example(data=(256, np.array([256, 0, 0, 0], np.int32)), tm=64, cores=2)
+@example(data=(200, np.array([0, 0, 0, 0], np.int32)), tm=64, cores=2)
+@example(data=(200, np.array([0, 0, 0, 200], np.int32)), tm=64, cores=1)
+def test_metadata_visits_every_row_block_once_per_group(data, tm, cores):
     T, sizes = data
     G = sizes.shape[0]
-    meta = make_group_metadata(group_sizes=sizes, m=T, tm=tm)
     tiles_m = -(-T // tm)
+    if cores == 2 and tiles_m < 2:
+        with pytest.raises(ValueError, match="cores=2 needs at least 2 token tiles"):
+            make_group_metadata(group_sizes=sizes, m=T, tm=tm, cores=cores)
+        return
+    meta = make_group_metadata(group_sizes=sizes, m=T, tm=tm, cores=cores)
     offsets = np.asarray(meta.group_offsets)
     # Offsets: G real groups, then the tail group up to the padded end.
     np.testing.assert_array_equal(offsets[: G + 1], np.concatenate([[0], np.cumsum(sizes)]))
     assert offsets[G + 1] == tiles_m * tm
-    visits = _visits(meta, G)
+    visits = _visits(meta)
     # Expected: one visit per (tile, group) pair whose rows intersect, groups 0..G (G = tail).
     expected = []
     for t in range(tiles_m):
@@ -51,16 +58,25 @@ def test_metadata_visits_every_row_block_once_per_group(data, tm):
             lo, hi = max(offsets[g], t * tm), min(offsets[g + 1], (t + 1) * tm)
             if hi > lo:
                 expected.append((t, g))
-    assert visits == expected  # also: tiles non-decreasing, so revisits are consecutive
+    # Tiles non-decreasing (revisits consecutive) and, with 2 cores, disjoint tile ranges.
+    assert visits == expected
     assert tiles_m <= len(visits) <= tiles_m + G
-    # Tail steps reuse the previous step's x tile and weight group (no DMA).
-    tail = np.asarray(meta.tail_steps)[: len(visits)].astype(bool)
-    np.testing.assert_array_equal(tail, [g == G for _, g in visits])
-    x_ids, w_ids = np.asarray(meta.x_tile_ids), np.asarray(meta.w_group_ids)
-    for s in np.flatnonzero(tail):
-        if s > 0:
-            assert x_ids[s] == x_ids[s - 1] and w_ids[s] == w_ids[s - 1]
-    assert (w_ids[: len(visits)] < G).all()
+    steps = np.asarray(meta.core_steps)
+    assert steps.shape == (cores,) and (steps >= 1).all() and int(meta.num_steps) == steps.max()
+    stride = tiles_m + G
+    idle = np.asarray(meta.idle_steps).reshape(cores, stride).astype(bool)
+    x_ids = np.asarray(meta.x_tile_ids).reshape(cores, stride)
+    w_ids = np.asarray(meta.w_group_ids).reshape(cores, stride)
+    groups = np.asarray(meta.group_ids).reshape(cores, stride)
+    for c in range(cores):
+        n = int(steps[c])
+        # Idle = tail group or padding; idle steps reuse the previous x tile and weights (no DMA).
+        np.testing.assert_array_equal(idle[c, :n], groups[c, :n] == G)
+        assert idle[c, n:].all()
+        for s in range(1, stride):
+            if idle[c, s]:
+                assert x_ids[c, s] == x_ids[c, s - 1] and w_ids[c, s] == w_ids[c, s - 1]
+    assert (w_ids < G).all()
 
 
 def test_walker_counts_one_output_write_per_tile_and_no_tail_dma():
@@ -70,7 +86,7 @@ def test_walker_counts_one_output_write_per_tile_and_no_tail_dma():
                           group_sizes=sizes)
     cost = walk(spec, "v5e")
     meta = make_group_metadata(group_sizes=sizes, m=T, tm=tm)
-    visits = _visits(meta, G)
+    visits = _visits(meta)
     real = [v for v in visits if v[1] < G]
     tiles_m = -(-T // tm)
     # Output: written once per token tile, edge tile clipped to T rows.
@@ -86,6 +102,18 @@ def test_walker_counts_one_output_write_per_tile_and_no_tail_dma():
     # MXU work only on real steps: 3 matmuls of (tm, D, tf) per step.
     assert cost.active_steps == len(real) * (F // tf)
     assert cost.useful_flops == 2 * 800 * D * F * 3
+
+
+def test_megacore_split_halves_the_work_without_extra_traffic():
+    """On v5p the token tiles are cut between the two TensorCores (a "parallel" axis)."""
+    T, D, F, G, tm, tf = 4096, 512, 2048, 8, 256, 512
+    kw = dict(T=T, D=D, F=F, G=G, dtype="bf16", tiles=FusedTiles(tm=tm, tf=tf), glu=True)
+    one, two = fused_moe_spec(**kw, chip="v5e"), fused_moe_spec(**kw, chip="v5p")
+    assert one.grid[0] == 1 and two.grid == (2, 8, F // tf)
+    c1, c2 = walk(one, "v5e"), walk(two, "v5p")
+    assert c2.cores == 2 and c1.cores == 1
+    # Uniform groups of 512 rows = 2 tiles each: no straddles, 16 visits, 8 per core, same bytes.
+    assert c1.hbm_bytes == c2.hbm_bytes and c1.active_steps == c2.active_steps == 16 * (F // tf)
 
 
 def test_tiles_validation_messages():
@@ -104,3 +132,4 @@ def test_default_tiles_fit_vmem(chip):
     assert tiles in candidate_tiles(T=T, F=F)
     spec = fused_moe_spec(T=T, D=D, F=F, G=G, dtype="bf16", tiles=tiles, glu=True, chip=chip)
     assert spec.vmem_bytes <= spec.vmem_limit_bytes <= get_chip(chip).vmem_bytes_per_core
+    assert spec.grid[0] == (2 if get_chip(chip).megacore else 1)
