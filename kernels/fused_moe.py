@@ -11,15 +11,15 @@ Notation (scaling-book letters, kernel tiles ``tm, tf``)
 ``q``  bytes per element of ``x`` and the weights (bf16: 2, f32: 4)
 ====== ==========================================================
 
-Algorithm. Grid ``(S, F / tf)`` with ``S`` the number of (token tile, group)
-visits from :func:`make_group_metadata` (dynamic, ``T/tm <= S <= T/tm + G``).
-At step ``(s, j)`` the kernel holds the ``[tm, D]`` tile of ``x`` (its block
+Algorithm. Grid ``(cores, S, F / tf)`` with ``S`` the number of (token tile,
+group) visits per core from :func:`make_group_metadata` (dynamic; in total
+``T/tm <= visits <= T/tm + G``). At step ``(c, s, j)`` the kernel holds the ``[tm, D]`` tile of ``x`` (its block
 index does not change across ``j``, so it is fetched once per visit), streams
 ``W_up[g][:, j]`` (and ``W_gate``) ``[D, tf]`` and ``W_down[g][j, :]`` ``[tf, D]``,
 and computes in VMEM::
 
     h   = act(x W_gate[g][:, j]) * (x W_up[g][:, j])   or   act(x W_up[g][:, j])    [tm, tf] f32
-    h   = where(row in group g, h, 0)                   (straddling tiles)
+    h   = where(row in group g, h, 0)                   (only on straddling steps)
     acc += h.astype(q) @ W_down[g][j, :]                [tm, D] f32 scratch
 
 A token tile that straddles groups is visited once per group on consecutive
@@ -38,9 +38,16 @@ HBM traffic of one call (what :func:`perfmodel.tiling.walker.walk` counts from
 :func:`fused_moe_spec`): ``x`` once per tile visit ``~ T D q``, the weights once
 per visit of a real group ``(2|3) D F q`` each, the output once ``T D q``.
 So weights are re-read ``ceil(rows_g / tm)`` times per expert: ``tm`` trades
-weight traffic against VMEM. Megacore: the visit axis must run in order (the
-output block is revisited), so both grid axes are ``"arbitrary"`` and on v4 /
-v5p the kernel uses one of the chip's two TensorCores.
+weight traffic against VMEM.
+
+Megacore (v4, v5p: two TensorCores behind one device). The visit axis must run
+in order (an output block is revisited on consecutive steps), so it cannot be
+``"parallel"`` itself. Instead the visit sequence is cut at the token-tile
+boundary that best halves the computing steps, and a leading ``"parallel"``
+axis of size 2 gives each TensorCore its half (its own metadata row; the
+shorter half is padded with idle steps that pin every block, so they cost a
+grid step but no DMA). No output tile is shared between the cores. On
+single-core devices (v5e, v6e, a 7x TensorCore) that axis has size 1.
 
 The kernel description (grid, BlockSpecs, index maps, VMEM footprint, per-step
 matmuls) is built once by :func:`fused_moe_spec`; the ``pallas_call`` uses its
