@@ -415,8 +415,11 @@ class TilingRule:
 
 _MIB = 1024**2
 RULES: Mapping[str, TilingRule] = {
+    "v4": TilingRule(tm_max=128, step=128, budget_bytes=8 * _MIB),
+    "v5p": TilingRule(tm_max=128, step=128, budget_bytes=8 * _MIB),
     "v5e": TilingRule(tm_max=128, step=128, budget_bytes=8 * _MIB),
     "v6e": TilingRule(tm_max=256, step=256, budget_bytes=24 * _MIB),
+    "tpu7x": TilingRule(tm_max=256, step=256, budget_bytes=24 * _MIB),
 }
 """Rule constants per chip; each budget is the one interval the sweep allows (see
 ``validation/results/compiler/xla_tiling_rule.md``)."""
