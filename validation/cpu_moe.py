@@ -1,0 +1,395 @@
+"""Two XLA formulations of the MoE FFN on CPU and their cost model on the calibrated ``cpu`` chip.
+
+Notation (scaling-book letters): ``T`` rows (tokens x k, sorted by expert),
+``D`` width, ``F`` hidden, ``E`` experts, ``tf`` the F chunk, ``nc = F / tf``,
+``q`` bytes per element, ``n_in`` = 1 (``act(x W_up)``) or 2 (GLU: up and gate).
+
+How XLA on CPU runs ``jax.lax.ragged_dot`` (read from the optimized HLO, jax
+0.10.2, FACTS section 2): a **dense masked expansion**. ``lhs [T, K]`` is
+scattered into ``lhs_m [T, E K]`` (row ``r`` of group ``e`` lands in column
+block ``e``, zeros elsewhere: a select + transpose copy), the weights
+``[E, K, N]`` are transposed into ``[E K, N]`` (a copy; XLA orders the blocks
+as ``(K, E)`` hence the transpose) and one dense dot ``[T, E K] @ [E K, N]``
+does ``2 T E K N`` FLOPs: ``E`` times the useful work.
+
+* :func:`moe_ffn_ragged_path` is ``kernels.moe_ffn(implementation="ragged_dot")``:
+  up (and gate), activation, down, each ragged_dot expanded as above. The
+  ``[T, F]`` intermediates cross op boundaries, and the down projection's
+  expanded input ``h_m [T, E F]`` is written and re-read: ``E`` times the
+  ``[T, F]`` round trip.
+* :func:`moe_ffn_chunked` is the XLA formulation **without the [T, F] round
+  trip**: the same masked expansion written by hand (x expanded once), then a
+  ``lax.scan`` over ``nc`` F chunks: ``u = x_m W_up[:, chunk]`` ``[T, tf]`` ->
+  activation -> ``h_m [T, E tf]`` -> ``y += h_m W_down[chunk]``. Only a
+  ``[T, E tf]`` piece exists at a time (cache-resident when small); the price
+  is re-reading ``x_m [T, E D]`` once per chunk and ``nc`` loop iterations of
+  per-op overhead - the CPU analog of the fused TPU kernel's trade (round trip
+  removed vs weights re-read per row tile, grid-step overhead).
+
+Both pay ``E`` x the useful FLOPs (the same dense expansion), so on CPU the
+comparison isolates the traffic/overhead trade that fusion makes.
+
+Cost model (:func:`ragged_path_ops`, :func:`chunked_ops`): each formulation is
+the list of XLA ops it compiles to (checked against
+``jax.jit(f).lower(...).compile().cost_analysis()`` by :func:`xla_cost_check`),
+each op with its dot FLOPs and the bytes of every tensor it reads or writes.
+Time (:func:`predict_time`) on a chip with matmul peak ``P``, memory bandwidth
+``BW`` and per-op overhead ``o`` (the calibrated launch overhead)::
+
+    t = sum_ops count x (max(flops / P, dram_bytes / BW) + o)
+
+where an access costs DRAM traffic when the tensor is a fresh input
+(parameters) or larger than ``cache_bytes`` (default: the CPU's total L2);
+smaller intermediates produced by the previous op are taken as cache hits
+(free). Elementwise FLOPs (masks, selects, activation) are not counted in
+``flops``: those passes are memory- or overhead-bound.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+
+import attrs
+
+CHUNK_CANDIDATES = (32, 64, 128, 256, 512, 1024)
+"""F chunks :func:`best_chunk` chooses from (those dividing F)."""
+
+
+# -- the two formulations ------------------------------------------------------
+
+def moe_ffn_ragged_path(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None = None):
+    """The ragged_dot path: exactly ``kernels.moe_ffn(..., implementation="ragged_dot")``."""
+    from kernels import moe_ffn
+
+    return moe_ffn(x, group_sizes, w_up, w_down, w_gate, activation=activation, implementation="ragged_dot")
+
+
+def moe_ffn_chunked(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None = None,
+                    tf: int = 128):
+    """MoE FFN without the ``[T, F]`` round trip: ``lax.scan`` over F chunks of width ``tf``.
+
+    Same arguments and result as :func:`kernels.moe_ffn` (rows sorted by
+    expert, zero rows past ``sum(group_sizes)``). Per chunk ``c``::
+
+        u_c = x_m @ W_up_m[c]                       [T, tf]     (x_m: [T, E D] masked expansion)
+        h_c = act(u_c)  |  act(x_m @ W_gate_m[c]) * u_c
+        y  += mask(h_c) @ W_down_m[c]               [T, E tf] @ [E tf, D]
+
+    accumulated in f32. Raises ``ValueError`` if ``tf`` does not divide ``F``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from kernels.activations import ffn_hidden, resolve_activation
+
+    activation = resolve_activation(activation, glu=w_gate is not None)
+    T, D = x.shape
+    E, _, F = w_up.shape
+    if tf <= 0 or F % tf:
+        raise ValueError(f"tf={tf} should be a positive divisor of F={F}")
+    nc = F // tf
+    gs = group_sizes.astype(jnp.int32)
+    ends = jnp.cumsum(gs)
+    rows = jnp.arange(T, dtype=jnp.int32)[:, None]
+    mask = (rows >= (ends - gs)[None, :]) & (rows < ends[None, :])  # [T, E]: row r belongs to expert e
+    x_m = jnp.where(mask[:, :, None], x[:, None, :], 0).reshape(T, E * D)
+
+    def in_chunks(w):  # [E, D, F] -> [nc, E D, tf], block e of rows = expert e
+        return w.reshape(E, D, nc, tf).transpose(2, 0, 1, 3).reshape(nc, E * D, tf)
+
+    w_down_c = w_down.reshape(E, nc, tf, D).transpose(1, 0, 2, 3).reshape(nc, E * tf, D)
+    xs = (in_chunks(w_up), w_down_c) + (() if w_gate is None else (in_chunks(w_gate),))
+
+    def body(y, ws):
+        up = jnp.dot(x_m, ws[0], preferred_element_type=jnp.float32).astype(x.dtype)
+        gate = None if w_gate is None else jnp.dot(x_m, ws[2], preferred_element_type=jnp.float32).astype(x.dtype)
+        h = ffn_hidden(up.astype(jnp.float32), None if gate is None else gate.astype(jnp.float32),
+                       activation=activation).astype(x.dtype)
+        h_m = jnp.where(mask[:, :, None], h[:, None, :], 0).reshape(T, E * tf)
+        return y + jnp.dot(h_m, ws[1], preferred_element_type=jnp.float32), None
+
+    y, _ = jax.lax.scan(body, jnp.zeros((T, D), jnp.float32), xs)
+    return y.astype(x.dtype)
+
+
+# -- cost model -----------------------------------------------------------------
+
+@attrs.frozen(kw_only=True)
+class Access:
+    """One tensor read or written by an op: ``fresh`` = a parameter read from memory for the first time."""
+
+    tensor: str
+    bytes: float
+    fresh: bool = False
+    footprint: float | None = None  # size of the whole tensor the bytes come from (default: bytes)
+
+    def misses(self, cache_bytes: float) -> bool:
+        """Whether this access goes to DRAM: a fresh input, or a tensor too big to stay in cache."""
+        return self.fresh or (self.bytes if self.footprint is None else self.footprint) > cache_bytes
+
+
+@attrs.frozen(kw_only=True)
+class XlaOp:
+    """One XLA CPU op (fusion / dot), executed ``count`` times (loop iterations)."""
+
+    name: str
+    flops: float
+    accesses: tuple[Access, ...]
+    count: int = 1
+    in_loop: bool = False
+
+    @property
+    def bytes(self) -> float:
+        """Bytes read + written per execution (what XLA's cost analysis counts)."""
+        return sum(a.bytes for a in self.accesses)
+
+    def dram_bytes(self, cache_bytes: float) -> float:
+        """Bytes per execution that miss the cache: fresh inputs and tensors larger than ``cache_bytes``."""
+        return sum(a.bytes for a in self.accesses if a.misses(cache_bytes))
+
+
+def _q(dtype: str) -> int:
+    from perfmodel.hardware import dtype_bytes
+
+    return dtype_bytes(dtype)
+
+
+def _n_pre(activation: str) -> int:
+    # gelu / silu: XLA materialises the transcendental part (tanh(...) or the
+    # logistic) as its own [rows, width] loop fusion before the expansion that
+    # consumes it (seen in the optimized HLO); relu fuses entirely.
+    return 0 if activation == "relu" else 1
+
+
+def _h_inputs(glu: bool, pre: int) -> tuple[str, ...]:
+    # The expansion of h recomputes the cheap part of the activation from up
+    # (and gate) and the materialised pre-pass output.
+    return ("up",) + (("gate",) if glu else ()) + (("act",) if pre else ())
+
+
+def ragged_path_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, dtype: str = "f32"):
+    """XLA ops of the ragged_dot path on CPU, as in its optimized HLO (see the module docstring).
+
+    Bytes: weights transposed ``2 (n_in + 1) E D F q``; x expanded ``T D q +
+    T E D q``; up/gate dots ``n_in (T E D + E D F + T F) q``; activation
+    pre-pass ``2 T F q``; h expanded ``(n_in + 1) T F q + T E F q``; down dot
+    ``(T E F + E F D + T D) q``. FLOPs: ``2 T E D F`` per dot, ``n_in + 1`` dots.
+    """
+    q = _q(dtype)
+    n_in = 2 if glu else 1
+    pre = _n_pre(activation)
+    ops = []
+    for w in ("w_up", "w_gate")[:n_in] + ("w_down",):
+        ops.append(XlaOp(name=f"transpose {w}", flops=0.0, accesses=(
+            Access(tensor=w, bytes=E * D * F * q, fresh=True), Access(tensor=f"{w}_t", bytes=E * D * F * q))))
+    ops.append(XlaOp(name="expand x", flops=0.0, accesses=(
+        Access(tensor="x", bytes=T * D * q, fresh=True), Access(tensor="x_m", bytes=T * E * D * q))))
+    for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
+        ops.append(XlaOp(name=f"dot {out}", flops=2.0 * T * E * D * F, accesses=(
+            Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=f"{w}_t", bytes=E * D * F * q),
+            Access(tensor=out, bytes=T * F * q))))
+    if pre:
+        ops.append(XlaOp(name="activation pre-pass", flops=0.0, accesses=(
+            Access(tensor="gate" if glu else "up", bytes=T * F * q), Access(tensor="act", bytes=T * F * q))))
+    ops.append(XlaOp(name="expand h", flops=0.0, accesses=tuple(
+        Access(tensor=t, bytes=T * F * q) for t in _h_inputs(glu, pre)) + (Access(tensor="h_m", bytes=T * E * F * q),)))
+    ops.append(XlaOp(name="dot down", flops=2.0 * T * E * F * D, accesses=(
+        Access(tensor="h_m", bytes=T * E * F * q), Access(tensor="w_down_t", bytes=E * F * D * q),
+        Access(tensor="y", bytes=T * D * q))))
+    return tuple(ops)
+
+
+def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, tf: int, dtype: str = "f32"):
+    """XLA ops of :func:`moe_ffn_chunked` on CPU (its optimized HLO), loop ops with ``count = nc``.
+
+    Outside the loop: weights re-laid into chunks ``2 (n_in + 1) E D F q``,
+    mask ``T E`` (1 byte), x expanded ``T D q + T E + T E D q``, accumulator
+    init ``4 T D``. Per iteration: weight chunk slices ``2 (n_in + 1) E D tf q``,
+    up/gate dots ``n_in (T E D + E D tf + T tf) q``, activation pre-pass
+    ``2 T tf q``, h expanded ``(n_in + 1) T tf q + T E + T E tf q``, down dot
+    ``(T E tf + E tf D) q + 4 T D``, accumulate ``12 T D``. FLOPs: ``2 T E D tf``
+    per dot per iteration, i.e. the same ``2 (n_in + 1) T E D F`` in total as the
+    ragged_dot path.
+    """
+    if tf <= 0 or F % tf:
+        raise ValueError(f"tf={tf} should be a positive divisor of F={F}")
+    q = _q(dtype)
+    n_in = 2 if glu else 1
+    nc = F // tf
+    pre = _n_pre(activation)
+    ws = ("w_up", "w_gate")[:n_in] + ("w_down",)
+    ops = []
+    for w in ws:
+        ops.append(XlaOp(name=f"chunk {w}", flops=0.0, accesses=(
+            Access(tensor=w, bytes=E * D * F * q, fresh=True), Access(tensor=f"{w}_c", bytes=E * D * F * q))))
+    ops.append(XlaOp(name="mask", flops=0.0, accesses=(Access(tensor="mask", bytes=T * E),)))
+    ops.append(XlaOp(name="expand x", flops=0.0, accesses=(
+        Access(tensor="x", bytes=T * D * q, fresh=True), Access(tensor="mask", bytes=T * E),
+        Access(tensor="x_m", bytes=T * E * D * q))))
+    ops.append(XlaOp(name="init y", flops=0.0, accesses=(Access(tensor="y", bytes=4 * T * D),)))
+    loop = dict(count=nc, in_loop=True)
+    for w in ws:
+        # The slice is read from the [nc, E D, tf] chunked array (too big for
+        # cache when the weights are) and written as a contiguous operand.
+        ops.append(XlaOp(name=f"slice {w}", flops=0.0, accesses=(
+            Access(tensor=f"{w}_c", bytes=E * D * tf * q, footprint=E * D * F * q),
+            Access(tensor=f"{w}_s", bytes=E * D * tf * q)), **loop))
+    for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
+        ops.append(XlaOp(name=f"dot {out}", flops=2.0 * T * E * D * tf, accesses=(
+            Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=f"{w}_s", bytes=E * D * tf * q),
+            Access(tensor=out, bytes=T * tf * q)), **loop))
+    if pre:
+        ops.append(XlaOp(name="activation pre-pass", flops=0.0, accesses=(
+            Access(tensor="gate" if glu else "up", bytes=T * tf * q), Access(tensor="act", bytes=T * tf * q)),
+            **loop))
+    ops.append(XlaOp(name="expand h", flops=0.0, accesses=tuple(
+        Access(tensor=t, bytes=T * tf * q) for t in _h_inputs(glu, pre))
+        + (Access(tensor="mask", bytes=T * E), Access(tensor="h_m", bytes=T * E * tf * q)), **loop))
+    ops.append(XlaOp(name="dot down", flops=2.0 * T * E * tf * D, accesses=(
+        Access(tensor="h_m", bytes=T * E * tf * q), Access(tensor="w_down_s", bytes=E * tf * D * q),
+        Access(tensor="partial", bytes=4 * T * D)), **loop))
+    ops.append(XlaOp(name="accumulate", flops=0.0, accesses=(
+        Access(tensor="y", bytes=4 * T * D), Access(tensor="partial", bytes=4 * T * D),
+        Access(tensor="y", bytes=4 * T * D)), **loop))
+    return tuple(ops)
+
+
+def default_cache_bytes() -> int:
+    """Total L2 cache of the host (per-core L2 x cores, from sysfs); 2 MiB if unreadable.
+
+    The level below the shared L3 on purpose: with ~6 processes sharing the
+    machine the L3 is contended, and a 2-core VM's share of it is unknown.
+    """
+    try:
+        sizes = []
+        for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+            with open(os.path.join(d, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(d, "size")) as f:
+                s = f.read().strip()
+            sizes.append(int(s[:-1]) * 1024 if s.endswith("K") else int(s[:-1]) * 1024**2 if s.endswith("M") else int(s))
+        if sizes:
+            return sizes[0] * (os.cpu_count() or 1)
+    except (OSError, ValueError):
+        pass
+    return 2 * 1024**2
+
+
+@attrs.frozen(kw_only=True)
+class CpuPrediction:
+    """Predicted time of one formulation: sums over ops x executions."""
+
+    formulation: str
+    time_s: float
+    compute_s: float  # sum of per-op flops / peak
+    memory_s: float  # sum of per-op DRAM bytes / bandwidth
+    overhead_s: float  # op executions x per-op overhead
+    flops: float  # executed dot FLOPs (E x useful)
+    useful_flops: float
+    bytes: float  # all bytes read + written (cost-analysis convention)
+    dram_bytes: float
+    op_executions: int
+    tf: int | None = None
+
+    @property
+    def bound(self) -> str:
+        return max((self.compute_s, "compute"), (self.memory_s, "memory"), (self.overhead_s, "overhead"))[1]
+
+
+def predict_time(ops, chip, *, formulation: str, useful_flops: float, dtype: str = "f32",
+                 cache_bytes: float | None = None, tf: int | None = None) -> CpuPrediction:
+    """``sum_ops count (max(flops / P, dram_bytes / BW) + o)`` on ``chip`` (see the module docstring)."""
+    from perfmodel.hardware import get_chip
+
+    c = get_chip(chip)
+    cache = default_cache_bytes() if cache_bytes is None else cache_bytes
+    peak, bw, o = c.peak_flops_per_s(dtype), c.hbm_bytes_per_s, c.launch_overhead_s
+    time_s = compute_s = memory_s = overhead_s = 0.0
+    for op in ops:
+        cs, ms = op.flops / peak, op.dram_bytes(cache) / bw
+        time_s += op.count * (max(cs, ms) + o)
+        compute_s += op.count * cs
+        memory_s += op.count * ms
+        overhead_s += op.count * o
+    return CpuPrediction(
+        formulation=formulation, time_s=time_s, compute_s=compute_s, memory_s=memory_s, overhead_s=overhead_s,
+        flops=sum(op.count * op.flops for op in ops), useful_flops=useful_flops,
+        bytes=sum(op.count * op.bytes for op in ops), dram_bytes=sum(op.count * op.dram_bytes(cache) for op in ops),
+        op_executions=sum(op.count for op in ops), tf=tf)
+
+
+def useful_flops(*, T: int, D: int, F: int, glu: bool) -> float:
+    """Useful matmul FLOPs of the MoE FFN: ``2 (n_in + 1) T D F``."""
+    return 2.0 * (3 if glu else 2) * T * D * F
+
+
+def predict_ragged_path(chip, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> CpuPrediction:
+    ops = ragged_path_ops(T=T, D=D, F=F, E=E, glu=glu, activation=activation, dtype=dtype)
+    return predict_time(ops, chip, formulation="ragged_dot", dtype=dtype, cache_bytes=cache_bytes,
+                        useful_flops=useful_flops(T=T, D=D, F=F, glu=glu))
+
+
+def predict_chunked(chip, *, T, D, F, E, glu, activation, tf, dtype="f32", cache_bytes=None) -> CpuPrediction:
+    ops = chunked_ops(T=T, D=D, F=F, E=E, glu=glu, activation=activation, tf=tf, dtype=dtype)
+    return predict_time(ops, chip, formulation="chunked", dtype=dtype, cache_bytes=cache_bytes, tf=tf,
+                        useful_flops=useful_flops(T=T, D=D, F=F, glu=glu))
+
+
+def best_chunk(chip, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> int:
+    """The F chunk in :data:`CHUNK_CANDIDATES` (dividing F) with the lowest predicted time (F if none divides)."""
+    cands = [tf for tf in CHUNK_CANDIDATES if tf <= F and F % tf == 0] or [F]
+    return min(cands, key=lambda tf: predict_chunked(chip, T=T, D=D, F=F, E=E, glu=glu, activation=activation,
+                                                     tf=tf, dtype=dtype, cache_bytes=cache_bytes).time_s)
+
+
+# -- check against XLA's own cost analysis -------------------------------------
+
+@attrs.frozen(kw_only=True)
+class XlaCostCheck:
+    """Model vs ``compiled.cost_analysis()`` for one formulation.
+
+    XLA counts a while loop's body **once** (it does not know the trip count),
+    so the comparable model figure is (outside-loop ops) + (one iteration).
+    ``xla_flops`` also includes elementwise FLOPs (mask compares, selects,
+    activation) that the model leaves out; ``model_flops`` are dot FLOPs only.
+    """
+
+    formulation: str
+    xla_flops: float
+    model_flops: float
+    xla_bytes: float
+    model_bytes: float
+
+    @property
+    def bytes_ratio(self) -> float:
+        return self.model_bytes / self.xla_bytes
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.model_flops / self.xla_flops
+
+
+def _once(ops):
+    """(dot FLOPs, bytes) with every op counted once: XLA's convention for loop bodies."""
+    return sum(op.flops for op in ops), sum(op.bytes for op in ops)
+
+
+def xla_cost_check(fn, args, ops, *, formulation: str) -> XlaCostCheck:
+    """Compile ``fn(*args)`` for CPU and compare its cost analysis with ``ops``."""
+    import jax
+
+    ca = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0]
+    mf, mb = _once(ops)
+    return XlaCostCheck(formulation=formulation, xla_flops=float(ca.get("flops", 0.0)), model_flops=mf,
+                        xla_bytes=float(ca.get("bytes accessed", 0.0)), model_bytes=mb)
+
+
+def formulations(*, activation: str, tf: int):
+    """``{"ragged_dot": f, "chunked": g}``: callables ``(x, group_sizes, w_up, w_down[, w_gate])``."""
+    return {"ragged_dot": functools.partial(moe_ffn_ragged_path, activation=activation),
+            "chunked": functools.partial(moe_ffn_chunked, activation=activation, tf=tf)}
