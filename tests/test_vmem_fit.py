@@ -38,3 +38,15 @@ def test_compiler_agrees_on_clear_cases(tiles):
     case = run_case("v5e", tiles)
     assert case.compiled is not None, case.message
     assert case.agrees
+
+
+def test_spill_estimate_only_on_128_wide_mxu_chips():
+    from perfmodel.tiling.vmem import SPILL_FACTOR, mosaic_spill_bytes, spec_vmem_verdict
+
+    spec = gmm_spec([512] * 4, 2048, 2048, tm=1024, tk=2048, tn=256, out_dtype="f32")
+    assert mosaic_spill_bytes(spec, "v5e") == int(SPILL_FACTOR * 1024 * 2048 * 2)
+    assert mosaic_spill_bytes(spec, "v6e") == 0
+    # 13 MiB of buffers fit 16 MiB, the spill does not (libtpu refuses this config on v5e).
+    assert spec.vmem_bytes == 13 * MIB
+    assert not spec_vmem_verdict(spec, "v5e").fits
+    assert spec_vmem_verdict(spec, "v6e").fits

@@ -32,8 +32,10 @@ SWEEP: tuple[tuple[int, int, int], ...] = (
     (128, 512, 512), (512, 1024, 1024), (1024, 256, 1024), (256, 1024, 2048), (1024, 512, 1024),
     (512, 512, 2048), (512, 2048, 1024), (1024, 1024, 1024), (256, 2048, 2048), (1024, 2048, 1024),
     (1024, 512, 2048), (512, 2048, 2048), (1024, 1024, 2048), (1024, 2048, 2048),
+    (1024, 2048, 256), (128, 2048, 1024),
 )
-"""(tm, tk, tn); footprints 2, 12, 14, 15, 16, 17, 18, 20, 24, 28, 30, 32, 36, 48 MiB."""
+"""(tm, tk, tn); footprints 2, 12, 14, 15, 16, 17, 18, 20, 24, 28, 30, 32, 36, 48, 13, 10.5 MiB.
+The last two test the spill estimate: 4.8 and 0.6 MiB of spill on 128-wide-MXU chips."""
 QUICK: tuple[tuple[int, int, int], ...] = ((512, 1024, 1024), (512, 2048, 1024), (1024, 2048, 2048))
 
 
@@ -42,6 +44,7 @@ class VmemCase:
     chip: str
     tiles: tuple[int, int, int]
     vmem_bytes: int
+    spill_bytes: int
     limit_bytes: int
     predicted_fits: bool
     compiled: bool | None  # None: the compiler failed for another reason
@@ -67,12 +70,12 @@ def _megablox_fn(tiles):
 def run_case(chip: str, tiles) -> VmemCase:
     from perfmodel import tpu_compile as TC
     from perfmodel.tiling.gmm import gmm_spec
-    from perfmodel.tiling.vmem import vmem_verdict
+    from perfmodel.tiling.vmem import spec_vmem_verdict
 
     m, k, n, G = SHAPE["m"], SHAPE["k"], SHAPE["n"], SHAPE["num_groups"]
     tm, tk, tn = tiles
     spec = gmm_spec([m // G] * G, k, n, tm=tm, tk=tk, tn=tn, dtype="bf16", out_dtype="f32")
-    verdict = vmem_verdict(spec.vmem_bytes, chip, spec.vmem_limit_bytes)
+    verdict = spec_vmem_verdict(spec, chip)
     args = [((m, k), "bf16"), ((G, k, n), "bf16"), ((G,), "int32")]
     t0 = time.perf_counter()
     try:
@@ -82,7 +85,8 @@ def run_case(chip: str, tiles) -> VmemCase:
         compiled, kind, used, limit, msg = False, err.kind, err.used_bytes, err.limit_bytes, ""
     except Exception as err:  # noqa: BLE001 - recorded, not hidden
         compiled, kind, used, limit, msg = None, type(err).__name__, None, None, str(err)[:500]
-    return VmemCase(chip=chip, tiles=tuple(tiles), vmem_bytes=spec.vmem_bytes, limit_bytes=verdict.limit_bytes,
+    return VmemCase(chip=chip, tiles=tuple(tiles), vmem_bytes=spec.vmem_bytes, spill_bytes=verdict.spill_bytes,
+                    limit_bytes=verdict.limit_bytes,
                     predicted_fits=verdict.fits, compiled=compiled, compiler_kind=kind, compiler_used_bytes=used,
                     compiler_limit_bytes=limit, compile_s=time.perf_counter() - t0, message=msg)
 
@@ -113,8 +117,9 @@ def write_report(cases: list[VmemCase], out_dir) -> tuple[pathlib.Path, pathlib.
         "(validation/vmem_fit.py). Kernel: megablox `gmm` "
         f"(m={SHAPE['m']}, k={SHAPE['k']}, n={SHAPE['n']}, G={SHAPE['num_groups']}, bf16 in, f32 out), "
         "compiled ahead of time with libtpu for one device of each chip. Footprint = 2 buffers x "
-        "(lhs + rhs + out blocks) + f32 accumulator; limit = default scoped VMEM limit "
-        "(megablox sets none; perfmodel.tiling.vmem).",
+        "(lhs + rhs + out blocks) + f32 accumulator; spill = Mosaic register-spill estimate "
+        "(1.2 x the lhs block on v4/v5e/v5p, 0 on v6e/7x); limit = default scoped VMEM limit "
+        "(megablox sets none). Model: fits iff footprint + spill <= limit (perfmodel.tiling.vmem).",
         "",
         f"**Agreement: {agree}/{len(judged)} ({100 * agree / max(len(judged), 1):.1f}%)**",
         "",
@@ -122,9 +127,10 @@ def write_report(cases: list[VmemCase], out_dir) -> tuple[pathlib.Path, pathlib.
         "",
         "## Every config",
         "",
-        markdown_table(["chip", "tm,tk,tn", "footprint MiB", "limit MiB", "model", "compiler",
+        markdown_table(["chip", "tm,tk,tn", "footprint MiB", "spill est. MiB", "limit MiB", "model", "compiler",
                         "compiler size/limit MiB", "agree", "compile s"],
-                       [[c.chip, "x".join(map(str, c.tiles)), _mib(c.vmem_bytes), _mib(c.limit_bytes),
+                       [[c.chip, "x".join(map(str, c.tiles)), _mib(c.vmem_bytes), _mib(c.spill_bytes),
+                         _mib(c.limit_bytes),
                          "fits" if c.predicted_fits else "exceeds",
                          c.compiler_kind, f"{_mib(c.compiler_used_bytes)}/{_mib(c.compiler_limit_bytes)}",
                          {True: "yes", False: "NO", None: "-"}[c.agrees], f"{c.compile_s:.1f}"] for c in cases]),
@@ -158,6 +164,7 @@ def main(chips, *, out_dir="validation/results", quick: bool = False) -> int:
             c = run_case(chip, tiles)
             cases.append(c)
             print(f"{chip:6s} {'x'.join(map(str, tiles)):15s} footprint {_mib(c.vmem_bytes):>6s} MiB "
+                  f"+ spill {_mib(c.spill_bytes):>5s} "
                   f"limit {_mib(c.limit_bytes):>6s}: model {'fits' if c.predicted_fits else 'exceeds':7s} "
                   f"compiler {c.compiler_kind:12s} {'' if c.agrees else ('DISAGREE' if c.agrees is False else '?')}"
                   f" ({c.compile_s:.1f} s)", flush=True)

@@ -56,6 +56,7 @@ import numpy as np
 from perfmodel.hardware import Chip, get_chip
 from perfmodel.tiling.params import DEFAULT, TimingParams
 from perfmodel.tiling.spec import KernelSpec, Operand
+from perfmodel.tiling.vmem import mosaic_spill_bytes
 
 SUBLANES = 8
 """Rows stream through the MXU in groups of 8 sublanes: m is padded to this."""
@@ -183,6 +184,7 @@ class KernelCost:
     compute_s: float
     dma_s: float
     profile: StepProfile | None = attrs.field(default=None, repr=False, eq=False)
+    vmem_spill_bytes: int = 0
 
     def retimed(self, params: TimingParams, chip: Chip | str | None = None) -> "KernelCost":
         """The same walk timed with other constants (no new walk)."""
@@ -213,10 +215,12 @@ class KernelCost:
         return self.useful_flops / self.mxu_flops if self.mxu_flops else 1.0
 
     def fits_vmem(self, chip: Chip | str | None = None) -> bool:
-        """Footprint within the kernel's scoped VMEM limit (its own, else the chip default) and capacity."""
+        """Footprint + Mosaic spill estimate within the kernel's scoped VMEM limit (its own, else
+        the chip default) and capacity (:mod:`perfmodel.tiling.vmem`)."""
         from perfmodel.tiling.vmem import vmem_verdict
 
-        return vmem_verdict(self.vmem_bytes, chip or self.chip, self.vmem_limit_bytes).fits
+        return vmem_verdict(self.vmem_bytes, chip or self.chip, self.vmem_limit_bytes,
+                            spill_bytes=self.vmem_spill_bytes).fits
 
 
 def _grid_indices(grid: tuple[int, ...]) -> tuple[np.ndarray, ...]:
@@ -388,5 +392,5 @@ def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> 
         operands=tuple(traffic), mxu_flops=step_mxu * n_active, useful_flops=int(useful),
         vpu_flops=int(vpu_ops.sum()), transcendentals=spec.step_transcendentals * n_active,
         vmem_bytes=spec.vmem_bytes, vmem_limit_bytes=spec.vmem_limit_bytes,
-        profile=profile, **time_breakdown(profile, chip, params),
+        vmem_spill_bytes=mosaic_spill_bytes(spec, chip), profile=profile, **time_breakdown(profile, chip, params),
     )
