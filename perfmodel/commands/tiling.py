@@ -55,25 +55,31 @@ def _timings(args) -> int:
     if args.fit:
         params, loss = V.fit_params(before, chip)
         print("Fitted constants (paste into perfmodel/tiling/params.py as FITTED):")
-        print(f"FITTED = TimingParams(\n    hbm_efficiency={params.hbm_efficiency:.4f},\n"
-              f"    mxu_fill_rows={params.mxu_fill_rows:.3f},\n"
+        print(f"FITTED = TimingParams(\n    mxu_fill_rows={params.mxu_fill_rows:.3f},\n"
               f"    vpu_ops_per_cycle={params.vpu_ops_per_cycle:.1f},\n"
               f"    grid_step_overhead_s={params.grid_step_overhead_s:.4g},\n"
               f"    source={params.source!r},\n)")
     else:
         params = P.FITTED
     after = V.retimed_results(before, params)
+    held_out = V.cross_validate(before, chip) if args.fit else None
     print(f"\n{len(rows)} measured rows from {', '.join(f.name for f in files)} on {chip.name}")
     print(text_table(["implementation", "kind", "rows", "median before", "p90 before", "median after",
                       "p90 after"], V.summary_rows(before, after)))
     fa, fb = V.faster_checks(after), V.faster_checks(before)
     print(f"\nfaster implementation predicted correctly: {sum(f.correct for f in fa)}/{len(fa)} after, "
-          f"{sum(f.correct for f in fb)}/{len(fb)} before")
+          f"{sum(f.correct for f in fb)}/{len(fb)} before; median |pred speedup / meas speedup - 1| "
+          f"{100 * V.speedup_error(fa):.1f}% after, {100 * V.speedup_error(fb):.1f}% before")
+    if held_out is not None:
+        print("\nheld-out (2-fold by call, constants fitted on the other half):")
+        print(text_table(["implementation", "kind", "rows", "median", "p90"],
+                         [[s.implementation, s.kind, s.rows, f"{100 * s.median_abs_err:.1f}%",
+                           f"{100 * s.p90_abs_err:.1f}%"] for s in V.summarize(held_out)]))
     skipped = sum(not r.modelled for r in after)
     if skipped:
         print(f"not modelled (excluded): {skipped} XLA drhs rows (see report)")
     md, js = V.write_report(args.out, chip, [pathlib.Path(f) for f in args.files], before, after, params,
-                            args.fit)
+                            args.fit, held_out)
     print(f"report: {md}, {js}")
     return 0
 
