@@ -85,7 +85,7 @@ def test_retiming_equals_fresh_prediction():
 
 @needs_data
 def test_fit_recovers_constants_from_synthetic_measurements():
-    true = TimingParams(hbm_efficiency=0.8, mxu_fill_rows=20.0, vpu_ops_per_cycle=300.0,
+    true = TimingParams(mxu_fill_rows=20.0, vpu_ops_per_cycle=300.0,
                         grid_step_overhead_s=0.5e-6)
     rows = [r for r in V.load_rows(PALLAS) if r.call.kind in ("forward", "dlhs")]
     base = V.evaluate(rows, "v5e")
