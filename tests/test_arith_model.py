@@ -61,20 +61,34 @@ def test_router_is_dropless_every_token_k_times():
     assert float(lb) >= 1.0 - 1e-5  # Switch loss is minimal (1) for a uniform router
 
 
-def test_moe_implementations_agree_on_loss_and_grads(glu=True):
+def _loss_and_grads(impl, *, d_model=32, d_ff=64, glu=True, n_experts=8, batch=32):
     tc = task.TaskConfig(n_digits=1)
-    tokens, mask = next(task.batches(tc, 32, seed=0))
-    out = {}
-    for impl in ("reference", "ragged_dot", "blocked"):
-        cfg = _cfg(n_experts=8, top_k=2, glu=glu, moe_impl=impl)
-        params = model.init_params(cfg, jax.random.PRNGKey(0))
-        vg = jax.jit(jax.value_and_grad(functools.partial(model.loss_fn, cfg=cfg), has_aux=True))
-        (loss, _), g = vg(params, tokens, mask)
-        out[impl] = (loss, g)
+    tokens, mask = next(task.batches(tc, batch, seed=0))
+    cfg = _cfg(d_model=d_model, d_ff=d_ff, n_layers=1, n_heads=2, n_experts=n_experts, top_k=2, glu=glu,
+               moe_impl=impl)
+    params = model.init_params(cfg, jax.random.PRNGKey(0))
+    vg = jax.jit(jax.value_and_grad(functools.partial(model.loss_fn, cfg=cfg), has_aux=True))
+    (loss, _), g = vg(params, tokens, mask)
+    return loss, g
+
+
+def _assert_same(a, b):
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+    for x, y in zip(jax.tree_util.tree_leaves(a[1]), jax.tree_util.tree_leaves(b[1])):
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
+
+
+def test_moe_implementations_agree_on_loss_and_grads():
+    ref = _loss_and_grads("reference")
     for impl in ("ragged_dot", "blocked"):
-        np.testing.assert_allclose(out[impl][0], out["reference"][0], rtol=1e-5)
-        for a, b in zip(jax.tree_util.tree_leaves(out[impl][1]), jax.tree_util.tree_leaves(out["reference"][1])):
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        _assert_same(_loss_and_grads(impl), ref)
+
+
+def test_fused_kernel_implementation_agrees():
+    """kernels.moe_ffn(implementation="fused"): Pallas TPU kernel, interpret mode on CPU (lanes: F = 128)."""
+    pytest.importorskip("kernels")
+    kw = dict(d_model=128, d_ff=128, glu=False, n_experts=4, batch=8)
+    _assert_same(_loss_and_grads("fused", **kw), _loss_and_grads("reference", **kw))
 
 
 def test_blocked_padding_overhead_at_most_1_5x():

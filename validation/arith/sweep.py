@@ -179,16 +179,21 @@ def run_study(study: Study, path: pathlib.Path, *, archs=("dense", "moe"), n_exp
     done = read_done(path)
     todo = [r for r in runs if r.run_id not in done]
     log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to go")
-    t0, flops_done = time.perf_counter(), 0.0
-    flops_todo = sum(r.budget_flops for r in todo)
+    t0 = time.perf_counter()
+    flops_left = sum(r.budget_flops for r in todo)
+    train_s = overhead_s = flops_run = 0.0
     for i, pr in enumerate(todo, 1):
         res = train.run(pr.config)
         rec = _record(pr, study, res, peak_flops_per_s)
         append_record(path, rec)
         done[pr.run_id] = rec
-        flops_done += pr.budget_flops
+        # ETA = runs left x mean per-run overhead (compiles, evals) + FLOPs left / training FLOP rate
+        step_s = res.flops / res.flops_per_s if res.flops_per_s > 0 else res.wall_time_s
+        train_s, flops_run = train_s + step_s, flops_run + res.flops
+        overhead_s += max(0.0, res.wall_time_s - step_s)
+        flops_left -= pr.budget_flops
         elapsed = time.perf_counter() - t0
-        eta = elapsed / flops_done * (flops_todo - flops_done)
+        eta = (len(todo) - i) * overhead_s / i + flops_left * train_s / flops_run
         peak = f" ({rec['fraction_of_cpu_peak']:.0%} of cpu peak)" if peak_flops_per_s else ""
         log(f"[{i}/{len(todo)}] {pr.run_id} N={res.params_total:,} steps={res.steps} B={pr.config.batch_size} "
             f"held-out {res.held_out_loss:.4f} train {res.train_loss:.4f} | {res.tokens_per_s:,.0f} tok/s "
