@@ -338,9 +338,12 @@ def save_table(tilings: Iterable[RaggedDotTiling], path: os.PathLike | str, **me
     """Write tilings as a JSON table (sorted keys, so diffs stay readable)."""
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    entries = {t.key: t.to_json() for t in tilings}
+    entries = sorted((t.key, t.to_json()) for t in tilings)
+    head = json.dumps(meta)[1:-1]
+    lines = [f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in entries]
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**meta, "entries": dict(sorted(entries.items()))}, indent=1) + "\n")
+    # One entry per line: compact, and diffs of a re-run sweep stay readable.
+    tmp.write_text("{" + (head + ",\n" if head else "") + '"entries": {\n' + ",\n".join(lines) + "\n}}\n")
     tmp.replace(p)
 
 
