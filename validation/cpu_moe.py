@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import time
 
 import attrs
 
@@ -135,6 +136,7 @@ class XlaOp:
     """One XLA CPU op (fusion / dot), executed ``count`` times (loop iterations)."""
 
     name: str
+    kind: str  # "dot", "copy", "expand_blocked" or "expand_interleaved" (picks the rate, see CpuRates)
     flops: float
     accesses: tuple[Access, ...]
     count: int = 1
@@ -182,20 +184,20 @@ def ragged_path_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: st
     pre = _n_pre(activation)
     ops = []
     for w in ("w_up", "w_gate")[:n_in] + ("w_down",):
-        ops.append(XlaOp(name=f"transpose {w}", flops=0.0, accesses=(
+        ops.append(XlaOp(name=f"transpose {w}", kind="copy", flops=0.0, accesses=(
             Access(tensor=w, bytes=E * D * F * q, fresh=True), Access(tensor=f"{w}_t", bytes=E * D * F * q))))
-    ops.append(XlaOp(name="expand x", flops=0.0, accesses=(
+    ops.append(XlaOp(name="expand x", kind="expand_interleaved", flops=0.0, accesses=(
         Access(tensor="x", bytes=T * D * q, fresh=True), Access(tensor="x_m", bytes=T * E * D * q))))
     for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
-        ops.append(XlaOp(name=f"dot {out}", flops=2.0 * T * E * D * F, accesses=(
+        ops.append(XlaOp(name=f"dot {out}", kind="dot", flops=2.0 * T * E * D * F, accesses=(
             Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=f"{w}_t", bytes=E * D * F * q),
             Access(tensor=out, bytes=T * F * q))))
     if pre:
-        ops.append(XlaOp(name="activation pre-pass", flops=0.0, accesses=(
+        ops.append(XlaOp(name="activation pre-pass", kind="copy", flops=0.0, accesses=(
             Access(tensor="gate" if glu else "up", bytes=T * F * q), Access(tensor="act", bytes=T * F * q))))
-    ops.append(XlaOp(name="expand h", flops=0.0, accesses=tuple(
+    ops.append(XlaOp(name="expand h", kind="expand_interleaved", flops=0.0, accesses=tuple(
         Access(tensor=t, bytes=T * F * q) for t in _h_inputs(glu, pre)) + (Access(tensor="h_m", bytes=T * E * F * q),)))
-    ops.append(XlaOp(name="dot down", flops=2.0 * T * E * F * D, accesses=(
+    ops.append(XlaOp(name="dot down", kind="dot", flops=2.0 * T * E * F * D, accesses=(
         Access(tensor="h_m", bytes=T * E * F * q), Access(tensor="w_down_t", bytes=E * F * D * q),
         Access(tensor="y", bytes=T * D * q))))
     return tuple(ops)
@@ -222,35 +224,35 @@ def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, t
     ws = ("w_up", "w_gate")[:n_in] + ("w_down",)
     ops = []
     for w in ws:
-        ops.append(XlaOp(name=f"chunk {w}", flops=0.0, accesses=(
+        ops.append(XlaOp(name=f"chunk {w}", kind="copy", flops=0.0, accesses=(
             Access(tensor=w, bytes=E * D * F * q, fresh=True), Access(tensor=f"{w}_c", bytes=E * D * F * q))))
-    ops.append(XlaOp(name="mask", flops=0.0, accesses=(Access(tensor="mask", bytes=T * E),)))
-    ops.append(XlaOp(name="expand x", flops=0.0, accesses=(
+    ops.append(XlaOp(name="mask", kind="copy", flops=0.0, accesses=(Access(tensor="mask", bytes=T * E),)))
+    ops.append(XlaOp(name="expand x", kind="expand_blocked", flops=0.0, accesses=(
         Access(tensor="x", bytes=T * D * q, fresh=True), Access(tensor="mask", bytes=T * E),
         Access(tensor="x_m", bytes=T * E * D * q))))
-    ops.append(XlaOp(name="init y", flops=0.0, accesses=(Access(tensor="y", bytes=4 * T * D),)))
+    ops.append(XlaOp(name="init y", kind="copy", flops=0.0, accesses=(Access(tensor="y", bytes=4 * T * D),)))
     loop = dict(count=nc, in_loop=True)
     for w in ws:
         # The slice is read from the [nc, E D, tf] chunked array (too big for
         # cache when the weights are) and written as a contiguous operand.
-        ops.append(XlaOp(name=f"slice {w}", flops=0.0, accesses=(
+        ops.append(XlaOp(name=f"slice {w}", kind="copy", flops=0.0, accesses=(
             Access(tensor=f"{w}_c", bytes=E * D * tf * q, footprint=E * D * F * q),
             Access(tensor=f"{w}_s", bytes=E * D * tf * q)), **loop))
     for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
-        ops.append(XlaOp(name=f"dot {out}", flops=2.0 * T * E * D * tf, accesses=(
+        ops.append(XlaOp(name=f"dot {out}", kind="dot", flops=2.0 * T * E * D * tf, accesses=(
             Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=f"{w}_s", bytes=E * D * tf * q),
             Access(tensor=out, bytes=T * tf * q)), **loop))
     if pre:
-        ops.append(XlaOp(name="activation pre-pass", flops=0.0, accesses=(
+        ops.append(XlaOp(name="activation pre-pass", kind="copy", flops=0.0, accesses=(
             Access(tensor="gate" if glu else "up", bytes=T * tf * q), Access(tensor="act", bytes=T * tf * q)),
             **loop))
-    ops.append(XlaOp(name="expand h", flops=0.0, accesses=tuple(
+    ops.append(XlaOp(name="expand h", kind="expand_blocked", flops=0.0, accesses=tuple(
         Access(tensor=t, bytes=T * tf * q) for t in _h_inputs(glu, pre))
         + (Access(tensor="mask", bytes=T * E), Access(tensor="h_m", bytes=T * E * tf * q)), **loop))
-    ops.append(XlaOp(name="dot down", flops=2.0 * T * E * tf * D, accesses=(
+    ops.append(XlaOp(name="dot down", kind="dot", flops=2.0 * T * E * tf * D, accesses=(
         Access(tensor="h_m", bytes=T * E * tf * q), Access(tensor="w_down_s", bytes=E * tf * D * q),
         Access(tensor="partial", bytes=4 * T * D)), **loop))
-    ops.append(XlaOp(name="accumulate", flops=0.0, accesses=(
+    ops.append(XlaOp(name="accumulate", kind="copy", flops=0.0, accesses=(
         Access(tensor="y", bytes=4 * T * D), Access(tensor="partial", bytes=4 * T * D),
         Access(tensor="y", bytes=4 * T * D)), **loop))
     return tuple(ops)
@@ -279,13 +281,118 @@ def default_cache_bytes() -> int:
 
 
 @attrs.frozen(kw_only=True)
+class CpuRates:
+    """Rates the CPU time model charges each op kind (:attr:`XlaOp.kind`).
+
+    * ``flops_per_s``: dot FLOPs (matmul peak);
+    * ``copy_bytes_per_s``: streaming passes (transposes of whole rows, slices,
+      elementwise passes) and the memory side of dots;
+    * ``expand_blocked_bytes_per_s``: the masked expansion with ``D`` innermost
+      (``[T, E, D]``: contiguous runs of ``D``), as :func:`moe_ffn_chunked` writes it;
+    * ``expand_interleaved_bytes_per_s``: XLA's own ragged_dot expansion, which
+      makes ``E`` the innermost axis (``[T, K, E]``: every write gathers from
+      ``E`` rows ``T K`` apart);
+    * ``op_overhead_s``: fixed cost per op execution (each loop iteration runs
+      every op of the body once).
+
+    :meth:`from_chip` is the plain roofline of the calibrated ``cpu`` chip
+    (every byte at its stream bandwidth, the launch overhead per op);
+    :func:`measure_rates` times micro-kernels of each kind on this machine.
+    """
+
+    flops_per_s: float
+    copy_bytes_per_s: float
+    expand_blocked_bytes_per_s: float
+    expand_interleaved_bytes_per_s: float
+    op_overhead_s: float
+    source: str
+
+    @classmethod
+    def from_chip(cls, chip, dtype: str = "f32") -> "CpuRates":
+        from perfmodel.hardware import get_chip
+
+        c = get_chip(chip)
+        bw = c.hbm_bytes_per_s
+        return cls(flops_per_s=c.peak_flops_per_s(dtype), copy_bytes_per_s=bw, expand_blocked_bytes_per_s=bw,
+                   expand_interleaved_bytes_per_s=bw, op_overhead_s=c.launch_overhead_s,
+                   source=f"roofline of the calibrated '{c.name}' chip ({c.sources.get('hbm_bytes_per_s', '')})")
+
+    def bytes_per_s(self, kind: str) -> float:
+        return {"dot": self.copy_bytes_per_s, "copy": self.copy_bytes_per_s,
+                "expand_blocked": self.expand_blocked_bytes_per_s,
+                "expand_interleaved": self.expand_interleaved_bytes_per_s}[kind]
+
+
+def _interleaved_medians_s(calls, repeats: int) -> list[float]:
+    """Median time of each ``(fn, args)`` in ``calls``, timed round-robin so all share the machine's load."""
+    for fn, args in calls:
+        fn(*args).block_until_ready()  # compile + warm-up
+    samples = [[] for _ in calls]
+    for _ in range(repeats):
+        for i, (fn, args) in enumerate(calls):
+            t0 = time.perf_counter()
+            fn(*args).block_until_ready()
+            samples[i].append(time.perf_counter() - t0)
+    return [sorted(s)[len(s) // 2] for s in samples]
+
+
+def measure_rates(*, repeats: int = 5, T: int = 8192, K: int = 256, E: int = 8, matmul_n: int = 512,
+                  loop_iterations: int = 200) -> CpuRates:
+    """Time one micro-kernel per op kind on this machine (f32, medians of ``repeats`` round-robin rounds).
+
+    * dot: ``n x n x n`` matmul -> ``2 n^3 / t``;
+    * copy: ``x + 1`` on ``T E K`` floats -> ``2 T E K 4 / t`` (read + write);
+    * expansions: ``[T, K] -> [T, E K]`` masked selects in both layouts ->
+      ``(T K + T E K) 4 / t`` (what :func:`ragged_path_ops` / :func:`chunked_ops`
+      count); the defaults write 64 MiB, twice the L3, so DRAM is exercised;
+    * op overhead: a ``lax.scan`` of ``loop_iterations`` steps whose body is 3
+      tiny ops -> ``t / (3 iterations)``.
+
+    These are toy kernels independent of the validation sweep (nothing is fitted
+    to the sweep's timings); the harness measures them at the start of a run so
+    they share its machine load.
+    """
+    import datetime
+
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((matmul_n, matmul_n), jnp.float32)
+    n = T * E * K
+    big = jnp.ones((n,), jnp.float32)
+    x = jnp.ones((T, K), jnp.float32)
+    mask = jnp.arange(T)[:, None] // (T // E) == jnp.arange(E)[None, :]
+    blocked = jax.jit(lambda v, m: jnp.where(m[:, :, None], v[:, None, :], 0).reshape(T, E * K))
+    inter = jax.jit(lambda v, m: jnp.where(m.T[:, :, None], v[None], 0).transpose(1, 2, 0).reshape(T, K * E))
+
+    def body(c, _):
+        c = jnp.tanh(c @ c) + 1.0
+        return c, None
+
+    small = jnp.eye(8, dtype=jnp.float32) * 0.1
+    loop = jax.jit(lambda c: jax.lax.scan(body, c, None, length=loop_iterations)[0])
+    t_dot, t_copy, t_blocked, t_inter, t_loop = _interleaved_medians_s(
+        [(jax.jit(lambda u, v: u @ v), (a, a)), (jax.jit(lambda v: v + 1.0), (big,)), (blocked, (x, mask)),
+         (inter, (x, mask)), (loop, (small,))], repeats)
+    exp_bytes = (T * K + T * E * K) * 4
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return CpuRates(flops_per_s=2 * matmul_n**3 / t_dot, copy_bytes_per_s=2 * n * 4 / t_copy,
+                    expand_blocked_bytes_per_s=exp_bytes / t_blocked,
+                    expand_interleaved_bytes_per_s=exp_bytes / t_inter,
+                    op_overhead_s=t_loop / (3 * loop_iterations),
+                    source=f"micro-kernels timed at {when} (f32 {matmul_n}^3 dot, x+1 and both masked "
+                           f"expansions on [{T}, {E}x{K}], {loop_iterations}-step scan of 3 tiny ops; "
+                           f"medians of {repeats} round-robin rounds)")
+
+
+@attrs.frozen(kw_only=True)
 class CpuPrediction:
     """Predicted time of one formulation: sums over ops x executions."""
 
     formulation: str
     time_s: float
     compute_s: float  # sum of per-op flops / peak
-    memory_s: float  # sum of per-op DRAM bytes / bandwidth
+    memory_s: float  # sum of per-op DRAM bytes / rate of the op's kind
     overhead_s: float  # op executions x per-op overhead
     flops: float  # executed dot FLOPs (E x useful)
     useful_flops: float
@@ -299,21 +406,17 @@ class CpuPrediction:
         return max((self.compute_s, "compute"), (self.memory_s, "memory"), (self.overhead_s, "overhead"))[1]
 
 
-def predict_time(ops, chip, *, formulation: str, useful_flops: float, dtype: str = "f32",
+def predict_time(ops, rates: CpuRates, *, formulation: str, useful_flops: float,
                  cache_bytes: float | None = None, tf: int | None = None) -> CpuPrediction:
-    """``sum_ops count (max(flops / P, dram_bytes / BW) + o)`` on ``chip`` (see the module docstring)."""
-    from perfmodel.hardware import get_chip
-
-    c = get_chip(chip)
+    """``sum_ops count (max(flops / P, dram_bytes / BW_kind) + o)`` (see the module docstring)."""
     cache = default_cache_bytes() if cache_bytes is None else cache_bytes
-    peak, bw, o = c.peak_flops_per_s(dtype), c.hbm_bytes_per_s, c.launch_overhead_s
     time_s = compute_s = memory_s = overhead_s = 0.0
     for op in ops:
-        cs, ms = op.flops / peak, op.dram_bytes(cache) / bw
-        time_s += op.count * (max(cs, ms) + o)
+        cs, ms = op.flops / rates.flops_per_s, op.dram_bytes(cache) / rates.bytes_per_s(op.kind)
+        time_s += op.count * (max(cs, ms) + rates.op_overhead_s)
         compute_s += op.count * cs
         memory_s += op.count * ms
-        overhead_s += op.count * o
+        overhead_s += op.count * rates.op_overhead_s
     return CpuPrediction(
         formulation=formulation, time_s=time_s, compute_s=compute_s, memory_s=memory_s, overhead_s=overhead_s,
         flops=sum(op.count * op.flops for op in ops), useful_flops=useful_flops,
@@ -326,22 +429,28 @@ def useful_flops(*, T: int, D: int, F: int, glu: bool) -> float:
     return 2.0 * (3 if glu else 2) * T * D * F
 
 
-def predict_ragged_path(chip, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> CpuPrediction:
+def _rates(rates_or_chip, dtype: str) -> CpuRates:
+    return rates_or_chip if isinstance(rates_or_chip, CpuRates) else CpuRates.from_chip(rates_or_chip, dtype)
+
+
+def predict_ragged_path(rates, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> CpuPrediction:
+    """Predicted ragged_dot-path time; ``rates`` is a :class:`CpuRates` or a chip (its roofline)."""
     ops = ragged_path_ops(T=T, D=D, F=F, E=E, glu=glu, activation=activation, dtype=dtype)
-    return predict_time(ops, chip, formulation="ragged_dot", dtype=dtype, cache_bytes=cache_bytes,
+    return predict_time(ops, _rates(rates, dtype), formulation="ragged_dot", cache_bytes=cache_bytes,
                         useful_flops=useful_flops(T=T, D=D, F=F, glu=glu))
 
 
-def predict_chunked(chip, *, T, D, F, E, glu, activation, tf, dtype="f32", cache_bytes=None) -> CpuPrediction:
+def predict_chunked(rates, *, T, D, F, E, glu, activation, tf, dtype="f32", cache_bytes=None) -> CpuPrediction:
+    """Predicted time of :func:`moe_ffn_chunked`; ``rates`` is a :class:`CpuRates` or a chip."""
     ops = chunked_ops(T=T, D=D, F=F, E=E, glu=glu, activation=activation, tf=tf, dtype=dtype)
-    return predict_time(ops, chip, formulation="chunked", dtype=dtype, cache_bytes=cache_bytes, tf=tf,
+    return predict_time(ops, _rates(rates, dtype), formulation="chunked", cache_bytes=cache_bytes, tf=tf,
                         useful_flops=useful_flops(T=T, D=D, F=F, glu=glu))
 
 
-def best_chunk(chip, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> int:
+def best_chunk(rates, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> int:
     """The F chunk in :data:`CHUNK_CANDIDATES` (dividing F) with the lowest predicted time (F if none divides)."""
     cands = [tf for tf in CHUNK_CANDIDATES if tf <= F and F % tf == 0] or [F]
-    return min(cands, key=lambda tf: predict_chunked(chip, T=T, D=D, F=F, E=E, glu=glu, activation=activation,
+    return min(cands, key=lambda tf: predict_chunked(rates, T=T, D=D, F=F, E=E, glu=glu, activation=activation,
                                                      tf=tf, dtype=dtype, cache_bytes=cache_bytes).time_s)
 
 

@@ -1,0 +1,49 @@
+"""``perfmodel validate kernel``: time the MoE FFN paths on the device at hand against the model."""
+
+from __future__ import annotations
+
+
+def register(cli) -> None:
+    p = cli.subcommand(
+        "validate", "kernel",
+        "time fused vs ragged_dot MoE FFN on this device and compare with the model (on CPU: fused kernel "
+        "correctness only, plus the XLA ragged_dot path vs an F-chunked formulation against the cpu chip)",
+        epilog="example: perfmodel validate kernel --sweep quick --out validation/results/kernel_cpu")
+    p.add_argument("--sweep", default="quick", help="quick (~2 min on a 2-core CPU) or full (~15 min)")
+    p.add_argument("--out", default=None,
+                   help="directory for results.jsonl/json, report.md and plots "
+                        "(default validation/results/kernel_<device>)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed rounds per point after one warm-up (default 5 quick, 7 full)")
+    p.add_argument("--no-recalibrate", action="store_true",
+                   help="CPU: use the saved cpu chip calibration only, skip the micro-kernel rates at run start")
+    p.set_defaults(func=_validate_kernel)
+
+
+def _validate_kernel(args) -> int:
+    import jax
+
+    from validation import kernel_harness
+
+    kernel_harness._check_sweep(args.sweep)
+    if args.repeats is not None and args.repeats <= 0:
+        raise ValueError(f"--repeats must be a positive integer, got repeats={args.repeats}")
+    device = jax.devices()[0]
+    out = args.out or f"validation/results/kernel_{device.platform}"
+    command = f"perfmodel validate kernel --sweep {args.sweep} --out {out}" + (
+        f" --repeats {args.repeats}" if args.repeats else "")
+    results, paths = kernel_harness.run(sweep=args.sweep, out=out, repeats=args.repeats, device=device,
+                                        command=command, recalibrate=not args.no_recalibrate)
+    if results.cpu:
+        s = kernel_harness.summarize_cpu(results.cpu)
+        print(f"CPU XLA paths: predicted winner correct {s.winner_correct}/{s.points}; "
+              + "; ".join(f"median |pred/meas-1| {n} {v:.2f}" for n, v in s.median_abs_rel_err))
+    if results.tpu:
+        s = kernel_harness.summarize_tpu(results.tpu)
+        print(f"{results.info.chip}: predicted winner correct {s.winner_correct}/{s.points}; "
+              + "; ".join(f"median |pred/meas-1| {n} {v:.2f}" for n, v in s.median_abs_rel_err))
+    bad = [r for r in results.correctness if not r.ok]
+    if bad:
+        print(f"fused kernel correctness FAILED at {len(bad)} shape(s)")
+    print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".md", ".json")))
+    return 1 if bad else 0
