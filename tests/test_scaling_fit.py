@@ -110,3 +110,15 @@ def test_joint_fit_recovers_generating_constants(tmp_path):
         assert math.isclose(getattr(f.law, name), getattr(j, name), rel_tol=1e-3, abs_tol=1e-5), name
     with pytest.raises(ValueError, match="2 expert counts"):
         F.fit_joint(r.params[:21], r.tokens[:21], r.loss[:21], r.n_experts[:21])
+
+
+def test_approach2_skips_a_budget_without_a_minimum():
+    c, n, d, l = isoflop_runs(per_budget=7)
+    l = l.copy()
+    m = c == BUDGETS[1]
+    l[m] = np.linspace(3.0, 2.0, m.sum())  # monotone: the sizes do not bracket a minimum
+    f = F.fit_approach2(c, n, d, l)
+    assert [x.budget_flops for x in f.isoflops] == [BUDGETS[0], BUDGETS[2], BUDGETS[3]]
+    assert len(f.skipped) == 1 and "not convex" in f.skipped[0]
+    with pytest.raises(ValueError, match="not convex"):
+        F.fit_approach2(c, n, d, l, strict=True)

@@ -148,7 +148,8 @@ def fit_approach3(params, tokens, loss, *, grid: InitGrid | np.ndarray = SMALL_G
     for x0 in starts:
         res = optimize.minimize(approach3_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
                                 method=method, options=options)
-        if not np.all(np.isfinite(res.x)) or not math.isfinite(res.fun):
+        # exp(e, a_, b_) must be representable: a start that ran off to |a_| > 700 is a divergence.
+        if not np.all(np.isfinite(res.x)) or not math.isfinite(res.fun) or np.max(np.abs(res.x[:3])) > 700:
             continue
         # BFGS reports "precision loss" at a flat optimum of the Huber sum; count a small gradient as converged.
         converged += bool(res.success or np.max(np.abs(res.jac)) < 1e-8)
@@ -199,6 +200,7 @@ class Approach2Fit:
     params_law: PowerLaw  # N_opt(C); exponent a
     tokens_law: PowerLaw  # D_opt(C); exponent b
     loss_law: PowerLaw | None  # L*(C) as a pure power law (None if not positive)
+    skipped: tuple[str, ...] = ()  # budgets without a usable parabola, with the reason
 
 
 def fit_isoflop(budget_flops: float, params, tokens, loss, compute_flops=None) -> IsoFlopFit:
@@ -232,12 +234,15 @@ def _power_law(c, y) -> PowerLaw:
     return PowerLaw(coef=float(math.exp(intercept)), exponent=float(slope))
 
 
-def fit_approach2(budget_flops, params, tokens, loss, compute_flops=None) -> Approach2Fit:
+def fit_approach2(budget_flops, params, tokens, loss, compute_flops=None, *, strict: bool = False) -> Approach2Fit:
     """IsoFLOP parabolas per distinct ``budget_flops`` value, then power laws in C.
 
     ``budget_flops`` labels each run with its nominal budget (runs sharing a
     label form one IsoFLOP curve); ``compute_flops`` is each run's actual
-    compute (defaults to the label). Needs at least 2 budgets for a power law.
+    compute (defaults to the label). A budget whose runs do not give a convex
+    parabola (the sizes do not bracket a minimum) is skipped and named in
+    ``skipped``; with ``strict`` it is an error. Needs at least 2 usable
+    budgets for the power laws.
     """
     budget = np.asarray(budget_flops, float)
     n, d, l = (np.asarray(x, float) for x in (params, tokens, loss))
@@ -245,14 +250,25 @@ def fit_approach2(budget_flops, params, tokens, loss, compute_flops=None) -> App
     levels = np.unique(budget)
     if levels.size < 2:
         raise ValueError(f"Approach 2 needs at least 2 compute budgets, got {levels.size}")
-    fits = tuple(fit_isoflop(c, n[budget == c], d[budget == c], l[budget == c], cf[budget == c])
-                 for c in levels)
+    fits, skipped = [], []
+    for c in levels:
+        m = budget == c
+        try:
+            fits.append(fit_isoflop(c, n[m], d[m], l[m], cf[m]))
+        except ValueError as err:
+            if strict:
+                raise
+            skipped.append(str(err))
+    if len(fits) < 2:
+        raise ValueError(f"Approach 2 needs at least 2 budgets with a convex IsoFLOP parabola, got {len(fits)}: "
+                         + "; ".join(skipped))
+    fits = tuple(fits)
     cs = np.array([f.budget_flops for f in fits])
     loss_opt = np.array([f.loss_opt for f in fits])
     return Approach2Fit(
         isoflops=fits, params_law=_power_law(cs, [f.params_opt for f in fits]),
         tokens_law=_power_law(cs, [f.tokens_opt for f in fits]),
-        loss_law=_power_law(cs, loss_opt) if np.all(loss_opt > 0) else None)
+        loss_law=_power_law(cs, loss_opt) if np.all(loss_opt > 0) else None, skipped=tuple(skipped))
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -376,6 +392,8 @@ def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, 
         idx = np.concatenate([rng.choice(g, g.size) for g in groups])
         try:
             f = fit_approach2(budget[idx], n[idx], d[idx], l[idx], cf[idx])
+            if [x.budget_flops for x in f.isoflops] != [x.budget_flops for x in fit.isoflops]:
+                continue  # a resample that loses or gains a usable budget is not comparable
         except ValueError:
             continue  # a resample with < 3 distinct N or a non-convex parabola
         a_s.append(f.params_law.exponent)

@@ -38,8 +38,9 @@ def plot_isoflops(study, path: pathlib.Path) -> pathlib.Path:
         for color, c in zip(_colors(len(budgets)), budgets):
             m = g.runs.budget_flops == c
             ax.scatter(g.runs.params[m], g.runs.loss[m], color=color, s=18, label=f"C={c:.2g}")
-            if g.approach2 is not None:
-                iso = next(i for i in g.approach2.fit.isoflops if i.budget_flops == c)
+            iso = None if g.approach2 is None else next(
+                (i for i in g.approach2.fit.isoflops if i.budget_flops == c), None)
+            if iso is not None:
                 x = np.linspace(np.log(g.runs.params[m]).min(), np.log(g.runs.params[m]).max(), 100)
                 p0, p1, p2 = iso.coeffs
                 ax.plot(np.exp(x), p0 + p1 * x + p2 * x * x, color=color, lw=1)

@@ -46,7 +46,7 @@ class HeldOut:
     best_loss_predicted: float
     best_loss_error_percent: float
     params_opt_observed: float  # vertex of the held-out budget's parabola (best run's N if not convex)
-    params_opt_observed_from: str  # "parabola" | "best run"
+    params_opt_observed_from: str  # "parabola" | "best run" | "best run (edge of sampled sizes)"
     params_opt_predicted_approach3: float
     params_opt_predicted_approach2: float | None
     params_opt_error_percent_approach3: float
@@ -118,6 +118,8 @@ def heldout_check(runs: Runs, *, grid=F.SMALL_GRID) -> HeldOut:
         n_obs, n_from = iso.params_opt, "parabola"
     except ValueError:
         n_obs, n_from = float(test.params[np.argmin(test.loss)]), "best run"
+        if n_obs in (test.params.min(), test.params.max()):
+            n_from = "best run (edge of sampled sizes)"
     try:
         a2 = F.fit_approach2(train.budget_flops, train.params, train.tokens, train.loss, train.compute_flops)
         n_a2 = float(a2.params_law(top))
@@ -231,20 +233,25 @@ def report_markdown(s: Study) -> str:
            "Approach 2: IsoFLOP parabolas in ln N. Intervals: bootstrap percentile "
            f"({int(round(100 * s.groups[0].approach3.alpha.level))}%, "
            f"{s.groups[0].approach3.alpha.n_resamples} resamples).", ""]
-    rows = []
+    rows, notes = [], []
     for g in s.groups:
         b = g.approach3
         rows.append([g.label, len(g.runs), len(b.budgets_flops), _iv(b.E_irr), _iv(b.alpha), _iv(b.beta),
                      _iv(b.a), _iv(b.b),
                      _iv(g.approach2.a) if g.approach2 else f"- ({g.approach2_error})",
                      _iv(g.approach2.b) if g.approach2 else "-"])
+        if g.approach2 is not None and g.approach2.fit.skipped:
+            notes.append(f"{g.label}, Approach 2 skipped: " + "; ".join(g.approach2.fit.skipped))
     out += ["## Fitted laws", "", markdown_table(
         ["group", "runs", "budgets", "E", "alpha", "beta", "a (A3)", "b (A3)", "a (A2)", "b (A2)"], rows), ""]
+    out += [f"- {n}" for n in notes] + ([""] if notes else [])
     for g in s.groups:
         b = g.approach3
         rows = []
+        a2_by_c = {} if g.approach2 is None else {
+            x.budget_flops: t for x, t in zip(g.approach2.fit.isoflops, g.tokens_per_param_a2)}
         for i, c in enumerate(b.budgets_flops):
-            a2 = g.tokens_per_param_a2[i] if i < len(g.tokens_per_param_a2) else None
+            a2 = a2_by_c.get(c)
             rows.append([f"{c:.3g}", _iv(b.params_opt[i], _si), _iv(b.tokens_opt[i], _si),
                          _iv(b.tokens_per_param[i]), _iv(a2) if a2 else "-", _iv(b.loss_opt[i])])
         out += [f"### {g.label}: compute-optimal allocation", "", markdown_table(
@@ -312,12 +319,14 @@ def report_json(s: Study) -> dict:
                "tokens_per_param": [_ivd(x) for x in b.tokens_per_param],
                "loss_opt": [_ivd(x) for x in b.loss_opt]},
             "approach2": None if g.approach2 is None else {
+                "budgets_flops": [x.budget_flops for x in g.approach2.fit.isoflops],
                 "a": _ivd(g.approach2.a), "b": _ivd(g.approach2.b),
                 "params_opt": [_ivd(x) for x in g.approach2.params_opt],
                 "tokens_opt": [_ivd(x) for x in g.approach2.tokens_opt],
                 "tokens_per_param": [_ivd(x) for x in g.tokens_per_param_a2],
                 "loss_opt": [_ivd(x) for x in g.approach2.loss_opt]},
             "approach2_error": g.approach2_error,
+            "approach2_skipped": [] if g.approach2 is None else list(g.approach2.fit.skipped),
             "heldout": None if g.heldout is None else attrs.asdict(g.heldout), "heldout_error": g.heldout_error})
     comps = [{"label": c.label, "budgets_flops": list(c.budgets_flops),
               "tokens_per_param_dense": [_ivd(x) for x in c.tokens_per_param_dense],
