@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import attrs
+import numpy as np
 
 from perfmodel.hardware import CATALOG, DEFAULT_CHIPS, format_si, get_chip
 from perfmodel.tables import markdown_table
@@ -75,7 +76,66 @@ def roofline_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
     return Section("roofline", "Roofline", md, {"shape": shape, "points": data}, (path.name, path.with_suffix(".svg").name))
 
 
-SECTIONS: tuple[Callable[[pathlib.Path, Sequence[str]], Section], ...] = (hardware_section, roofline_section)
+HEADLINE = dict(tokens=4096, D=2048, F=8192, E=8, k=2, glu=True)
+"""The recommended setting the report (and the README) explains: a Mixtral-like GLU MoE FFN
+layer, 4096 tokens routed top-2 over 8 experts (1024 rows per expert)."""
+
+
+def fusion_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
+    import sympy as sp
+
+    from perfmodel.fusion import predict_fusion
+    from perfmodel.fusion_closed_form import crossover
+    from perfmodel.fusion_map import speedup_map
+    from perfmodel.plots import fusion_map_plot, time_breakdown_plot
+
+    tpus = [c for c in chips if get_chip(c).vendor == "google"]
+    md, data, files = [], {"headline_setting": HEADLINE, "chips": {}}, []
+    preds = []
+    for chip in tpus:
+        p = predict_fusion(chip=chip, **HEADLINE)
+        preds.append(p)
+        m = speedup_map(chip, D=2048, E=8, glu=True, n=120)
+        path = fusion_map_plot(m, out / f"fusion_map_{chip}.png")
+        files += [path.name, path.with_suffix(".svg").name]
+        wins = float((m.speedup > 1).mean())
+        data["chips"][chip] = {
+            "fused_time_s": p.fused_time_s, "unfused_time_s": p.unfused_time_s, "speedup": p.speedup,
+            "sentence": p.sentence, "fused_tiles": list(p.fused_tiles), "tiling_sources": list(p.tiling_sources),
+            "kernels": {o.name: {"time_s": o.time_s, "bound": o.bound, "hbm_bytes": o.hbm_bytes}
+                        for o in (*p.unfused, p.fused)},
+            "map": {"D": m.D, "E": m.E, "cells": int(m.speedup.size), "fraction_fusion_wins": wins,
+                    "speedup_min": float(m.speedup.min()), "speedup_max": float(m.speedup.max()),
+                    "largest_tokens_per_expert_where_ragged_dot_wins": float(np.nanmax(m.last_loss_tokens_per_expert))
+                    if np.isfinite(m.last_loss_tokens_per_expert).any() else None},
+        }
+        d = data["chips"][chip]
+        md.append(f"### {chip}\n\n**Recommended setting** (tokens={HEADLINE['tokens']}, k={HEADLINE['k']}, "
+                  f"D={HEADLINE['D']}, F={HEADLINE['F']}, E={HEADLINE['E']}, SwiGLU, bf16): predicted "
+                  f"ragged_dot path {d['unfused_time_s'] * 1e6:.0f} us vs fused {d['fused_time_s'] * 1e6:.0f} us, "
+                  f"**{d['speedup']:.2f}x**. Why: {d['sentence']}.\n")
+        md.append(markdown_table(["kernel", "time (us)", "bound", "HBM bytes"],
+                                 [[n, f"{k['time_s'] * 1e6:.0f}", k["bound"], format_si(k["hbm_bytes"], "B")]
+                                  for n, k in d["kernels"].items()]))
+        lt = d["map"]["largest_tokens_per_expert_where_ragged_dot_wins"]
+        md.append(f"\n![fusion map {chip}]({path.name})\n\nMap (D=2048, E=8, SwiGLU, uniform groups, "
+                  f"{d['map']['cells']} cells, closed-form model): fusion predicted faster in "
+                  f"{100 * wins:.0f}% of cells, speedup {d['map']['speedup_min']:.2f}x to {d['map']['speedup_max']:.2f}x"
+                  + (f"; ragged_dot still wins somewhere up to {lt:.0f} tokens per expert.\n" if lt else ".\n"))
+    if preds:
+        path = time_breakdown_plot(preds, out / "fusion_breakdown.png")
+        files += [path.name, path.with_suffix(".svg").name]
+        md.append(f"![time breakdown]({path.name})\n")
+    c = crossover(glu=True)
+    data["crossover"] = {"byte_difference": str(c.byte_difference), "rows": str(c.rows)}
+    md.append("**Crossover (closed form, memory-bound regime).** Bytes of the ragged_dot path minus bytes "
+              f"of the fused kernel, as a function of rows T = tokens x k:\n\n$${sp.latex(c.byte_difference)}$$\n\n"
+              f"equal at $$T^* = {sp.latex(c.rows)}$$\n\n({c.assumptions})\n")
+    return Section("fusion", "When fusion beats ragged_dot", "\n".join(md), data, tuple(files))
+
+
+SECTIONS: tuple[Callable[[pathlib.Path, Sequence[str]], Section], ...] = (hardware_section, roofline_section,
+                                                                         fusion_section)
 
 
 def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[str] = DEFAULT_CHIPS,
