@@ -220,6 +220,10 @@ def fit_isoflop(budget_flops: float, params, tokens, loss, compute_flops=None) -
         raise ValueError(f"budget {budget_flops:.3g} FLOPs: loss vs ln N is not convex (curvature {p2:.3g}); "
                          "the runs do not bracket a minimum")
     xv = -p1 / (2 * p2)
+    span = float(np.ptp(x))
+    if not (x.min() - 2 * span <= xv <= x.max() + 2 * span):
+        raise ValueError(f"budget {budget_flops:.3g} FLOPs: parabola vertex at ln N = {xv:.3g}, far outside the "
+                         f"sampled ln N range [{x.min():.3g}, {x.max():.3g}]; the runs do not bracket a minimum")
     c = budget_flops if compute_flops is None else np.asarray(compute_flops, float)
     c_per = float(np.median(np.broadcast_to(c, n.shape) / (n * d)))
     n_opt = math.exp(xv)
