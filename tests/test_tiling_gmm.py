@@ -103,3 +103,17 @@ def test_ragged_dot_spec_with_explicit_tiles():
     assert spec.grid == (4, 32, 1)
     assert spec.operand("out").dtype == "bf16"
     assert spec.operand("rhs").block_shape == (None, 1024, 1280)
+
+
+def test_cli_tiling_gmm_and_bench(capsys):
+    from perfmodel.cli import main
+
+    assert main(["tiling", "gmm", "--impl", "tokamax", "M=1024", "K=512", "N=512", "G=4",
+                 "tm=256", "tk=512", "tn=512"]) == 0
+    out = capsys.readouterr().out
+    assert "lhs" in out and "VMEM" in out and "time" in out
+    assert main(["tiling", "gmm", "--impl", "megablox", "M=1000", "K=512", "N=512", "G=3",
+                 "tm=128", "tk=512", "tn=512"]) == 2
+    assert "multiple of G" in capsys.readouterr().err
+    assert main(["tiling", "bench", "--steps", "2000"]) == 0
+    assert "grid steps" in capsys.readouterr().out

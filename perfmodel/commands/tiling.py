@@ -31,6 +31,19 @@ def register(cli) -> None:
     p.add_argument("--quick", action="store_true", help="a few configs per chip (smoke test)")
     p.set_defaults(func=_vmem)
 
+    p = cli.subcommand(
+        "tiling", "gmm", "walk a grouped matmul kernel: traffic per operand, MXU FLOPs, steps, VMEM, time",
+        epilog="example: perfmodel tiling gmm --chip v5e --impl xla M=131072 K=2048 N=768 G=128")
+    p.add_argument("dims", nargs="*", metavar="NAME=VALUE",
+                   help="M, K, N, G (equal groups of M/G rows) and, for megablox/tokamax, tm, tk, tn")
+    p.add_argument("--chip", default="v5e")
+    p.add_argument("--impl", default="xla", choices=["xla", "tokamax", "megablox"],
+                   help="XLA's ragged_dot kernel (tiling read from libtpu), tokamax's or megablox's Pallas kernel")
+    p.add_argument("--kind", default="forward", choices=["forward", "dlhs", "drhs"])
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--ideal", action="store_true", help="ideal constants (DEFAULT) instead of FITTED")
+    p.set_defaults(func=_gmm)
+
     p = cli.subcommand("tiling", "bench", "time the vectorised grid walker on a large grouped matmul")
     p.add_argument("--steps", type=int, default=100_000, help="approximate number of grid steps")
     p.add_argument("--chip", default="v5e")
@@ -92,6 +105,74 @@ def _vmem(args) -> int:
 
     chips = [c.strip() for c in args.chips.split(",") if c.strip()]
     return vmem_fit.main(chips, out_dir=args.out, quick=args.quick)
+
+
+def _gmm(args) -> int:
+    import os
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from perfmodel.hardware import format_si, get_chip
+    from perfmodel.tables import text_table
+    from perfmodel.tiling import params as P
+    from perfmodel.tiling.predict import megablox_time, tokamax_time, xla_ragged_dot_time
+    from perfmodel.tiling.vmem import vmem_verdict
+
+    dims = {}
+    for item in args.dims:
+        if "=" not in item:
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            dims[key.strip()] = int(value)
+        except ValueError:
+            raise ValueError(f"{key} must be an integer, got {key}={value!r}") from None
+    known = {"M", "K", "N", "G", "tm", "tk", "tn"}
+    unknown = sorted(set(dims) - known)
+    if unknown:
+        raise ValueError(f"unknown dimension(s) {unknown}; known: {sorted(known)}")
+    for need in ("M", "K", "N", "G") + (("tm", "tk", "tn") if args.impl != "xla" else ()):
+        if need not in dims:
+            raise ValueError(f"missing {need}=VALUE for --impl {args.impl}")
+    M, K, N, G = dims["M"], dims["K"], dims["N"], dims["G"]
+    if G <= 0 or M % G:
+        raise ValueError(f"M must be a positive multiple of G (equal groups), got M={M}, G={G}")
+    gs = [M // G] * G
+    chip = get_chip(args.chip)
+    params = P.DEFAULT if args.ideal else P.FITTED
+    if args.impl == "xla":
+        t = xla_ragged_dot_time(chip, gs, K, N, kind=args.kind, dtype=args.dtype, params=params)
+    elif args.impl == "tokamax":
+        t = tokamax_time(chip, gs, K, N, tm=dims["tm"], tk=dims["tk"], tn=dims["tn"], kind=args.kind,
+                         dtype=args.dtype, params=params)
+    else:
+        if args.kind != "forward":
+            raise ValueError(f"--impl megablox models the forward gmm only, got kind={args.kind!r}")
+        c = megablox_time(chip, gs, K, N, tm=dims["tm"], tk=dims["tk"], tn=dims["tn"], dtype=args.dtype,
+                          params=params)
+        t = None
+    cost = c if t is None else t.kernel
+    print(f"{args.impl} {args.kind} M={M} K={K} N={N} G={G} on {chip.name} "
+          f"({'ideal constants' if args.ideal else 'FITTED constants, perfmodel/tiling/params.py'})")
+    if t is not None and cost is None:
+        print(f"XLA runs this call without a Mosaic kernel ({t.lowering}); roofline time {format_si(t.time_s, 's')}")
+        return 0
+    if t is not None:
+        print(f"tiles (tm, tk, tn) = {t.tiles} from {t.tiling_source}")
+    print(text_table(["operand", "copies", "HBM bytes"],
+                     [[o.name, o.copies, format_si(o.hbm_bytes, "B")] for o in cost.operands]))
+    v = vmem_verdict(cost.vmem_bytes, chip, cost.vmem_limit_bytes, spill_bytes=cost.vmem_spill_bytes)
+    print(f"grid steps {cost.grid_steps} (cores {cost.cores}); MXU FLOPs {format_si(cost.mxu_flops)} for "
+          f"{format_si(cost.useful_flops)} useful ({100 * cost.mxu_utilisation:.0f}%)")
+    print(f"VMEM {format_si(cost.vmem_bytes, 'B')} + spill est. {format_si(v.spill_bytes, 'B')} vs limit "
+          f"{format_si(v.limit_bytes, 'B')}: {'fits' if v.fits else 'EXCEEDS'}")
+    print(f"time {format_si(cost.time_s, 's')} = launch {format_si(cost.launch_s, 's')} + prologue "
+          f"{format_si(cost.prologue_s, 's')} + pipelined {format_si(cost.pipelined_s, 's')} + step overhead "
+          f"{format_si(cost.overhead_s, 's')} + epilogue {format_si(cost.epilogue_s, 's')}; compute "
+          f"{format_si(cost.compute_s, 's')}, DMA {format_si(cost.dma_s, 's')}")
+    if t is not None and t.extra_s:
+        print(f"plus work outside the kernel (XLA's rhs pre-transpose): {format_si(t.extra_s, 's')}; "
+              f"total {format_si(t.time_s, 's')}")
+    return 0
 
 
 def _bench(args) -> int:
