@@ -571,6 +571,19 @@ def sweep_shapes(chip: str, dtype: str) -> list[tuple[int, int, int, int, str]]:
     return out
 
 
+def holdout_calls(count: int, seed: int = 0) -> list[tuple[int, int, int, int, str]]:
+    """Random forward calls off the sweep grid, to test the rule out of sample.
+
+    m: a multiple of 8 in [8, 32768]; k, n: multiples of 64 in [64, 12288]
+    (so some are not multiples of 128); G in [1, 64].
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [(int(8 * rng.integers(1, 4097)), int(64 * rng.integers(1, 193)), int(64 * rng.integers(1, 193)),
+             int(rng.integers(1, 65)), "forward") for _ in range(count)]
+
+
 # (m, k, n, G, variant) of every ragged_dot call in tokamax's v5e autotuning cache
 # (lhs [m, k]; forward rhs [G, k, n]; rhs_transposed rhs [G, n, k]; ragged_contracting
 # rhs [m, n]), read from ../shared/data/tokamax/tpu_v5_lite/*.json.
