@@ -48,3 +48,17 @@ def test_assumptions_enforced():
         cf.evaluate(M=1000, K=128, N=128, G=3, tm=8, tk=128, tn=128, q=2)
     with pytest.raises(ValueError, match="missing"):
         cf.evaluate(M=1024, K=128)
+
+
+@pytest.mark.parametrize("M,K,N,G,tm,tk,tn", SHAPES)
+def test_tgmm_closed_form_equals_walker(M, K, N, G, tm, tk, tn):
+    from perfmodel.tiling.closed_form import tgmm_closed_form
+    from perfmodel.tiling.gmm import tgmm_spec
+
+    v = tgmm_closed_form(out_itemsize=4).evaluate(M=M, K=K, N=N, G=G, tm=tm, tk=tk, tn=tn, q=2)
+    c = walk(tgmm_spec([M // G] * G, K, N, tm=tm, tk=tk, tn=tn, out_dtype="f32"), "v5e")
+    assert v["grid_steps"] == c.grid_steps
+    assert v["lhs_bytes"] == c.traffic("lhs").hbm_bytes
+    assert v["rhs_bytes"] == c.traffic("rhs").hbm_bytes
+    assert v["out_bytes"] == c.traffic("out").hbm_bytes
+    assert v["mxu_flops"] == c.mxu_flops

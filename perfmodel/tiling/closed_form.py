@@ -1,4 +1,7 @@
-"""Closed forms of the grouped-matmul kernel's counts for uniform group sizes.
+"""Closed forms of the grouped-matmul kernels' counts for uniform group sizes.
+
+:func:`gmm_closed_form` (forward / dlhs: megablox gmm, tokamax, XLA's kernel) and
+:func:`tgmm_closed_form` (drhs: megablox tgmm).
 
 The kernel is megablox ``gmm`` (also tokamax's fork and XLA's ragged_dot
 Mosaic kernel, :mod:`perfmodel.tiling.gmm`): grid ``(N_t, S, K_t)`` with
@@ -8,7 +11,8 @@ visits. Symbols (``perfmodel.symbols``): ``M`` rows (``T`` in an MoE FFN),
 ``q`` bytes per element.
 
 Assumptions: ``G`` equal groups of ``s = M / G`` rows (``G | M``) covering all
-rows, ``tm | M`` (megablox requires it).
+rows, ``tm | M`` (megablox requires it), at least two row tiles (``M >= 2 tm``;
+with one, a block can stay resident across n passes and the counts drop).
 
 Row-tile visits. Group ``g`` covers row tiles ``floor(g s / tm)`` to
 ``ceil((g + 1) s / tm) - 1``; summing, every tile is visited once plus once per
@@ -98,8 +102,8 @@ class GmmClosedForm:
         M, G, tm = dims.get("M"), dims.get("G"), dims.get("tm")
         if M is not None and G is not None and M % G:
             raise ValueError(f"closed forms assume equal groups: M must be divisible by G, got {M=}, {G=}")
-        if M is not None and tm is not None and M % tm:
-            raise ValueError(f"closed forms assume tm | M, got {M=}, {tm=}")
+        if M is not None and tm is not None and (M % tm or M < 2 * tm):
+            raise ValueError(f"closed forms assume tm | M and M >= 2 tm, got {M=}, {tm=}")
         subs = {needed[name]: sp.Integer(int(v)) for name, v in dims.items()}
         out = {f.name: int(getattr(self, f.name).subs(subs)) for f in attrs.fields(GmmClosedForm)}
         out["hbm_bytes"] = out["lhs_bytes"] + out["rhs_bytes"] + out["out_bytes"]
@@ -123,4 +127,27 @@ def gmm_closed_form(*, mxu_tile: int = 128, out_itemsize=None) -> GmmClosedForm:
     return GmmClosedForm(
         row_tile_visits=visits, grid_steps=steps, lhs_bytes=lhs, rhs_bytes=rhs, out_bytes=q_out * M * N,
         mxu_flops=2 * _pad(tm, 8) * _pad(tk, mxu_tile) * _pad(tn, mxu_tile) * steps,
+        useful_flops=2 * M * K * N)
+
+
+def tgmm_closed_form(*, mxu_tile: int = 128, out_itemsize=None) -> GmmClosedForm:
+    """Closed forms for megablox ``tgmm`` (the rhs gradient, ragged contraction).
+
+    Grid ``(N_t, K_t, S)`` (visits fastest), ``lhs [M, K]``, ``rhs [M, N]``, ``out
+    [G, K, N]``; same visits ``S`` as :func:`gmm_closed_form` (equal non-empty
+    groups). Within one ``(n, k)`` pass consecutive visits of a row tile keep its
+    blocks, so each pass reads every row once: ``lhs = N_t q M K``, ``rhs = K_t q M N``;
+    each group's ``tk x tn`` output block is written once per pass:
+    ``out = q_out G K N``. A step multiplies ``lhs^T (tk x tm)`` by ``(tm x tn)``:
+    ``2 ceil8(tk) ceilT(tm) ceilT(tn)`` MXU FLOPs.
+    """
+    M, K, N, G, tm, tk, tn, q = S_.M, S_.K, S_.N, S_.G, S_.tm, S_.tk, S_.tn, S_.q
+    q_out = q if out_itemsize is None else sp.Integer(out_itemsize)
+    Nt, Kt = sp.ceiling(N / tn), sp.ceiling(K / tk)
+    visits = M / tm + (G - 1) - sp.floor((G - 1) * Gcd(M / G, tm) / tm)
+    steps = Nt * Kt * visits
+    return GmmClosedForm(
+        row_tile_visits=visits, grid_steps=steps, lhs_bytes=Nt * q * M * K, rhs_bytes=Kt * q * M * N,
+        out_bytes=q_out * G * K * N,
+        mxu_flops=2 * _pad(tk, 8) * _pad(tm, mxu_tile) * _pad(tn, mxu_tile) * steps,
         useful_flops=2 * M * K * N)
