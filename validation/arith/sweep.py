@@ -3,9 +3,12 @@
 Study design
 
 * per compute budget C (training FLOPs, ``train_exact`` convention of
-  :mod:`perfmodel.transformer`), five (quick: three) model sizes around the
-  Chinchilla-style guess ``N ~ sqrt(C / 120)`` (C = 6 N D with D = 20 N), each
-  trained for ``tokens = C / FLOPs per token`` (rounded to whole steps);
+  :mod:`perfmodel.transformer`), five (quick: three) consecutive ladder sizes
+  centred on ``N ~ sqrt(C / 120) / 4`` non-embedding parameters, each trained
+  for ``tokens = C / FLOPs per token`` (rounded to whole steps). The Chinchilla
+  guess ``sqrt(C / 120)`` (C = 6 N D, D = 20 N) sat at the large end here: a
+  first pass of this study found the smallest sizes best at every budget, so
+  the window moved down 4x in N (about two ladder steps);
 * model ladder: depth L = 2, width D in :data:`WIDTHS`, ``n_heads = max(1, D // 32)``,
   dense FFN width F = 4 D (GELU);
 * MoE ladder at **equal active parameters per token**: the same D, L, heads
@@ -15,7 +18,9 @@ Study design
 * batch ``B = clip(2^floor(log2(tokens / (200 T))), 16, 256)`` sequences, so
   every run takes >= ~200 steps where possible;
 * recipe: AdamW(b1 0.9, b2 0.99, wd 0.1), clip 1.0, peak lr
-  ``3e-3 * min(1, sqrt(64 / D))``, warm-up min(50, steps/10), cosine to 10%.
+  ``1e-2 * sqrt(B / 256) * min(1, sqrt(32 / D))`` (square-root batch scaling;
+  measured at C = 1e11: D = 16, B = 256 does best at 1e-2 of {3e-3, 1e-2, 3e-2},
+  D = 64, B = 32 at 3e-3), warm-up min(50, steps/10), cosine to 10%.
 
 Runner: each finished run is appended to the JSONL file as one line by a
 single ``write`` on an ``O_APPEND`` descriptor followed by ``fsync``; on start
@@ -37,7 +42,7 @@ import attrs
 from validation.arith import optim, task as task_lib, train
 from validation.arith.model import ModelConfig
 
-WIDTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 DEFAULT_TASK = "add3+mul3"
 
 
@@ -56,8 +61,8 @@ def moe_model(d_model: int, *, n_layers: int = 2, seq_len: int, n_experts: int =
                        top_k=top_k, moe_impl=moe_impl, dtype=dtype)
 
 
-def optim_for(model: ModelConfig) -> optim.AdamWConfig:
-    return optim.AdamWConfig(peak_lr=3e-3 * min(1.0, math.sqrt(64 / model.d_model)))
+def optim_for(model: ModelConfig, batch_size: int = 256) -> optim.AdamWConfig:
+    return optim.AdamWConfig(peak_lr=1e-2 * math.sqrt(batch_size / 256) * min(1.0, math.sqrt(32 / model.d_model)))
 
 
 def batch_for(tokens: float, seq_len: int) -> int:
@@ -90,8 +95,8 @@ class PlannedRun:
 
 
 def widths_for(budget: float, n: int, seq_len: int, n_layers: int) -> tuple[int, ...]:
-    """n consecutive ladder widths centred on the one whose 6N is closest to sqrt(C/120)."""
-    target = math.sqrt(budget / 120)
+    """n consecutive ladder widths centred on the one whose non-embedding N is closest to sqrt(C/120)/4."""
+    target = math.sqrt(budget / 120) / 4
     n_of = [dense_model(d, n_layers=n_layers, seq_len=seq_len).shape.params().non_embedding for d in WIDTHS]
     centre = min(range(len(WIDTHS)), key=lambda i: abs(math.log(n_of[i] / target)))
     lo = min(max(0, centre - n // 2), len(WIDTHS) - n)
@@ -116,7 +121,7 @@ def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int
                 tokens = c / mc.shape.flops_per_token().train_exact
                 bs = batch_for(tokens, tc.seq_len)
                 for seed in study.seeds:
-                    rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc), batch_size=bs,
+                    rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc, bs), batch_size=bs,
                                          token_budget=max(int(tokens), bs * tc.seq_len), seed=seed)
                     rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}"
                     runs.append(PlannedRun(run_id=rid, arch=tag, budget_flops=c, config=rc))
