@@ -1,7 +1,7 @@
 """Measured evidence for the default study task: held-out loss vs model size per task family.
 
-Every (task, size) pair trains for the same number of tokens with the same
-recipe as the sweep; a task that saturates (held-out loss ~0 already at the
+Every (task, size) pair trains for the same number of tokens (batch 256,
+peak lr ``3e-3 min(1, sqrt(64 / D))``); a task that saturates (held-out loss ~0 already at the
 smallest sizes) cannot show a scaling law, so the default is the family whose
 loss keeps falling across the sizes the study uses.
 
@@ -11,12 +11,13 @@ loss keeps falling across the sizes the study uses.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 
 import attrs
 
-from validation.arith import sweep, task as task_lib, train
+from validation.arith import optim, sweep, task as task_lib, train
 
 TASKS = ("add3", "add6", "add3+mul3", "mul3")
 WIDTHS = (16, 32, 64, 128)
@@ -30,10 +31,12 @@ def main(tasks=TASKS, widths=WIDTHS, tokens=TOKENS, out=OUT) -> dict:
         tc = task_lib.TaskConfig.parse(name)
         for d in widths:
             mc = sweep.dense_model(d, n_layers=2, seq_len=tc.seq_len)
-            rc = train.RunConfig(task=tc, model=mc, optim=sweep.optim_for(mc), batch_size=256, token_budget=tokens)
+            # the recipe that produced results/task_choice.json (the sweep's first-pass lr rule)
+            opt = optim.AdamWConfig(peak_lr=3e-3 * min(1.0, math.sqrt(64 / d)))
+            rc = train.RunConfig(task=tc, model=mc, optim=opt, batch_size=256, token_budget=tokens)
             r = train.run(rc)
             rows.append({"task": name, "d_model": d, "n_layers": 2, "params_non_embedding": r.params_non_embedding,
-                         "tokens": r.tokens, "held_out_loss": r.held_out_loss, "held_out_exact": r.held_out_exact,
+                         "tokens": r.tokens, "peak_lr": opt.peak_lr, "held_out_loss": r.held_out_loss, "held_out_exact": r.held_out_exact,
                          "train_loss": r.train_loss, "wall_time_s": r.wall_time_s})
             print(json.dumps(rows[-1]), flush=True)
     result = {"tokens_per_run": tokens, "rows": rows, "versions": train.versions(),
