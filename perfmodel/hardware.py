@@ -249,13 +249,15 @@ V6E = _tpu(
 TPU7X = _tpu(
     name="tpu7x", device_kinds=("TPU7x", "TPU7"), bf16=2.307e15, int8=None,
     fp8=4.614e15, hbm_bytes=192 * _GIB, hbm_bw=7.37e12, cores=2, megacore=False,
-    vmem=64 * _MIB, mxu=256, mxus=2, ici=None,
+    vmem=64 * _MIB, mxu=256, mxus=4, ici=None,
     sources={
         "bf16_flops_per_s": _GOOGLE_7X, "fp8_flops_per_s": _GOOGLE_7X,
         "hbm_bytes": _GOOGLE_7X, "hbm_bytes_per_s": _GOOGLE_7X + " (7.2-7.4 TB/s reported)",
-        "mxus_per_core": _TPU_INFO,
+        "mxus_per_core": ("inferred: 4 MXUs of 256^2 fit 1.15e15 FLOP/s per TensorCore at ~2.2 GHz; "
+                          "2 would imply an implausible 4.4 GHz clock"),
     },
     alternatives={
+        "mxus_per_core": "2 (jax tpu_info num_mxus)",
         "hbm_bytes_per_s": "7.4e12 (jax tpu_info, 3.7e12 per TensorCore)",
         "bf16_flops_per_s": "2.31e15 (jax tpu_info)",
     },
