@@ -31,28 +31,32 @@ comparison isolates the traffic/overhead trade that fusion makes.
 
 Cost model (:func:`ragged_path_ops`, :func:`chunked_ops`): each formulation is
 the list of XLA ops it compiles to (checked against
-``jax.jit(f).lower(...).compile().cost_analysis()`` by :func:`xla_cost_check`),
-each op with its dot FLOPs and the bytes of every tensor it reads or writes.
-Time (:func:`predict_time`) on a chip with matmul peak ``P``, memory bandwidth
-``BW`` and per-op overhead ``o`` (the calibrated launch overhead)::
+``jax.jit(f).lower(...).compile().cost_analysis()`` by :func:`xla_cost_check`:
+bytes agree to a few hundred bytes), each op with its dot FLOPs and the bytes
+of every tensor it reads or writes. Time (:func:`predict_time`)::
 
-    t = sum_ops count x (max(flops / P, dram_bytes / BW) + o)
+    t = c + sum_ops count x (max(flops / P, bytes / BW_kind(W)) + o)
 
-where an access costs DRAM traffic when the tensor is a fresh input
-(parameters) or larger than ``cache_bytes`` (default: the CPU's total L2);
-smaller intermediates produced by the previous op are taken as cache hits
-(free). Elementwise FLOPs (masks, selects, activation) are not counted in
-``flops``: those passes are memory- or overhead-bound.
+``c`` the call (dispatch) overhead, ``P`` the matmul peak, ``o`` a per-op overhead, and ``BW_kind(W)`` the rate
+at which an op of that kind (streaming copy, blocked expansion, interleaved
+expansion; dots stream their operands) moves bytes when its working set
+(the sum of the tensors it touches) is ``W`` bytes: a cache hierarchy makes a
+1 MiB pass much faster than a 64 MiB one, and XLA's interleaved expansion much
+slower than a plain copy at any size. ``BW_kind(W)`` comes either from the
+calibrated ``cpu`` chip (one stream bandwidth for everything, the plain
+roofline: :meth:`CpuRates.from_chip`) or from micro-kernels of each kind timed
+at a few working-set sizes (:func:`measure_rates`), interpolated in log-log.
+Elementwise FLOPs (masks, selects, activation) are not counted in ``flops``:
+those passes are memory- or overhead-bound.
 """
 
 from __future__ import annotations
 
 import functools
-import glob
-import os
 import time
 
 import attrs
+import numpy as np
 
 CHUNK_CANDIDATES = (32, 64, 128, 256, 512, 1024)
 """F chunks :func:`best_chunk` chooses from (those dividing F)."""
@@ -119,16 +123,15 @@ def moe_ffn_chunked(x, group_sizes, w_up, w_down, w_gate=None, *, activation: st
 
 @attrs.frozen(kw_only=True)
 class Access:
-    """One tensor read or written by an op: ``fresh`` = a parameter read from memory for the first time."""
+    """One tensor read or written by an op; ``footprint`` = size of the whole array the bytes come from."""
 
     tensor: str
     bytes: float
-    fresh: bool = False
-    footprint: float | None = None  # size of the whole tensor the bytes come from (default: bytes)
+    footprint: float | None = None
 
-    def misses(self, cache_bytes: float) -> bool:
-        """Whether this access goes to DRAM: a fresh input, or a tensor too big to stay in cache."""
-        return self.fresh or (self.bytes if self.footprint is None else self.footprint) > cache_bytes
+    @property
+    def working_set_bytes(self) -> float:
+        return self.bytes if self.footprint is None else self.footprint
 
 
 @attrs.frozen(kw_only=True)
@@ -147,9 +150,10 @@ class XlaOp:
         """Bytes read + written per execution (what XLA's cost analysis counts)."""
         return sum(a.bytes for a in self.accesses)
 
-    def dram_bytes(self, cache_bytes: float) -> float:
-        """Bytes per execution that miss the cache: fresh inputs and tensors larger than ``cache_bytes``."""
-        return sum(a.bytes for a in self.accesses if a.misses(cache_bytes))
+    @property
+    def working_set_bytes(self) -> float:
+        """Sum of the footprints of the tensors the op touches (decides which cache level serves it)."""
+        return sum(a.working_set_bytes for a in self.accesses)
 
 
 def _q(dtype: str) -> int:
@@ -185,9 +189,9 @@ def ragged_path_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: st
     ops = []
     for w in ("w_up", "w_gate")[:n_in] + ("w_down",):
         ops.append(XlaOp(name=f"transpose {w}", kind="copy", flops=0.0, accesses=(
-            Access(tensor=w, bytes=E * D * F * q, fresh=True), Access(tensor=f"{w}_t", bytes=E * D * F * q))))
+            Access(tensor=w, bytes=E * D * F * q), Access(tensor=f"{w}_t", bytes=E * D * F * q))))
     ops.append(XlaOp(name="expand x", kind="expand_interleaved", flops=0.0, accesses=(
-        Access(tensor="x", bytes=T * D * q, fresh=True), Access(tensor="x_m", bytes=T * E * D * q))))
+        Access(tensor="x", bytes=T * D * q), Access(tensor="x_m", bytes=T * E * D * q))))
     for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
         ops.append(XlaOp(name=f"dot {out}", kind="dot", flops=2.0 * T * E * D * F, accesses=(
             Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=f"{w}_t", bytes=E * D * F * q),
@@ -225,10 +229,10 @@ def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, t
     ops = []
     for w in ws:
         ops.append(XlaOp(name=f"chunk {w}", kind="copy", flops=0.0, accesses=(
-            Access(tensor=w, bytes=E * D * F * q, fresh=True), Access(tensor=f"{w}_c", bytes=E * D * F * q))))
+            Access(tensor=w, bytes=E * D * F * q), Access(tensor=f"{w}_c", bytes=E * D * F * q))))
     ops.append(XlaOp(name="mask", kind="copy", flops=0.0, accesses=(Access(tensor="mask", bytes=T * E),)))
     ops.append(XlaOp(name="expand x", kind="expand_blocked", flops=0.0, accesses=(
-        Access(tensor="x", bytes=T * D * q, fresh=True), Access(tensor="mask", bytes=T * E),
+        Access(tensor="x", bytes=T * D * q), Access(tensor="mask", bytes=T * E),
         Access(tensor="x_m", bytes=T * E * D * q))))
     ops.append(XlaOp(name="init y", kind="copy", flops=0.0, accesses=(Access(tensor="y", bytes=4 * T * D),)))
     loop = dict(count=nc, in_loop=True)
@@ -258,69 +262,50 @@ def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, t
     return tuple(ops)
 
 
-def default_cache_bytes() -> int:
-    """Total L2 cache of the host (per-core L2 x cores, from sysfs); 2 MiB if unreadable.
-
-    The level below the shared L3 on purpose: with ~6 processes sharing the
-    machine the L3 is contended, and a 2-core VM's share of it is unknown.
-    """
-    try:
-        sizes = []
-        for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
-            with open(os.path.join(d, "level")) as f:
-                if f.read().strip() != "2":
-                    continue
-            with open(os.path.join(d, "size")) as f:
-                s = f.read().strip()
-            sizes.append(int(s[:-1]) * 1024 if s.endswith("K") else int(s[:-1]) * 1024**2 if s.endswith("M") else int(s))
-        if sizes:
-            return sizes[0] * (os.cpu_count() or 1)
-    except (OSError, ValueError):
-        pass
-    return 2 * 1024**2
-
-
 @attrs.frozen(kw_only=True)
 class CpuRates:
     """Rates the CPU time model charges each op kind (:attr:`XlaOp.kind`).
 
     * ``flops_per_s``: dot FLOPs (matmul peak);
-    * ``copy_bytes_per_s``: streaming passes (transposes of whole rows, slices,
-      elementwise passes) and the memory side of dots;
-    * ``expand_blocked_bytes_per_s``: the masked expansion with ``D`` innermost
-      (``[T, E, D]``: contiguous runs of ``D``), as :func:`moe_ffn_chunked` writes it;
-    * ``expand_interleaved_bytes_per_s``: XLA's own ragged_dot expansion, which
-      makes ``E`` the innermost axis (``[T, K, E]``: every write gathers from
-      ``E`` rows ``T K`` apart);
-    * ``op_overhead_s``: fixed cost per op execution (each loop iteration runs
-      every op of the body once).
+    * ``copy``: streaming passes (weight transposes, slices, elementwise
+      passes) and the operand traffic of dots;
+    * ``expand_blocked``: the masked expansion with ``D`` innermost
+      (``[T, E, D]``, contiguous runs of ``D``), as :func:`moe_ffn_chunked` writes it;
+    * ``expand_interleaved``: XLA's own ragged_dot expansion, with ``E``
+      innermost (``[T, K, E]``: each output line gathers from ``E`` rows);
+    * ``op_overhead_s``: fixed cost per op execution (each loop iteration
+      runs every op of its body);
+    * ``call_overhead_s``: fixed cost per call of a jitted function (dispatch).
 
-    :meth:`from_chip` is the plain roofline of the calibrated ``cpu`` chip
-    (every byte at its stream bandwidth, the launch overhead per op);
-    :func:`measure_rates` times micro-kernels of each kind on this machine.
+    Byte rates are ``((working_set_bytes, bytes_per_s), ...)`` ascending in
+    working set, interpolated in log-log and clamped at the ends.
     """
 
     flops_per_s: float
-    copy_bytes_per_s: float
-    expand_blocked_bytes_per_s: float
-    expand_interleaved_bytes_per_s: float
+    copy: tuple[tuple[float, float], ...]
+    expand_blocked: tuple[tuple[float, float], ...]
+    expand_interleaved: tuple[tuple[float, float], ...]
     op_overhead_s: float
+    call_overhead_s: float
     source: str
 
     @classmethod
     def from_chip(cls, chip, dtype: str = "f32") -> "CpuRates":
+        """The plain roofline of ``chip``: every byte at its HBM (here: DRAM) bandwidth, launch overhead per op."""
         from perfmodel.hardware import get_chip
 
         c = get_chip(chip)
-        bw = c.hbm_bytes_per_s
-        return cls(flops_per_s=c.peak_flops_per_s(dtype), copy_bytes_per_s=bw, expand_blocked_bytes_per_s=bw,
-                   expand_interleaved_bytes_per_s=bw, op_overhead_s=c.launch_overhead_s,
-                   source=f"roofline of the calibrated '{c.name}' chip ({c.sources.get('hbm_bytes_per_s', '')})")
+        bw = ((1.0, c.hbm_bytes_per_s),)
+        return cls(flops_per_s=c.peak_flops_per_s(dtype), copy=bw, expand_blocked=bw, expand_interleaved=bw,
+                   op_overhead_s=c.launch_overhead_s, call_overhead_s=0.0,
+                   source=f"calibrated '{c.name}' chip: {c.sources.get('hbm_bytes_per_s', '')}")
 
-    def bytes_per_s(self, kind: str) -> float:
-        return {"dot": self.copy_bytes_per_s, "copy": self.copy_bytes_per_s,
-                "expand_blocked": self.expand_blocked_bytes_per_s,
-                "expand_interleaved": self.expand_interleaved_bytes_per_s}[kind]
+    def bytes_per_s(self, kind: str, working_set_bytes: float) -> float:
+        table = {"dot": self.copy, "copy": self.copy, "expand_blocked": self.expand_blocked,
+                 "expand_interleaved": self.expand_interleaved}[kind]
+        ws = np.log([w for w, _ in table])
+        r = np.log([v for _, v in table])
+        return float(np.exp(np.interp(np.log(max(working_set_bytes, 1.0)), ws, r)))
 
 
 def _interleaved_medians_s(calls, repeats: int) -> list[float]:
@@ -336,53 +321,78 @@ def _interleaved_medians_s(calls, repeats: int) -> list[float]:
     return [sorted(s)[len(s) // 2] for s in samples]
 
 
-def measure_rates(*, repeats: int = 5, T: int = 8192, K: int = 256, E: int = 8, matmul_n: int = 512,
-                  loop_iterations: int = 200) -> CpuRates:
-    """Time one micro-kernel per op kind on this machine (f32, medians of ``repeats`` round-robin rounds).
+MEASURE_SIZES_MIB = (4, 64)
+"""Output sizes (MiB) of the micro-kernels :func:`measure_rates` times: within the L3 (32 MiB here) and DRAM-sized."""
 
-    * dot: ``n x n x n`` matmul -> ``2 n^3 / t``;
-    * copy: ``x + 1`` on ``T E K`` floats -> ``2 T E K 4 / t`` (read + write);
-    * expansions: ``[T, K] -> [T, E K]`` masked selects in both layouts ->
-      ``(T K + T E K) 4 / t`` (what :func:`ragged_path_ops` / :func:`chunked_ops`
-      count); the defaults write 64 MiB, twice the L3, so DRAM is exercised;
-    * op overhead: a ``lax.scan`` of ``loop_iterations`` steps whose body is 3
-      tiny ops -> ``t / (3 iterations)``.
 
-    These are toy kernels independent of the validation sweep (nothing is fitted
-    to the sweep's timings); the harness measures them at the start of a run so
-    they share its machine load.
+def measure_rates(*, repeats: int = 7, sizes_mib=MEASURE_SIZES_MIB, K: int = 128, E: int = 8,
+                  matmul_n: int = 768, loop_iterations: int = 400) -> CpuRates:
+    """Time one micro-kernel per op kind and size on this machine (f32, medians of round-robin rounds).
+
+    For each output size ``S`` (``T = S / (E K 4)`` rows):
+
+    * copy: ``x + 1`` on ``T E K`` floats, working set ``2 T E K 4``;
+    * expansions: ``[T, K] -> [T, E K]`` masked selects in both layouts,
+      working set ``(T K + T E K) 4`` (what :func:`ragged_path_ops` /
+      :func:`chunked_ops` count for the same op);
+
+    plus a ``matmul_n^3`` dot (``2 n^3 / t``), a ``lax.scan`` of
+    ``loop_iterations`` steps of 3 tiny ops (``t / (3 iterations)`` per op) and
+    a jitted op on 8 floats timed on its own (the call overhead, subtracted
+    from every other kernel's time before a rate is derived).
+    Toy kernels, independent of the validation sweep (nothing is fitted to
+    its timings); the harness runs this at the start so the rates share the
+    sweep's machine load.
     """
     import datetime
 
     import jax
     import jax.numpy as jnp
 
+    tiny = jax.jit(lambda v: v + 1.0)
+    (call,) = _interleaved_medians_s([(tiny, (jnp.ones((8,), jnp.float32),))], 21)
+    calls, meta = [], []
     a = jnp.ones((matmul_n, matmul_n), jnp.float32)
-    n = T * E * K
-    big = jnp.ones((n,), jnp.float32)
-    x = jnp.ones((T, K), jnp.float32)
-    mask = jnp.arange(T)[:, None] // (T // E) == jnp.arange(E)[None, :]
-    blocked = jax.jit(lambda v, m: jnp.where(m[:, :, None], v[:, None, :], 0).reshape(T, E * K))
-    inter = jax.jit(lambda v, m: jnp.where(m.T[:, :, None], v[None], 0).transpose(1, 2, 0).reshape(T, K * E))
+    calls.append((jax.jit(lambda u, v: u @ v), (a, a)))
+    meta.append(("dot", 2.0 * matmul_n**3, 0.0))
 
     def body(c, _):
-        c = jnp.tanh(c @ c) + 1.0
-        return c, None
+        return jnp.tanh(c @ c) + 1.0, None
 
     small = jnp.eye(8, dtype=jnp.float32) * 0.1
-    loop = jax.jit(lambda c: jax.lax.scan(body, c, None, length=loop_iterations)[0])
-    t_dot, t_copy, t_blocked, t_inter, t_loop = _interleaved_medians_s(
-        [(jax.jit(lambda u, v: u @ v), (a, a)), (jax.jit(lambda v: v + 1.0), (big,)), (blocked, (x, mask)),
-         (inter, (x, mask)), (loop, (small,))], repeats)
-    exp_bytes = (T * K + T * E * K) * 4
+    calls.append((jax.jit(lambda c: jax.lax.scan(body, c, None, length=loop_iterations)[0]), (small,)))
+    meta.append(("loop", 0.0, 0.0))
+    for mib in sizes_mib:
+        T = max(E, int(mib * 2**20) // (E * K * 4))
+        n = T * E * K
+        x = jnp.ones((T, K), jnp.float32)
+        mask = jnp.arange(T)[:, None] // (T // E) == jnp.arange(E)[None, :]
+        calls.append((jax.jit(lambda v: v + 1.0), (jnp.ones((n,), jnp.float32),)))
+        meta.append(("copy", 2.0 * n * 4, 2.0 * n * 4))
+        exp_bytes = (T * K + n) * 4.0
+        calls.append((jax.jit(lambda v, m, T=T: jnp.where(m[:, :, None], v[:, None, :], 0).reshape(T, E * K)),
+                      (x, mask)))
+        meta.append(("expand_blocked", exp_bytes, exp_bytes))
+        calls.append((jax.jit(lambda v, m, T=T: jnp.where(m.T[:, :, None], v[None], 0).transpose(1, 2, 0)
+                              .reshape(T, K * E)), (x, mask)))
+        meta.append(("expand_interleaved", exp_bytes, exp_bytes))
+    times = _interleaved_medians_s(calls, repeats)
+    tables = {"copy": [], "expand_blocked": [], "expand_interleaved": []}
+    flops = overhead = 0.0
+    for (kind, work, ws), t in zip(meta, times):
+        t = max(t - call, 0.05 * t)
+        if kind == "dot":
+            flops = work / t
+        elif kind == "loop":
+            overhead = t / (3 * loop_iterations)
+        else:
+            tables[kind].append((ws, work / t))
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return CpuRates(flops_per_s=2 * matmul_n**3 / t_dot, copy_bytes_per_s=2 * n * 4 / t_copy,
-                    expand_blocked_bytes_per_s=exp_bytes / t_blocked,
-                    expand_interleaved_bytes_per_s=exp_bytes / t_inter,
-                    op_overhead_s=t_loop / (3 * loop_iterations),
-                    source=f"micro-kernels timed at {when} (f32 {matmul_n}^3 dot, x+1 and both masked "
-                           f"expansions on [{T}, {E}x{K}], {loop_iterations}-step scan of 3 tiny ops; "
-                           f"medians of {repeats} round-robin rounds)")
+    return CpuRates(flops_per_s=flops, op_overhead_s=overhead, call_overhead_s=call,
+                    **{k: tuple(sorted(v)) for k, v in tables.items()},
+                    source=f"micro-kernels timed at {when}: f32 {matmul_n}^3 dot; x+1 and both masked expansions "
+                           f"writing {', '.join(f'{m:g}' for m in sizes_mib)} MiB; {loop_iterations}-step scan "
+                           f"of 3 tiny ops; medians of {repeats} round-robin rounds")
 
 
 @attrs.frozen(kw_only=True)
@@ -392,12 +402,11 @@ class CpuPrediction:
     formulation: str
     time_s: float
     compute_s: float  # sum of per-op flops / peak
-    memory_s: float  # sum of per-op DRAM bytes / rate of the op's kind
+    memory_s: float  # sum of per-op bytes / rate of the op's kind at its working set
     overhead_s: float  # op executions x per-op overhead
     flops: float  # executed dot FLOPs (E x useful)
     useful_flops: float
-    bytes: float  # all bytes read + written (cost-analysis convention)
-    dram_bytes: float
+    bytes: float  # all bytes read + written (cost-analysis convention), all executions
     op_executions: int
     tf: int | None = None
 
@@ -407,12 +416,12 @@ class CpuPrediction:
 
 
 def predict_time(ops, rates: CpuRates, *, formulation: str, useful_flops: float,
-                 cache_bytes: float | None = None, tf: int | None = None) -> CpuPrediction:
-    """``sum_ops count (max(flops / P, dram_bytes / BW_kind) + o)`` (see the module docstring)."""
-    cache = default_cache_bytes() if cache_bytes is None else cache_bytes
-    time_s = compute_s = memory_s = overhead_s = 0.0
+                 tf: int | None = None) -> CpuPrediction:
+    """``c + sum_ops count (max(flops / P, bytes / BW_kind(W)) + o)`` (see the module docstring)."""
+    time_s, compute_s, memory_s, overhead_s = rates.call_overhead_s, 0.0, 0.0, rates.call_overhead_s
     for op in ops:
-        cs, ms = op.flops / rates.flops_per_s, op.dram_bytes(cache) / rates.bytes_per_s(op.kind)
+        cs = op.flops / rates.flops_per_s
+        ms = op.bytes / rates.bytes_per_s(op.kind, op.working_set_bytes)
         time_s += op.count * (max(cs, ms) + rates.op_overhead_s)
         compute_s += op.count * cs
         memory_s += op.count * ms
@@ -420,8 +429,7 @@ def predict_time(ops, rates: CpuRates, *, formulation: str, useful_flops: float,
     return CpuPrediction(
         formulation=formulation, time_s=time_s, compute_s=compute_s, memory_s=memory_s, overhead_s=overhead_s,
         flops=sum(op.count * op.flops for op in ops), useful_flops=useful_flops,
-        bytes=sum(op.count * op.bytes for op in ops), dram_bytes=sum(op.count * op.dram_bytes(cache) for op in ops),
-        op_executions=sum(op.count for op in ops), tf=tf)
+        bytes=sum(op.count * op.bytes for op in ops), op_executions=sum(op.count for op in ops), tf=tf)
 
 
 def useful_flops(*, T: int, D: int, F: int, glu: bool) -> float:
@@ -433,25 +441,25 @@ def _rates(rates_or_chip, dtype: str) -> CpuRates:
     return rates_or_chip if isinstance(rates_or_chip, CpuRates) else CpuRates.from_chip(rates_or_chip, dtype)
 
 
-def predict_ragged_path(rates, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> CpuPrediction:
+def predict_ragged_path(rates, *, T, D, F, E, glu, activation, dtype="f32") -> CpuPrediction:
     """Predicted ragged_dot-path time; ``rates`` is a :class:`CpuRates` or a chip (its roofline)."""
     ops = ragged_path_ops(T=T, D=D, F=F, E=E, glu=glu, activation=activation, dtype=dtype)
-    return predict_time(ops, _rates(rates, dtype), formulation="ragged_dot", cache_bytes=cache_bytes,
+    return predict_time(ops, _rates(rates, dtype), formulation="ragged_dot",
                         useful_flops=useful_flops(T=T, D=D, F=F, glu=glu))
 
 
-def predict_chunked(rates, *, T, D, F, E, glu, activation, tf, dtype="f32", cache_bytes=None) -> CpuPrediction:
+def predict_chunked(rates, *, T, D, F, E, glu, activation, tf, dtype="f32") -> CpuPrediction:
     """Predicted time of :func:`moe_ffn_chunked`; ``rates`` is a :class:`CpuRates` or a chip."""
     ops = chunked_ops(T=T, D=D, F=F, E=E, glu=glu, activation=activation, tf=tf, dtype=dtype)
-    return predict_time(ops, _rates(rates, dtype), formulation="chunked", cache_bytes=cache_bytes, tf=tf,
+    return predict_time(ops, _rates(rates, dtype), formulation="chunked", tf=tf,
                         useful_flops=useful_flops(T=T, D=D, F=F, glu=glu))
 
 
-def best_chunk(rates, *, T, D, F, E, glu, activation, dtype="f32", cache_bytes=None) -> int:
+def best_chunk(rates, *, T, D, F, E, glu, activation, dtype="f32") -> int:
     """The F chunk in :data:`CHUNK_CANDIDATES` (dividing F) with the lowest predicted time (F if none divides)."""
     cands = [tf for tf in CHUNK_CANDIDATES if tf <= F and F % tf == 0] or [F]
     return min(cands, key=lambda tf: predict_chunked(rates, T=T, D=D, F=F, E=E, glu=glu, activation=activation,
-                                                     tf=tf, dtype=dtype, cache_bytes=cache_bytes).time_s)
+                                                     tf=tf, dtype=dtype).time_s)
 
 
 # -- check against XLA's own cost analysis -------------------------------------

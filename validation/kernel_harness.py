@@ -148,8 +148,10 @@ class CpuPoint:
 
 _MEM = "memory-bound (small D): ragged_dot writes and re-reads h_m [T, E F]; chunked keeps [T, E tf] in cache"
 _COMPUTE = "compute-bound (larger D): both do the same E x FLOPs; chunked saves only bytes"
-_OVERHEAD = "few rows, many chunks (tf forced to 32): per-iteration op overhead; ragged_dot should win"
-_REREAD = "x_m [T, E D] too big for cache, re-read once per chunk (tf forced small): ragged_dot should win"
+_WEIGHTS = ("few rows, large F, tf forced to 32: weight-bound; chunked moves the weights twice (re-layout + "
+            "per-chunk slices) vs once (ragged_dot's transpose), plus per-iteration overhead: ragged_dot should win")
+_REREAD = ("many rows, tf forced to 32: chunked re-reads x_m [T, E D] (16 MiB) once per chunk, the analog of the "
+           "fused kernel's weight re-reads; against it, ragged_dot's slow interleaved expansions")
 
 
 def cpu_points(sweep: str) -> tuple[CpuPoint, ...]:
@@ -157,10 +159,10 @@ def cpu_points(sweep: str) -> tuple[CpuPoint, ...]:
 
     The chunked formulation wins when the ragged_dot path's ``[T, E F]``
     expanded round trip dominates (memory-bound: small D, large F, many rows);
-    it loses when it pays per-iteration overhead (few rows, many chunks) or
-    re-reads the expanded ``x_m [T, E D]`` once per chunk from DRAM (many rows,
-    large D, small chunks): the CPU analogs of the fused kernel's grid-step
-    overhead and weight re-reads per row tile. Executed FLOPs are ``E`` x the
+    it should lose when the weights dominate (few rows, large F: it moves them
+    twice) with many small chunks (per-iteration overhead); forced small chunks
+    at many rows make it re-read ``x_m [T, E D]`` once per chunk: the CPU
+    analogs of the fused kernel's weight re-reads and grid-step overhead. Executed FLOPs are ``E`` x the
     useful ones on CPU, so shapes stay small.
     """
     _check_sweep(sweep)
@@ -171,8 +173,9 @@ def cpu_points(sweep: str) -> tuple[CpuPoint, ...]:
             CpuPoint(T=1024, D=32, F=1024, E=8, glu=False, distribution="skewed",
                      note=_MEM + " (skewed groups: same dense cost)"),
             CpuPoint(T=512, D=256, F=512, E=8, glu=False, note=_COMPUTE),
-            CpuPoint(T=64, D=64, F=4096, E=8, glu=False, tf=32, note=_OVERHEAD),
-            CpuPoint(T=32, D=32, F=2048, E=8, glu=True, tf=32, note=_OVERHEAD),
+            CpuPoint(T=16, D=64, F=8192, E=8, glu=False, tf=32, note=_WEIGHTS),
+            CpuPoint(T=64, D=64, F=4096, E=8, glu=False, tf=32, note=_WEIGHTS),
+            CpuPoint(T=32, D=32, F=2048, E=8, glu=True, tf=32, note=_WEIGHTS),
             CpuPoint(T=4096, D=128, F=512, E=8, glu=False, tf=32, note=_REREAD),
         )
     pts = []
@@ -186,19 +189,20 @@ def cpu_points(sweep: str) -> tuple[CpuPoint, ...]:
                     note = _MEM if D <= 32 else _COMPUTE if D >= 256 else "between"
                     pts.append(CpuPoint(T=T, D=D, F=F, E=8, glu=glu, note=note))
     pts += [CpuPoint(T=2048, D=32, F=1024, E=8, glu=False, distribution="skewed", note=_MEM),
-            CpuPoint(T=64, D=64, F=4096, E=8, glu=False, tf=32, note=_OVERHEAD),
-            CpuPoint(T=32, D=32, F=2048, E=8, glu=True, tf=32, note=_OVERHEAD),
-            CpuPoint(T=16, D=64, F=4096, E=8, glu=False, tf=32, note=_OVERHEAD),
+            CpuPoint(T=16, D=64, F=8192, E=8, glu=False, tf=32, note=_WEIGHTS),
+            CpuPoint(T=16, D=64, F=8192, E=8, glu=True, tf=32, note=_WEIGHTS),
+            CpuPoint(T=64, D=64, F=4096, E=8, glu=False, tf=32, note=_WEIGHTS),
+            CpuPoint(T=32, D=32, F=2048, E=8, glu=True, tf=32, note=_WEIGHTS),
+            CpuPoint(T=16, D=128, F=4096, E=8, glu=False, tf=32, note=_WEIGHTS),
             CpuPoint(T=4096, D=128, F=512, E=8, glu=False, tf=32, note=_REREAD),
-            CpuPoint(T=4096, D=256, F=512, E=8, glu=False, tf=32, note=_REREAD),
             CpuPoint(T=2048, D=256, F=1024, E=8, glu=False, tf=32, note=_REREAD)]
     return tuple(pts)
 
 
-CORRECTNESS_SHAPES = (  # (T, D, F, E, glu, distribution, dtype)
-    (256, 128, 256, 4, False, "uniform", "f32"),
-    (200, 128, 512, 8, True, "skewed", "f32"),
-    (256, 128, 256, 4, True, "random", "bf16"),
+CORRECTNESS_SHAPES = (  # (T, D, F, E, glu, distribution, dtype, fused (tm, tf) or None for default tiles)
+    (256, 128, 256, 4, False, "uniform", "f32", None),
+    (200, 128, 512, 8, True, "skewed", "f32", (128, 128)),  # row tiles straddle groups, 4 F chunks accumulate
+    (256, 128, 256, 4, True, "random", "bf16", None),
 )
 """Small shapes at which the fused kernel (interpret mode) is checked against the reference on CPU."""
 
@@ -265,6 +269,7 @@ class CorrectnessRecord:
     max_rel_err: float  # max |fused - reference| / max |reference|
     tolerance: float
     interpret: bool
+    tiles: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -285,8 +290,8 @@ class CpuRecord:
     chunked_bound: str
     executed_flops: float
     useful_flops: float
-    ragged_dram_bytes: float
-    chunked_dram_bytes: float
+    ragged_bytes: float  # executed bytes read + written, all ops and iterations
+    chunked_bytes: float
     ragged_samples_s: tuple[float, ...]
     chunked_samples_s: tuple[float, ...]
     max_abs_diff: float  # chunked vs ragged_dot outputs
@@ -372,6 +377,10 @@ class Summary:
         return self.winner_correct / self.points if self.points else float("nan")
 
 
+TIE = 0.10
+"""Predicted speedups within ``1 +- TIE`` are near-ties (reported separately: noise decides them here)."""
+
+
 def _abs_rel(pred: float, meas: float) -> float:
     return abs(pred / meas - 1.0)
 
@@ -385,8 +394,11 @@ def summarize_cpu(records) -> Summary:
            ("ragged_dot (cpu chip roofline)", median([_abs_rel(r.roofline_ragged_s, r.meas_ragged_s) for r in recs])),
            ("chunked (cpu chip roofline)", median([_abs_rel(r.roofline_chunked_s, r.meas_chunked_s) for r in recs])),
            ("speedup (measured rates)", median([_abs_rel(r.pred_speedup, r.meas_speedup) for r in recs])))
+    decided = [r for r in recs if abs(r.pred_speedup - 1) >= TIE]
     return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs),
-                   extra=(("roofline_winner_correct", float(sum(r.roofline_winner_agrees for r in recs))),))
+                   extra=(("roofline_winner_correct", float(sum(r.roofline_winner_agrees for r in recs))),
+                          ("decided_points", float(len(decided))),
+                          ("decided_winner_correct", float(sum(r.winner_agrees for r in decided)))))
 
 
 def summarize_tpu(records) -> Summary:
@@ -438,34 +450,36 @@ def run_correctness(shapes=CORRECTNESS_SHAPES, *, progress: Callable[[str], None
     from kernels import moe_ffn
 
     out = []
-    for T, D, F, E, glu, dist, dtype in shapes:
+    from kernels import FusedTiles
+
+    for T, D, F, E, glu, dist, dtype, tiles in shapes:
+        ft = None if tiles is None else FusedTiles(tm=tiles[0], tf=tiles[1])
         args = make_inputs(T=T, D=D, F=F, E=E, glu=glu, dtype=dtype, distribution=dist)
         act = "silu" if glu else "gelu"
-        fused = jax.jit(lambda *a: moe_ffn(*a, activation=act, implementation="fused"))(*args)
+        fused = jax.jit(lambda *a: moe_ffn(*a, activation=act, implementation="fused", tiles=ft))(*args)
         ref = jax.jit(lambda *a: moe_ffn(*a, activation=act, implementation="reference"))(*args)
         d, rel = _rel_diff(fused, ref)
         rec = CorrectnessRecord(T=T, D=D, F=F, E=E, glu=glu, activation=act, distribution=dist, dtype=dtype,
                                 max_abs_err=d, max_rel_err=rel, tolerance=TOLERANCE[dtype],
-                                interpret=jax.devices()[0].platform != "tpu")
-        progress(f"correctness T={T} D={D} F={F} E={E}{' GLU' if glu else ''} {dist} {dtype}: "
+                                interpret=jax.devices()[0].platform != "tpu", tiles=tiles)
+        progress(f"correctness T={T} D={D} F={F} E={E}{' GLU' if glu else ''} {dist} {dtype} tiles={tiles or 'default'}: "
                  f"max rel err {rel:.2e} ({'ok' if rec.ok else 'FAIL'})")
         out.append(rec)
     return out
 
 
-def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf_counter,
-                  cache_bytes: float | None = None) -> CpuRecord:
+def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf_counter) -> CpuRecord:
     """Predict and time both XLA formulations at ``point`` (f32) and check their outputs agree."""
     import jax
 
     from validation import cpu_moe
 
     shape = dict(T=point.T, D=point.D, F=point.F, E=point.E, glu=point.glu, activation=point.activation)
-    tf = point.tf or cpu_moe.best_chunk(rates, **shape, cache_bytes=cache_bytes)
-    pr = cpu_moe.predict_ragged_path(rates, **shape, cache_bytes=cache_bytes)
-    pc = cpu_moe.predict_chunked(rates, **shape, tf=tf, cache_bytes=cache_bytes)
-    rr = cpu_moe.predict_ragged_path(chip, **shape, cache_bytes=cache_bytes)
-    rc = cpu_moe.predict_chunked(chip, **shape, tf=tf, cache_bytes=cache_bytes)
+    tf = point.tf or cpu_moe.best_chunk(rates, **shape)
+    pr = cpu_moe.predict_ragged_path(rates, **shape)
+    pc = cpu_moe.predict_chunked(rates, **shape, tf=tf)
+    rr = cpu_moe.predict_ragged_path(chip, **shape)
+    rc = cpu_moe.predict_chunked(chip, **shape, tf=tf)
     args = make_inputs(T=point.T, D=point.D, F=point.F, E=point.E, glu=point.glu, dtype="f32",
                        distribution=point.distribution)
     fs = {name: jax.jit(f) for name, f in cpu_moe.formulations(activation=point.activation, tf=tf).items()}
@@ -474,7 +488,7 @@ def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf
     return CpuRecord(point=point, tf=tf, pred_ragged_s=pr.time_s, pred_chunked_s=pc.time_s,
                      roofline_ragged_s=rr.time_s, roofline_chunked_s=rc.time_s, ragged_bound=pr.bound,
                      chunked_bound=pc.bound, executed_flops=pr.flops, useful_flops=pr.useful_flops,
-                     ragged_dram_bytes=pr.dram_bytes, chunked_dram_bytes=pc.dram_bytes,
+                     ragged_bytes=pr.bytes, chunked_bytes=pc.bytes,
                      ragged_samples_s=samples["ragged_dot"], chunked_samples_s=samples["chunked"],
                      max_abs_diff=d, max_rel_diff=rel)
 
@@ -605,7 +619,6 @@ class Results:
     cost_check: tuple[CostCheckRow, ...] = ()
     rates: object = None
     chip_rates: object = None
-    cache_bytes: int | None = None
     cpu: tuple[CpuRecord, ...] = ()
     tpu: tuple[TpuRecord, ...] = ()
     errors: tuple[str, ...] = ()
@@ -677,13 +690,9 @@ def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0) -> N
     progress(f"{_elapsed(t0)} cost model vs XLA cost_analysis: "
              + ", ".join(f"{r.formulation} bytes x{r.model_bytes / r.xla_bytes:.4f}" for r in state["cost_check"]))
     state["chip_rates"] = cpu_moe.CpuRates.from_chip(chip)
-    state["cache_bytes"] = cpu_moe.default_cache_bytes()
     if recalibrate:
         rates = cpu_moe.measure_rates()
-        progress(f"{_elapsed(t0)} rates now: dot {rates.flops_per_s / 1e9:.0f} GFLOP/s, copy "
-                 f"{rates.copy_bytes_per_s / 1e9:.2f} GB/s, expand blocked {rates.expand_blocked_bytes_per_s / 1e9:.2f}"
-                 f" / interleaved {rates.expand_interleaved_bytes_per_s / 1e9:.2f} GB/s, op overhead "
-                 f"{rates.op_overhead_s * 1e6:.2f} us")
+        progress(f"{_elapsed(t0)} rates now: " + _rates_line(rates))
     else:
         rates = state["chip_rates"]
     state["rates"] = rates
@@ -718,6 +727,15 @@ def _run_tpu(state, sink, points, chip, repeats, progress, time_fns, t0) -> None
                  f"{rec.pred_fused_s * 1e6:.1f}), ragged_dot {rec.meas_ragged_s * 1e6:.1f} us (pred "
                  f"{rec.pred_ragged_s * 1e6:.1f}); speedup meas {rec.meas_speedup:.2f}x pred {rec.pred_speedup:.2f}x "
                  f"{'ok' if rec.winner_agrees else 'WRONG WINNER'}")
+
+
+def _rates_line(r) -> str:
+    def tab(t):
+        return "/".join(f"{v / 1e9:.2f}" for _, v in t)
+
+    return (f"dot {r.flops_per_s / 1e9:.0f} GFLOP/s; GB/s by working set (small/medium/large): copy {tab(r.copy)}, "
+            f"expand blocked {tab(r.expand_blocked)}, interleaved {tab(r.expand_interleaved)}; "
+            f"op overhead {r.op_overhead_s * 1e6:.2f} us, call overhead {r.call_overhead_s * 1e6:.1f} us")
 
 
 def _cpu_model() -> str:
@@ -842,8 +860,9 @@ def to_markdown(results: Results, *, plots=()) -> str:
                   "interpret mode timings are meaningless** and none are taken. Error = max |fused - reference| "
                   "/ max |reference| against `implementation=\"reference\"` (f32 HIGHEST-precision oracle).", ""]
         lines.append(markdown_table(
-            ["T", "D", "F", "E", "GLU", "groups", "dtype", "max abs err", "max rel err", "tolerance", "ok"],
-            [[r.T, r.D, r.F, r.E, r.glu, r.distribution, r.dtype, f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}",
+            ["T", "D", "F", "E", "GLU", "groups", "dtype", "tiles (tm, tf)", "max abs err", "max rel err",
+             "tolerance", "ok"],
+            [[r.T, r.D, r.F, r.E, r.glu, r.distribution, r.dtype, r.tiles or "default", f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}",
               f"{r.tolerance:g}", "yes" if r.ok else "**NO**"] for r in results.correctness]))
         lines.append("")
     if results.cpu or results.cost_check:
@@ -886,15 +905,20 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
     if results.rates is not None:
         r, c = results.rates, results.chip_rates
         lines += ["### Time model", "",
-                  "`t = sum over op executions of max(dot FLOPs / P, DRAM bytes / BW_kind) + o`; an access is DRAM "
-                  f"traffic when the tensor is a fresh input or larger than the cache ({results.cache_bytes / 2**20:.0f} "
-                  "MiB: total L2), smaller intermediates are cache hits. Two sets of rates:", ""]
+                  "`t = c + sum over op executions of (max(dot FLOPs / P, bytes / BW_kind(W)) + o)`, where `BW_kind(W)` "
+                  "is the rate of the op's kind (copy, blocked expansion, XLA's interleaved expansion; dots "
+                  "stream at the copy rate) at its working set `W` (sum of the tensors it touches), "
+                  "interpolated log-log between micro-kernel sizes. Two sets of rates:", ""]
+
+        def tab(t):
+            return ", ".join(f"{w / 2**20:.3g} MiB: {v / 1e9:.2f}" for w, v in t)
+
         lines.append(markdown_table(
-            ["rates", "dot FLOP/s", "copy B/s", "expand blocked B/s", "expand interleaved B/s", "op overhead",
-             "source"],
-            [[name, f"{x.flops_per_s:.3g}", f"{x.copy_bytes_per_s:.3g}", f"{x.expand_blocked_bytes_per_s:.3g}",
-              f"{x.expand_interleaved_bytes_per_s:.3g}", f"{x.op_overhead_s * 1e6:.2f} us", x.source]
-             for name, x in (("measured (primary)", r), ("cpu chip roofline", c)) if x is not None]))
+            ["rates", "dot GFLOP/s", "copy GB/s", "expand blocked GB/s", "expand interleaved GB/s",
+             "op / call overhead", "source"],
+            [[name, f"{x.flops_per_s / 1e9:.0f}", tab(x.copy), tab(x.expand_blocked), tab(x.expand_interleaved),
+              f"{x.op_overhead_s * 1e6:.2f} / {x.call_overhead_s * 1e6:.1f} us", x.source]
+             for name, x in (("measured at run start (primary)", r), ("cpu chip roofline", c)) if x is not None]))
         lines.append("")
     if results.cpu:
         lines += ["### Per point (times in ms; speedup = ragged_dot path / chunked)", ""]
@@ -910,6 +934,8 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
         lines += [f"- predicted winner correct: **{s.winner_correct}/{s.points} ({100 * s.winner_fraction:.0f}%)** "
                   f"with the measured rates (issue target >= 90%); with the cpu chip roofline: "
                   f"{int(dict(s.extra)['roofline_winner_correct'])}/{s.points}",
+                  f"- excluding predicted near-ties (|pred speedup - 1| < {TIE:.0%}): "
+                  f"{int(dict(s.extra)['decided_winner_correct'])}/{int(dict(s.extra)['decided_points'])} correct",
                   f"- outputs of the two formulations agree: max rel diff "
                   f"{max(r.max_rel_diff for r in results.cpu):.1e}", ""]
     lines += ["### What this CPU run can and cannot show", "",
