@@ -303,6 +303,8 @@ class CpuRates:
     def bytes_per_s(self, kind: str, working_set_bytes: float) -> float:
         table = {"dot": self.copy, "copy": self.copy, "expand_blocked": self.expand_blocked,
                  "expand_interleaved": self.expand_interleaved}[kind]
+        if len(table) == 1:
+            return float(table[0][1])
         ws = np.log([w for w, _ in table])
         r = np.log([v for _, v in table])
         return float(np.exp(np.interp(np.log(max(working_set_bytes, 1.0)), ws, r)))

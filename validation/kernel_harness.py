@@ -627,12 +627,15 @@ class Results:
 
 def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/kernel", repeats: int | None = None,
         device=None, progress: Callable[[str], None] = print, command: str = "perfmodel validate kernel",
-        recalibrate: bool = True, points=None, time_fns: Callable | None = None) -> tuple[Results, list[pathlib.Path]]:
+        recalibrate: bool = True, points=None, time_fns: Callable | None = None,
+        correctness_shapes=CORRECTNESS_SHAPES, cost_check_shapes=COST_CHECK_SHAPES) -> tuple[Results, list[pathlib.Path]]:
     """Run the harness on ``device`` (default ``jax.devices()[0]``), write the outputs to ``out``.
 
     ``points`` overrides the sweep's points (CPU: :class:`CpuPoint`, TPU:
     :class:`TpuPoint`); ``device`` may be any object with ``platform`` and
-    ``device_kind`` (tests use a fake TPU with ``time_fns``).
+    ``device_kind`` (tests use a fake TPU with ``time_fns``). On CPU,
+    ``recalibrate=False`` uses the saved ``cpu`` chip roofline as the primary
+    rates instead of timing micro-kernels first.
     """
     import jax
 
@@ -660,7 +663,8 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
         if on_tpu:
             _run_tpu(state, sink, points or tpu_points(sweep), chip.name, repeats, progress, time_fns, t_start)
         else:
-            _run_cpu(state, sink, points or cpu_points(sweep), chip, repeats, progress, recalibrate, t_start)
+            _run_cpu(state, sink, points or cpu_points(sweep), chip, repeats, progress, recalibrate, t_start,
+                     correctness_shapes, cost_check_shapes)
     except KeyboardInterrupt:
         progress("interrupted: writing the report from the finished points")
         results = Results(**state, complete=False)
@@ -675,16 +679,17 @@ def _elapsed(t0: float) -> str:
     return f"[{time.perf_counter() - t0:6.1f} s]"
 
 
-def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0) -> None:
+def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0, correctness_shapes,
+             cost_check_shapes) -> None:
     from validation import cpu_moe
 
     progress(f"{_elapsed(t0)} device cpu: fused kernel = correctness only (interpret mode timings are meaningless)")
     corr = []
-    for rec in run_correctness(progress=lambda s: progress(f"{_elapsed(t0)} {s}")):
+    for rec in run_correctness(correctness_shapes, progress=lambda s: progress(f"{_elapsed(t0)} {s}")):
         corr.append(rec)
         sink.write("correctness", rec)
         state["correctness"] = tuple(corr)
-    state["cost_check"] = tuple(run_cost_check())
+    state["cost_check"] = tuple(run_cost_check(cost_check_shapes))
     for row in state["cost_check"]:
         sink.write("cost_check", row)
     progress(f"{_elapsed(t0)} cost model vs XLA cost_analysis: "
@@ -826,6 +831,10 @@ def plot_results(results: Results, outdir: pathlib.Path) -> list[pathlib.Path]:
     ax.set_yscale("log")
     ax.set_xlabel("tokens per expert (rows / E)")
     ax.set_ylabel(f"speedup: {ylab}")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}x" if v in (0.5, 2, 3, 5) else ""))
     ax.set_title(f"Speedup vs tokens per expert (above 1: the path without the [T,F] round trip wins)\n{what}",
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
@@ -886,10 +895,13 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
              "at a time; it re-reads `x_m [T, E D]` once per chunk and pays per-iteration op overhead. Both "
              "execute the same FLOPs; the comparison isolates the bytes-vs-overhead trade that fusion makes on a TPU.",
              "",
-             "Sweep choice: memory-bound points (small D, large F, many rows) where removing the `[T, E F]` "
-             "round trip should win; compute-bound points (larger D) where both do the same E x FLOPs; "
-             "overhead-bound points (few rows, tf forced to 32, many iterations) and re-read-bound points "
-             "(`x_m` larger than cache, tf forced small) where the ragged_dot path should win.", ""]
+             "Sweep choice (column *why*): memory-bound points (small D, large F, many rows) where removing the "
+             "`[T, E F]` round trip should win; compute-bound points (larger D) where both do the same E x FLOPs "
+             "and the verdict is a near-tie; weight-bound points (few rows, large F, tf forced to 32) where the "
+             "chunked formulation moves the weights twice and pays per-iteration overhead, so the ragged_dot "
+             "path should win; and a many-rows point with tf forced small, where the chunked formulation "
+             "re-reads `x_m` once per chunk (the analog of the fused kernel's weight re-reads). tf is the "
+             "model's best chunk unless forced.", ""]
     if results.cost_check:
         lines += ["### Cost model vs XLA's `cost_analysis()`", "",
                   "Model bytes are the sum over the ops of the optimized HLO of every tensor read or written; "
@@ -911,6 +923,8 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   "interpolated log-log between micro-kernel sizes. Two sets of rates:", ""]
 
         def tab(t):
+            if len(t) == 1:
+                return f"{t[0][1] / 1e9:.2f} (any size)"
             return ", ".join(f"{w / 2**20:.3g} MiB: {v / 1e9:.2f}" for w, v in t)
 
         lines.append(markdown_table(

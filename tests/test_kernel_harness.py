@@ -1,0 +1,241 @@
+"""validation.kernel_harness and validation.cpu_moe: timing protocol, CPU formulations and their
+cost model (vs XLA's cost analysis), the TPU path on a fake device, outputs, interrupts, bad input.
+
+Nothing here asserts a timing: the timed runs use tiny shapes and only check structure.
+"""
+
+import json
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import moe_ffn
+from validation import cpu_moe
+from validation import kernel_harness as kh
+
+# Rates of the committed quick run's order of magnitude (fixed, so tests do not time anything).
+RATES = cpu_moe.CpuRates(flops_per_s=1e11, copy=((8 * 2**20, 3.5e10), (128 * 2**20, 4e9)),
+                         expand_blocked=((4.5 * 2**20, 1.7e10), (72 * 2**20, 1.4e9)),
+                         expand_interleaved=((4.5 * 2**20, 2.5e10), (72 * 2**20, 1.5e9)),
+                         op_overhead_s=2.5e-7, call_overhead_s=4e-6, source="test")
+
+
+# -- timing protocol ---------------------------------------------------------------------------
+
+def test_round_robin_excludes_warmup_and_alternates_order():
+    calls, clock = [], iter(range(1000))
+
+    def fn(name):
+        return lambda: calls.append(name) or name
+
+    samples = kh.time_round_robin({"a": fn("a"), "b": fn("b")}, repeats=3, warmup=2,
+                                  timer=lambda: float(next(clock)), block=lambda out: None)
+    assert calls[:4] == ["a", "a", "b", "b"]  # warm-up, untimed
+    assert calls[4:] == ["a", "b", "b", "a", "a", "b"]  # order alternates between rounds
+    assert samples == {"a": (1.0, 1.0, 1.0), "b": (1.0, 1.0, 1.0)}
+
+
+def test_paired_speedup_is_median_of_round_ratios():
+    assert kh.paired_speedup((2.0, 9.0, 4.0), (1.0, 3.0, 1.0)) == 3.0
+
+
+# -- the CPU formulations ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("glu, sizes", [(False, [30, 0, 20, 14]), (True, [10, 25, 0, 20])])
+def test_chunked_equals_ragged_dot_and_reference(glu, sizes):
+    # Second case leaves 9 rows past sum(group_sizes): they must come out zero in both.
+    x, gs, *ws = kh.make_inputs(T=64, D=32, F=128, E=4, glu=glu, dtype="f32", distribution="uniform",
+                                sizes=sizes)
+    act = "silu" if glu else "gelu"
+    y_c = cpu_moe.moe_ffn_chunked(x, gs, *ws, activation=act, tf=32)
+    y_r = moe_ffn(x, gs, *ws, activation=act, implementation="ragged_dot")
+    y_ref = moe_ffn(x, gs, *ws, activation=act, implementation="reference")
+    np.testing.assert_allclose(y_c, y_r, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(y_c, y_ref, atol=1e-5, rtol=1e-5)
+    assert not np.asarray(y_c)[sum(sizes):].any()
+
+
+def test_chunk_must_divide_F():
+    x, gs, wu, wd = kh.make_inputs(T=16, D=8, F=48, E=2, glu=False, dtype="f32", distribution="uniform")
+    with pytest.raises(ValueError, match="tf=32 should be a positive divisor of F=48"):
+        cpu_moe.moe_ffn_chunked(x, gs, wu, wd, tf=32)
+    with pytest.raises(ValueError, match="tf=0"):
+        cpu_moe.chunked_ops(T=16, D=8, F=48, E=2, glu=False, activation="gelu", tf=0)
+
+
+# -- the cost model ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("glu, activation", [(False, "gelu"), (True, "silu"), (False, "relu")])
+def test_op_model_bytes_match_xla_cost_analysis(glu, activation):
+    T, D, F, E, tf = 64, 32, 128, 4, 32
+    args = kh.make_inputs(T=T, D=D, F=F, E=E, glu=glu, dtype="f32", distribution="uniform")
+    fs = cpu_moe.formulations(activation=activation, tf=tf)
+    shape = dict(T=T, D=D, F=F, E=E, glu=glu, activation=activation)
+    for name, ops in (("ragged_dot", cpu_moe.ragged_path_ops(**shape)),
+                      ("chunked", cpu_moe.chunked_ops(**shape, tf=tf))):
+        c = cpu_moe.xla_cost_check(fs[name], args, ops, formulation=name)
+        assert abs(c.model_bytes - c.xla_bytes) <= 512, (name, c)  # group-size bookkeeping only
+        # XLA adds elementwise FLOPs (masks, selects, activation) to the dot FLOPs the model counts.
+        assert 0.85 < c.flops_ratio <= 1.0, (name, c)
+
+
+def test_ragged_path_bytes_and_flops_by_hand():
+    T, D, F, E, q = 64, 32, 128, 4, 4
+    ops = cpu_moe.ragged_path_ops(T=T, D=D, F=F, E=E, glu=False, activation="gelu")
+    expected = (2 * 2 * E * D * F  # transpose w_up, w_down (read + write)
+                + T * D + T * E * D  # expand x
+                + T * E * D + E * D * F + T * F  # dot up
+                + 2 * T * F  # activation pre-pass
+                + 2 * T * F + T * E * F  # expand h (reads up and the pre-pass)
+                + T * E * F + E * F * D + T * D) * q  # dot down
+    assert sum(op.bytes for op in ops) == expected
+    assert sum(op.flops for op in ops) == E * cpu_moe.useful_flops(T=T, D=D, F=F, glu=False)  # dense: E x
+
+
+def test_both_formulations_execute_the_same_flops():
+    shape = dict(T=256, D=64, F=512, E=8, glu=True, activation="silu")
+    r = cpu_moe.predict_ragged_path(RATES, **shape)
+    c = cpu_moe.predict_chunked(RATES, **shape, tf=64)
+    assert r.flops == c.flops == 8 * r.useful_flops
+    assert c.op_executions > r.op_executions  # loop body runs F / tf times
+
+
+def test_time_is_call_plus_op_roofline_plus_overheads():
+    ops = (cpu_moe.XlaOp(name="d", kind="dot", flops=2e9, accesses=(cpu_moe.Access(tensor="a", bytes=1e6),)),
+           cpu_moe.XlaOp(name="c", kind="copy", flops=0.0, count=3,
+                         accesses=(cpu_moe.Access(tensor="b", bytes=8e6, footprint=1e9),)))
+    rates = attrs.evolve(RATES, flops_per_s=1e11, copy=((1.0, 1e9),), op_overhead_s=1e-6, call_overhead_s=1e-5)
+    p = cpu_moe.predict_time(ops, rates, formulation="t", useful_flops=2e9)
+    # dot: max(20 ms, 1 ms) + 1 us; copy: 3 x (8 ms + 1 us); call 10 us
+    assert p.time_s == pytest.approx(1e-5 + 0.02 + 1e-6 + 3 * (0.008 + 1e-6))
+    assert p.bound == "memory" and p.op_executions == 4
+
+
+def test_rates_interpolate_log_log_and_clamp():
+    r = attrs.evolve(RATES, copy=((1e6, 1e10), (1e8, 1e9)))
+    assert r.bytes_per_s("copy", 1e7) == pytest.approx(10**9.5)
+    assert r.bytes_per_s("copy", 1e3) == pytest.approx(1e10)
+    assert r.bytes_per_s("dot", 1e12) == pytest.approx(1e9)
+
+
+def test_chip_roofline_rates():
+    from perfmodel.hardware import get_chip
+
+    r = cpu_moe.CpuRates.from_chip(get_chip("v5e"))
+    assert r.flops_per_s == 1.97e14 and r.bytes_per_s("expand_interleaved", 5e8) == 8.19e11
+
+
+def test_quick_cpu_sweep_spans_both_verdicts():
+    preds = []
+    for p in kh.cpu_points("quick"):
+        shape = dict(T=p.T, D=p.D, F=p.F, E=p.E, glu=p.glu, activation=p.activation)
+        tf = p.tf or cpu_moe.best_chunk(RATES, **shape)
+        preds.append(cpu_moe.predict_ragged_path(RATES, **shape).time_s
+                     / cpu_moe.predict_chunked(RATES, **shape, tf=tf).time_s)
+    assert any(s > 1.2 for s in preds) and any(s < 0.85 for s in preds)
+
+
+# -- runs and outputs ------------------------------------------------------------------------------
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
+    pts = [kh.CpuPoint(T=64, D=16, F=64, E=4, glu=False, note="tiny"),
+           kh.CpuPoint(T=32, D=16, F=64, E=4, glu=True, tf=32, note="tiny")]
+    shapes = ((64, 128, 256, 2, False, "uniform", "f32", None),)
+    msgs = []
+    res, paths = kh.run(sweep="quick", out=tmp_path, repeats=2, points=pts, recalibrate=False,
+                        correctness_shapes=shapes, cost_check_shapes=((64, 16, 64, 4, True, 32),),
+                        progress=msgs.append)
+    assert [r.ok for r in res.correctness] == [True]
+    assert len(res.cpu) == 2 and all(len(r.ragged_samples_s) == 2 for r in res.cpu)
+    assert all(r.max_rel_diff < 1e-5 for r in res.cpu)
+    kinds = [line["kind"] for line in _lines(tmp_path / "results.jsonl")]
+    assert kinds == ["info", "correctness", "cost_check", "cost_check", "rates", "cpu", "cpu"]
+    md = (tmp_path / "report.md").read_text()
+    assert "correctness only, interpret mode timings are meaningless" in md
+    assert "predicted winner correct" in md and "E x the useful FLOPs" in md
+    for name in ("predicted_vs_measured", "speedup_vs_tokens_per_expert"):
+        assert (tmp_path / f"{name}.png").exists() and (tmp_path / f"{name}.svg").exists()
+    js = json.loads((tmp_path / "results.json").read_text())
+    assert js["summary_cpu"]["points"] == 2 and len(js["derived_cpu"]) == 2
+    assert any("[2/2]" in m for m in msgs)
+
+
+@attrs.frozen
+class FakeDevice:
+    platform: str = "tpu"
+    device_kind: str = "TPU v5 lite"
+
+
+def _fake_tpu_timer(fused_factor, ragged_factor, stop_after=None):
+    calls = []
+
+    def time_fns(point, pred, gs, *, repeats, timer):
+        calls.append(point)
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return ((pred.fused_time_s * fused_factor,) * repeats, (pred.unfused_time_s * ragged_factor,) * repeats, 1e-3)
+
+    return time_fns
+
+
+TPU_POINTS = (kh.TpuPoint(tokens=256, D=512, F=1024, E=8, k=2, glu=False),
+              kh.TpuPoint(tokens=64, D=512, F=2048, E=32, k=4, glu=False, tiles=(256, 128)))
+
+
+def test_tpu_path_on_a_fake_device(tmp_path):
+    # Measured = predicted x 1.1 (fused) and x 0.9 (ragged_dot): errors 0.1, winners as predicted
+    # unless a predicted speedup lies within [1, 1.1 / 0.9).
+    res, _ = kh.run(sweep="quick", out=tmp_path, repeats=3, device=FakeDevice(), points=TPU_POINTS,
+                    time_fns=_fake_tpu_timer(1.1, 0.9), progress=lambda s: None)
+    assert res.info.chip == "v5e" and len(res.tpu) == 2 and not res.cpu
+    s = kh.summarize_tpu(res.tpu)
+    assert dict(s.median_abs_rel_err)["fused"] == pytest.approx(0.1 / 1.1)
+    assert dict(s.median_abs_rel_err)["ragged_dot"] == pytest.approx(0.1 / 0.9)
+    assert res.tpu[1].pred_speedup < 1  # forced-large row tile: the model predicts a loss
+    for r in res.tpu:
+        assert r.meas_speedup == pytest.approx(r.pred_speedup * 0.9 / 1.1)
+    md = (tmp_path / "report.md").read_text()
+    assert "Fused kernel vs ragged_dot forward on this TPU" in md and "interpret" not in md
+
+
+def test_interrupt_keeps_finished_points(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        kh.run(sweep="quick", out=tmp_path, repeats=2, device=FakeDevice(), points=TPU_POINTS,
+               time_fns=_fake_tpu_timer(1.0, 1.0, stop_after=1), progress=lambda s: None)
+    assert [line["kind"] for line in _lines(tmp_path / "results.jsonl")] == ["info", "tpu"]
+    assert "interrupted: partial results" in (tmp_path / "report.md").read_text()
+
+
+def test_tpu_sweeps_span_tokens_per_expert_and_shapes():
+    for sweep in kh.SWEEPS:
+        pts = kh.tpu_points(sweep)
+        tpe = [p.tokens_per_expert for p in pts]
+        assert min(tpe) == 8 and max(tpe) >= 4096
+        assert {p.F // p.D for p in pts} >= {2, 4, 8}
+        assert {p.glu for p in pts} == {False, True} and {"uniform", "skewed"} <= {p.distribution for p in pts}
+        assert any(p.tiles for p in pts)  # forced-loss points
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+def test_bad_sweep_and_repeats(tmp_path):
+    with pytest.raises(ValueError, match="sweep='medium'"):
+        kh.cpu_points("medium")
+    with pytest.raises(ValueError, match="repeats=0"):
+        kh.run(sweep="quick", out=tmp_path, repeats=0, device=FakeDevice(), points=TPU_POINTS)
+    with pytest.raises(ValueError, match="repeats=0"):
+        kh.time_round_robin({"a": lambda: 0}, repeats=0)
+
+
+def test_cli_rejects_bad_sweep(capsys):
+    from perfmodel.cli import main
+
+    assert main(["validate", "kernel", "--sweep", "medium"]) == 2
+    assert "sweep='medium'" in capsys.readouterr().err
