@@ -531,7 +531,17 @@ def rule_agreement(table: Mapping[str, RaggedDotTiling], *, chips=None, dtypes=N
     text = text_table(head, body) + ("\n\nmismatches:\n" + text_table(mis_head, mis[:40]) if mis else "")
     md = ["# XLA ragged_dot tiling: fallback rule vs extracted tilings", "",
           "Made by `perfmodel validate xla-tiling`; extracted tilings: `perfmodel/data/xla_ragged_dot_tilings.json` "
-          "(libtpu AOT compiles). Rule: `perfmodel.xla_tiling.rule_tiles`.", "",
+          "(libtpu AOT compiles). Rule: `perfmodel.xla_tiling.rule_tiles`:", "",
+          "1. `m` not a multiple of 8, or the ragged_contracting (drhs) variant: no Mosaic kernel (dense lowering).",
+          "2. `tm` = the largest power of two <= `tm_max` dividing `m`.",
+          "3. `tk` = `k` if `(tm, k, min(n, step))` fits, else the largest fitting multiple of `step`.",
+          "4. `tn` = `n` if `(tm, tk, n)` fits, else the largest fitting multiple of `step`.",
+          "",
+          "Fits: `2 q tk tn + 2 q tm tk + tm tn (2 q + 8) < budget` (q = bytes per element: rhs and lhs "
+          "blocks double buffered, out block double buffered plus an f32 result and an i32 row mask). "
+          "The group count G never changes the tiles. The sweep pins each budget to the interval "
+          "(largest estimate of a chosen tiling, smallest estimate of a rejected next-larger one]: "
+          "(7.9375, 8] MiB on v4, v5e, v5p and (23.75, 24] MiB on v6e and 7x, bf16 and f32 together.", "",
           "| chip | tm_max | step | budget |", "|---|---|---|---|"]
     md += [f"| {c} | {r.tm_max} | {r.step} | {r.budget_bytes / _MIB:g} MiB |" for c, r in RULES.items()]
     md += ["", markdown_table(head, body), ""]
