@@ -2,6 +2,8 @@
 
 import functools
 
+import attrs
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,12 +64,17 @@ def test_router_is_dropless_every_token_k_times():
     assert float(lb) >= 1.0 - 1e-5  # Switch loss is minimal (1) for a uniform router
 
 
+@functools.cache
+def _init(cfg):
+    return jax.jit(functools.partial(model.init_params, cfg))(jax.random.PRNGKey(0))
+
+
 def _loss_and_grads(impl, *, d_model=32, d_ff=64, glu=True, n_experts=8, batch=32, grads=True):
     tc = task.TaskConfig(n_digits=1)
     tokens, mask = next(task.batches(tc, batch, seed=0))
     cfg = _cfg(d_model=d_model, d_ff=d_ff, n_layers=1, n_heads=2, n_experts=n_experts, top_k=2, glu=glu,
                moe_impl=impl)
-    params = jax.jit(functools.partial(model.init_params, cfg))(jax.random.PRNGKey(0))
+    params = _init(attrs.evolve(cfg, moe_impl="reference"))  # same parameters for every implementation
     loss = functools.partial(model.loss_fn, cfg=cfg)
     if not grads:
         return jax.jit(loss)(params, tokens, mask)[0], {}

@@ -207,3 +207,15 @@ def run_study(study: Study, path: pathlib.Path, *, archs=("dense", "moe"), n_exp
         if after_run is not None:
             after_run(i, rec)
     return [done[r.run_id] for r in runs]
+
+
+def markdown_summary(records: list[dict]) -> str:
+    """One row per run: budget, arch, width, parameters, tokens, losses, throughput."""
+    lines = ["| C (FLOPs) | arch | D | N active non-emb | N total | tokens | B | steps | held-out loss | "
+             "train loss | tokens/s | GFLOP/s | wall s |", "|" + "---|" * 13]
+    for r in sorted(records, key=lambda r: (r["budget_flops"], r["arch"], r["params_total"])):
+        lines.append(f"| {r['budget_flops']:.0e} | {r['arch']} | {r['config']['model']['d_model']} | "
+                     f"{r['params_active_non_embedding']:,} | {r['params_total']:,} | {r['tokens']:,} | "
+                     f"{r['batch_size']} | {r['steps']} | {r['held_out_loss']:.4f} | {r['train_loss']:.4f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['flops_per_s'] / 1e9:.1f} | {r['wall_time_s']:.0f} |")
+    return "\n".join(lines) + "\n"
