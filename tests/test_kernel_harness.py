@@ -239,3 +239,15 @@ def test_cli_rejects_bad_sweep(capsys):
 
     assert main(["validate", "kernel", "--sweep", "medium"]) == 2
     assert "sweep='medium'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("glu", [False, True])
+def test_single_chunk_model_matches_xla(glu):
+    # tf = F: XLA drops the trip-1 loop and the weight copies; the model must follow.
+    T, D, F, E = 64, 32, 128, 4
+    act = "silu" if glu else "gelu"
+    args = kh.make_inputs(T=T, D=D, F=F, E=E, glu=glu, dtype="f32", distribution="uniform")
+    ops = cpu_moe.chunked_ops(T=T, D=D, F=F, E=E, glu=glu, activation=act, tf=F)
+    c = cpu_moe.xla_cost_check(cpu_moe.formulations(activation=act, tf=F)["chunked"], args, ops,
+                               formulation="chunked")
+    assert abs(c.model_bytes - c.xla_bytes) <= 512 and all(op.count == 1 for op in ops)

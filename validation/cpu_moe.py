@@ -218,6 +218,13 @@ def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, t
     ``(T E tf + E tf D) q + 4 T D``, accumulate ``12 T D``. FLOPs: ``2 T E D tf``
     per dot per iteration, i.e. the same ``2 (n_in + 1) T E D F`` in total as the
     ragged_dot path.
+
+    One chunk (``tf = F``) is a different program: XLA removes the trip-1
+    loop, the weight re-layouts and slices become bitcasts and the mask is
+    computed inside the expansions, leaving x expanded ``T D q + T E D q``,
+    the dots, the pre-pass and h expanded ``(n_in + 1) T F q + T E F q``:
+    the ragged_dot path without its weight transposes and with the blocked
+    expansion layout.
     """
     if tf <= 0 or F % tf:
         raise ValueError(f"tf={tf} should be a positive divisor of F={F}")
@@ -226,6 +233,8 @@ def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, t
     nc = F // tf
     pre = _n_pre(activation)
     ws = ("w_up", "w_gate")[:n_in] + ("w_down",)
+    if nc == 1:
+        return _single_chunk_ops(T=T, D=D, F=F, E=E, glu=glu, pre=pre, q=q)
     ops = []
     for w in ws:
         ops.append(XlaOp(name=f"chunk {w}", kind="copy", flops=0.0, accesses=(
@@ -259,6 +268,25 @@ def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, t
     ops.append(XlaOp(name="accumulate", kind="copy", flops=0.0, accesses=(
         Access(tensor="y", bytes=4 * T * D), Access(tensor="partial", bytes=4 * T * D),
         Access(tensor="y", bytes=4 * T * D)), **loop))
+    return tuple(ops)
+
+
+def _single_chunk_ops(*, T, D, F, E, glu, pre, q):
+    n_in = 2 if glu else 1
+    ops = [XlaOp(name="expand x", kind="expand_blocked", flops=0.0, accesses=(
+        Access(tensor="x", bytes=T * D * q), Access(tensor="x_m", bytes=T * E * D * q)))]
+    for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
+        ops.append(XlaOp(name=f"dot {out}", kind="dot", flops=2.0 * T * E * D * F, accesses=(
+            Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=w, bytes=E * D * F * q),
+            Access(tensor=out, bytes=T * F * q))))
+    if pre:
+        ops.append(XlaOp(name="activation pre-pass", kind="copy", flops=0.0, accesses=(
+            Access(tensor="gate" if glu else "up", bytes=T * F * q), Access(tensor="act", bytes=T * F * q))))
+    ops.append(XlaOp(name="expand h", kind="expand_blocked", flops=0.0, accesses=tuple(
+        Access(tensor=t, bytes=T * F * q) for t in _h_inputs(glu, pre)) + (Access(tensor="h_m", bytes=T * E * F * q),)))
+    ops.append(XlaOp(name="dot down", kind="dot", flops=2.0 * T * E * F * D, accesses=(
+        Access(tensor="h_m", bytes=T * E * F * q), Access(tensor="w_down", bytes=E * F * D * q),
+        Access(tensor="y", bytes=4 * T * D))))
     return tuple(ops)
 
 

@@ -92,6 +92,16 @@ def _tpu(tpe: int, D: int, ratio: int, *, glu: bool, E: int = 8, k: int = 2, dis
                     tiles=tiles, note=note)
 
 
+TPU_MEMORY_BUDGET_BYTES = 8e9
+"""Largest ragged_dot-path footprint a sweep point may need (fits v5e's 16 GB HBM with room for XLA)."""
+
+
+def tpu_memory_bytes(p: "TpuPoint", q: int = 2) -> float:
+    """HBM the ragged_dot path holds at once: x, y, weights and the ``[rows, F]`` intermediates (bf16)."""
+    n_in = 2 if p.glu else 1
+    return q * (2 * p.rows * p.D + (n_in + 1) * p.E * p.D * p.F + (n_in + 1) * p.rows * p.F)
+
+
 _FORCED_LOSS = "fused row tile forced large for tiny groups: the model predicts a loss (padding, weight re-reads)"
 
 
@@ -113,6 +123,7 @@ def tpu_points(sweep: str) -> tuple[TpuPoint, ...]:
         return tuple(pts)
     pts = [_tpu(tpe, D, r, glu=glu) for tpe in (8, 32, 128, 512, 2048, 8192) for D in (512, 2048)
            for r in (2, 4, 8) for glu in (False, True)]
+    pts = [p for p in pts if tpu_memory_bytes(p) <= TPU_MEMORY_BUDGET_BYTES]
     pts += [_tpu(tpe, 2048, 4, glu=True, distribution="skewed") for tpe in (8, 128, 2048)]
     pts += [_tpu(tpe, 1024, 4, glu=glu, E=64, k=8, tiles=(512, 512), note=_FORCED_LOSS)
             for tpe in (8, 32) for glu in (False, True)]

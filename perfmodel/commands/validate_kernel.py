@@ -12,7 +12,7 @@ def register(cli) -> None:
     p.add_argument("--sweep", default="quick", help="quick (~2 min on a 2-core CPU) or full (~15 min)")
     p.add_argument("--out", default=None,
                    help="directory for results.jsonl/json, report.md and plots "
-                        "(default validation/results/kernel_<device>)")
+                        "(default validation/results/kernel_<chip>, e.g. kernel_cpu, kernel_v5e)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds per point after one warm-up (default 5 quick, 7 full)")
     p.add_argument("--no-recalibrate", action="store_true",
@@ -23,13 +23,15 @@ def register(cli) -> None:
 def _validate_kernel(args) -> int:
     import jax
 
+    from perfmodel.hardware import chip_for_device, get_chip
     from validation import kernel_harness
 
     kernel_harness._check_sweep(args.sweep)
     if args.repeats is not None and args.repeats <= 0:
         raise ValueError(f"--repeats must be a positive integer, got repeats={args.repeats}")
     device = jax.devices()[0]
-    out = args.out or f"validation/results/kernel_{device.platform}"
+    chip = get_chip(device.device_kind) if device.platform == "tpu" else chip_for_device(device)
+    out = args.out or f"validation/results/kernel_{chip.name}"
     command = f"perfmodel validate kernel --sweep {args.sweep} --out {out}" + (
         f" --repeats {args.repeats}" if args.repeats else "")
     results, paths = kernel_harness.run(sweep=args.sweep, out=out, repeats=args.repeats, device=device,
