@@ -300,23 +300,37 @@ offset, two compares, and, select (counted as in ``perfmodel.tiling.gmm``)."""
 # --------------------------------------------------------------------------
 # Kernel description (one source of truth)
 # --------------------------------------------------------------------------
-def vmem_scratch_bytes(*, tm: int, tf: int, D: int, q: int, glu: bool) -> int:
+X_SPILL_FACTOR = {128: 1.25, 256: 0.0}
+"""VMEM bytes per byte of the ``x`` tile that Mosaic spills, by MXU width. On the
+128-wide generations (v4, v5e, v5p) the ``[tm, D]`` value loaded for the
+up/gate matmuls spills out of the 64-vreg register file; on v6e / 7x no such
+spill showed (as ``perfmodel.tiling.vmem`` found for megablox gmm)."""
+RESULT_BYTES_PER_ELEMENT = {(128, True): 5.0, (128, False): 2.5, (256, True): 7.5, (256, False): 3.75}
+"""Internal scratch per ``[tm, tf]`` element for the projection results and ``h``,
+by (MXU width, GLU) (GLU: up and gate results live at once; non-GLU: one)."""
+
+
+def vmem_scratch_bytes(*, tm: int, tf: int, D: int, q: int, glu: bool, mxu_tile: int = 128) -> int:
     """VMEM beyond the pipelined blocks, as a sum of named terms.
 
     * ``acc``: f32 accumulator ``[tm, D]``: ``4 tm D`` (a ``pltpu.VMEM`` scratch);
-    * projections ``x W_up`` (and ``x W_gate``) held as f32 ``[tm, tf]`` values:
-      ``4 tm tf`` each (Mosaic's internal scratch, not in vregs at these sizes);
-    * ``h`` in the weight dtype for the down matmul: ``q tm tf``.
+    * ``x_spill``: Mosaic's spill slots for the ``x`` value: ``1.25 q tm D`` on
+      128-wide-MXU chips, 0 on 256-wide (:data:`X_SPILL_FACTOR`);
+    * ``results``: Mosaic's internal scratch for the f32 projection results and
+      ``h`` (:data:`RESULT_BYTES_PER_ELEMENT` x ``tm tf``).
 
-    Checked against libtpu's verdict by bisecting ``vmem_limit_bytes`` on v5e
-    (see ``tests/test_kernels_aot.py``): Mosaic's internal scratch measured
-    2.4-8.0 bytes per ``tm tf`` element against the 6 (bf16) to 12 (f32, GLU)
-    modelled here, so the model errs on the safe side by at most a few MiB.
+    The coefficients are an upper envelope of libtpu's own counts (bisecting
+    ``vmem_limit_bytes`` and reading RESOURCE_EXHAUSTED "Used X" messages on
+    v4, v5e, v5p and 7x, bf16 and f32, seen here): on the 9 refused kernels
+    the compiler's total was 0.3-3.7 MiB (0.4-2.7%) below this model, never
+    above. ``perfmodel validate kernel-aot`` re-checks the verdict at the VMEM
+    boundary of every chip. ``mxu_tile`` other than 256 is treated as 128.
     """
+    wide = 256 if mxu_tile == 256 else 128
     acc = 4 * tm * D
-    projections = (2 if glu else 1) * 4 * tm * tf
-    h_cast = q * tm * tf
-    return acc + projections + h_cast
+    x_spill = math.ceil(X_SPILL_FACTOR[wide] * tm * D * q)
+    results = math.ceil(RESULT_BYTES_PER_ELEMENT[(wide, glu)] * tm * tf)
+    return acc + x_spill + results
 
 
 def megacore_cores(chip: Chip | None, *, T: int, tm: int) -> int:
@@ -374,7 +388,8 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
                  Operand(name="out", shape=(T, D), dtype=dtype, block_shape=(tm, D),
                          index_map=functools.partial(out_index_map, stride=stride), role="output")]
     n_in = 2 if glu else 1
-    scratch = vmem_scratch_bytes(tm=tm, tf=tf, D=D, q=q, glu=glu)
+    # Without a chip, the 128-wide-MXU footprint (the larger one for the shapes we checked).
+    scratch = vmem_scratch_bytes(tm=tm, tf=tf, D=D, q=q, glu=glu, mxu_tile=128 if chip is None else chip.mxu_tile)
     spec = KernelSpec(
         name=f"fused_moe_ffn[{'glu-' if glu else ''}{activation}]",
         grid=(cores, num_steps, tiles_f),

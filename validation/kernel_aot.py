@@ -118,7 +118,8 @@ def boundary_tiles(chip: str, *, T, D, F, G, glu, dtype):
     cap = get_chip(chip).vmem_bytes_per_core
     cands = [FusedTiles(tm=tm, tf=tf) for tm in (128, 256, 512, 1024, 2048) for tf in (256, 512, 1024, 2048, 4096)
              if F % tf == 0]
-    sized = sorted((fused_moe_spec(T=T, D=D, F=F, G=G, dtype=dtype, tiles=t, glu=glu).vmem_bytes, t.tm, t.tf, t)
+    sized = sorted((fused_moe_spec(T=T, D=D, F=F, G=G, dtype=dtype, tiles=t, glu=glu, chip=chip).vmem_bytes,
+                    t.tm, t.tf, t)
                    for t in cands)
     fits = [s for s in sized if s[0] <= cap]
     over = [s for s in sized if s[0] > cap]
