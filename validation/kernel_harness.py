@@ -190,14 +190,14 @@ def cpu_points(sweep: str) -> tuple[CpuPoint, ...]:
             CpuPoint(T=4096, D=128, F=512, E=8, glu=False, tf=32, note=_REREAD),
         )
     pts = []
-    for T in (64, 512, 2048):
-        for D in (32, 128, 256):
+    for T in (64, 512, 2048, 4096):
+        for D in (32, 64, 128, 256):
             for r in (2, 8):
                 for glu in (False, True):
                     F = D * r
                     if 2 * (3 if glu else 2) * T * 8 * D * F > 2e10:  # executed FLOPs budget per call
                         continue
-                    note = _MEM if D <= 32 else _COMPUTE if D >= 256 else "between"
+                    note = _MEM if D <= 64 else _COMPUTE if D >= 256 else "between memory- and compute-bound"
                     pts.append(CpuPoint(T=T, D=D, F=F, E=8, glu=glu, note=note))
     pts += [CpuPoint(T=2048, D=32, F=1024, E=8, glu=False, distribution="skewed", note=_MEM),
             CpuPoint(T=16, D=64, F=8192, E=8, glu=False, tf=32, note=_WEIGHTS),
