@@ -53,3 +53,13 @@ def test_xla_bytes_are_ideal_plus_prefetch_bookkeeping():
     assert prog.flops == ours.flops
     corrected = prog.bytes_accessed - 4 * cc.prefetched_bytes(prog.hlo_text)
     assert corrected == pytest.approx(ideal, rel=5e-3)
+
+
+def test_tiled_time_uses_xla_tiles_from_the_table():
+    class Compiled:  # stands in for a CompiledProgram: only optimal_seconds is read
+        optimal_seconds = 1e-4
+
+    # FACTS section 2: v5e, lhs bf16[4096,1024], rhs bf16[8,1024,4096] -> XLA tiles (128, 1024, 1280).
+    row = cc._tiled_row("v5e", "c", "s", 4096, 1024, 4096, 8, "forward", Compiled())
+    assert "tiles 128/1024/1280" in row.note and row.ours > 0
+    assert row.delta_pct == pytest.approx(100 * (row.ours / 1e-4 - 1))
