@@ -7,8 +7,6 @@ Nothing here asserts a timing: the timed runs use tiny shapes and only check str
 import json
 
 import attrs
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

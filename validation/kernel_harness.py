@@ -961,6 +961,9 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   f"{int(dict(s.extra)['roofline_winner_correct'])}/{s.points}",
                   f"- excluding predicted near-ties (|pred speedup - 1| < {TIE:.0%}): "
                   f"{int(dict(s.extra)['decided_winner_correct'])}/{int(dict(s.extra)['decided_points'])} correct",
+                  f"- wrong winners (pred / meas speedup): " + (", ".join(
+                      f"{r.point.label} tf={r.tf} ({r.pred_speedup:.2f} / {r.meas_speedup:.2f})"
+                      for r in results.cpu if not r.winner_agrees) or "none"),
                   f"- outputs of the two formulations agree: max rel diff "
                   f"{max(r.max_rel_diff for r in results.cpu):.1e}", ""]
     lines += ["### What this CPU run can and cannot show", "",
