@@ -77,8 +77,10 @@ log = logging.getLogger(__name__)
 
 _MIB = 1 << 20
 VMEM_HEADROOM_BYTES = 4 * _MIB
-"""Added to the modelled footprint for Mosaic's internal scratch (vreg spills,
-relayouts) when setting ``vmem_limit_bytes``; the limit never exceeds the chip."""
+VMEM_HEADROOM_FRACTION = 0.10
+"""The scoped limit requested is the modelled footprint plus the larger of
+``VMEM_HEADROOM_BYTES`` and this fraction of it (Mosaic scratch the model does
+not see); the limit never exceeds the chip."""
 
 
 # --------------------------------------------------------------------------
@@ -300,36 +302,36 @@ offset, two compares, and, select (counted as in ``perfmodel.tiling.gmm``)."""
 # --------------------------------------------------------------------------
 # Kernel description (one source of truth)
 # --------------------------------------------------------------------------
-X_SPILL_FACTOR = {128: 1.25, 256: 0.0}
-"""VMEM bytes per byte of the ``x`` tile that Mosaic spills, by MXU width. On the
-128-wide generations (v4, v5e, v5p) the ``[tm, D]`` value loaded for the
-up/gate matmuls spills out of the 64-vreg register file; on v6e / 7x no such
-spill showed (as ``perfmodel.tiling.vmem`` found for megablox gmm)."""
-RESULT_BYTES_PER_ELEMENT = {(128, True): 5.0, (128, False): 2.5, (256, True): 7.5, (256, False): 3.75}
-"""Internal scratch per ``[tm, tf]`` element for the projection results and ``h``,
-by (MXU width, GLU) (GLU: up and gate results live at once; non-GLU: one)."""
+SCRATCH_COEFFICIENTS = {"tpu7x": (0.0, 7.5, 3.75)}
+"""Per chip: (x spill bytes per byte of the ``x`` tile, result scratch bytes per
+``[tm, tf]`` element with GLU, without GLU). Chips not listed use
+:data:`DEFAULT_SCRATCH_COEFFICIENTS`."""
+DEFAULT_SCRATCH_COEFFICIENTS = (1.25, 5.0, 2.5)
 
 
-def vmem_scratch_bytes(*, tm: int, tf: int, D: int, q: int, glu: bool, mxu_tile: int = 128) -> int:
+def vmem_scratch_bytes(*, tm: int, tf: int, D: int, q: int, glu: bool, chip: str | None = None) -> int:
     """VMEM beyond the pipelined blocks, as a sum of named terms.
 
     * ``acc``: f32 accumulator ``[tm, D]``: ``4 tm D`` (a ``pltpu.VMEM`` scratch);
-    * ``x_spill``: Mosaic's spill slots for the ``x`` value: ``1.25 q tm D`` on
-      128-wide-MXU chips, 0 on 256-wide (:data:`X_SPILL_FACTOR`);
+    * ``x_spill``: Mosaic's spill slots for the ``[tm, D]`` value of ``x`` loaded
+      for the up/gate matmuls (it does not fit the 64-vreg register file):
+      ``1.25 q tm D``; none seen on 7x;
     * ``results``: Mosaic's internal scratch for the f32 projection results and
-      ``h`` (:data:`RESULT_BYTES_PER_ELEMENT` x ``tm tf``).
+      ``h``: ``5 tm tf`` with GLU (up and gate live at once), ``2.5 tm tf``
+      without; ``7.5`` / ``3.75`` on 7x.
 
-    The coefficients are an upper envelope of libtpu's own counts (bisecting
-    ``vmem_limit_bytes`` and reading RESOURCE_EXHAUSTED "Used X" messages on
-    v4, v5e, v5p and 7x, bf16 and f32, seen here): on the 9 refused kernels
-    the compiler's total was 0.3-3.7 MiB (0.4-2.7%) below this model, never
-    above. ``perfmodel validate kernel-aot`` re-checks the verdict at the VMEM
-    boundary of every chip. ``mxu_tile`` other than 256 is treated as 128.
+    The coefficients (:data:`SCRATCH_COEFFICIENTS`) are an upper envelope of
+    libtpu's own counts, seen here by bisecting ``vmem_limit_bytes`` and
+    reading RESOURCE_EXHAUSTED "Used X" messages on v4, v5e, v5p, v6e and 7x
+    (bf16 and f32): on 10 refused kernels the compiler's total was 0.3-3.7 MiB
+    (0.4-2.7%) below this model, never above; kernels the model says fit
+    compiled. ``perfmodel validate kernel-aot`` re-checks the verdict at the
+    VMEM boundary of every chip. ``chip=None`` uses the default coefficients.
     """
-    wide = 256 if mxu_tile == 256 else 128
+    x_spill_factor, glu_bytes, plain_bytes = SCRATCH_COEFFICIENTS.get(chip, DEFAULT_SCRATCH_COEFFICIENTS)
     acc = 4 * tm * D
-    x_spill = math.ceil(X_SPILL_FACTOR[wide] * tm * D * q)
-    results = math.ceil(RESULT_BYTES_PER_ELEMENT[(wide, glu)] * tm * tf)
+    x_spill = math.ceil(x_spill_factor * tm * D * q)
+    results = math.ceil((glu_bytes if glu else plain_bytes) * tm * tf)
     return acc + x_spill + results
 
 
@@ -388,8 +390,7 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
                  Operand(name="out", shape=(T, D), dtype=dtype, block_shape=(tm, D),
                          index_map=functools.partial(out_index_map, stride=stride), role="output")]
     n_in = 2 if glu else 1
-    # Without a chip, the 128-wide-MXU footprint (the larger one for the shapes we checked).
-    scratch = vmem_scratch_bytes(tm=tm, tf=tf, D=D, q=q, glu=glu, mxu_tile=128 if chip is None else chip.mxu_tile)
+    scratch = vmem_scratch_bytes(tm=tm, tf=tf, D=D, q=q, glu=glu, chip=None if chip is None else chip.name)
     spec = KernelSpec(
         name=f"fused_moe_ffn[{'glu-' if glu else ''}{activation}]",
         grid=(cores, num_steps, tiles_f),
@@ -417,8 +418,13 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
 
 
 def vmem_limit_bytes(spec: KernelSpec, chip: Chip) -> int:
-    """Scoped VMEM limit to request: modelled footprint + headroom, at most the chip's VMEM per core."""
-    return int(min(chip.vmem_bytes_per_core, spec.vmem_bytes + VMEM_HEADROOM_BYTES))
+    """Scoped VMEM limit to request: modelled footprint + headroom, at most the chip's VMEM per core.
+
+    Headroom: ``max(VMEM_HEADROOM_BYTES, VMEM_HEADROOM_FRACTION x footprint)``,
+    for Mosaic scratch the model does not see.
+    """
+    headroom = max(VMEM_HEADROOM_BYTES, int(VMEM_HEADROOM_FRACTION * spec.vmem_bytes))
+    return int(min(chip.vmem_bytes_per_core, spec.vmem_bytes + headroom))
 
 
 # --------------------------------------------------------------------------
