@@ -163,6 +163,25 @@ def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
     js = json.loads((tmp_path / "results.json").read_text())
     assert js["summary_cpu"]["points"] == 2 and len(js["derived_cpu"]) == 2
     assert any("[2/2]" in m for m in msgs)
+    assert res.rates_history == (res.rates,) and res.rates is res.chip_rates  # recalibrate=False
+
+
+def test_cpu_rates_are_remeasured_when_stale(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_measure():
+        calls.append(1)
+        return attrs.evolve(RATES, source=f"fake {len(calls)}")
+
+    monkeypatch.setattr(cpu_moe, "measure_rates", fake_measure)
+    monkeypatch.setattr(kh, "RATES_MAX_AGE_S", 0.0)  # every point sees stale rates
+    pts = [kh.CpuPoint(T=32, D=16, F=64, E=4, glu=False)] * 2
+    res, _ = kh.run(sweep="quick", out=tmp_path, repeats=1, points=pts, correctness_shapes=(),
+                    cost_check_shapes=(), progress=lambda s: None)
+    assert len(calls) == 2 and [r.rates_index for r in res.cpu] == [0, 1]
+    assert [r.source for r in res.rates_history] == ["fake 1", "fake 2"]
+    kinds = [line["kind"] for line in _lines(tmp_path / "results.jsonl")]
+    assert kinds == ["info", "rates", "cpu", "rates", "cpu"]
 
 
 @attrs.frozen

@@ -307,6 +307,7 @@ class CpuRecord:
     chunked_samples_s: tuple[float, ...]
     max_abs_diff: float  # chunked vs ragged_dot outputs
     max_rel_diff: float
+    rates_index: int = 0  # which entry of Results.rates_history predicted this point
 
     @property
     def meas_ragged_s(self) -> float:
@@ -387,6 +388,9 @@ class Summary:
     def winner_fraction(self) -> float:
         return self.winner_correct / self.points if self.points else float("nan")
 
+
+RATES_MAX_AGE_S = 30.0
+"""On CPU the micro-kernel rates are re-measured when older than this (the machine's load drifts)."""
 
 TIE = 0.10
 """Predicted speedups within ``1 +- TIE`` are near-ties (reported separately: noise decides them here)."""
@@ -628,7 +632,8 @@ class Results:
     info: RunInfo
     correctness: tuple[CorrectnessRecord, ...] = ()
     cost_check: tuple[CostCheckRow, ...] = ()
-    rates: object = None
+    rates: object = None  # the first set of measured rates (or the chip roofline)
+    rates_history: tuple = ()  # every set measured during the run, in order
     chip_rates: object = None
     cpu: tuple[CpuRecord, ...] = ()
     tpu: tuple[TpuRecord, ...] = ()
@@ -706,16 +711,28 @@ def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0, corr
     progress(f"{_elapsed(t0)} cost model vs XLA cost_analysis: "
              + ", ".join(f"{r.formulation} bytes x{r.model_bytes / r.xla_bytes:.4f}" for r in state["cost_check"]))
     state["chip_rates"] = cpu_moe.CpuRates.from_chip(chip)
-    if recalibrate:
-        rates = cpu_moe.measure_rates()
-        progress(f"{_elapsed(t0)} rates now: " + _rates_line(rates))
-    else:
-        rates = state["chip_rates"]
-    state["rates"] = rates
-    sink.write("rates", rates)
+    history, measured_at = [], -math.inf
+
+    def current_rates():
+        nonlocal measured_at
+        if not recalibrate:
+            rates = state["chip_rates"]
+        elif time.perf_counter() - measured_at > RATES_MAX_AGE_S:
+            rates = cpu_moe.measure_rates()
+            measured_at = time.perf_counter()
+            progress(f"{_elapsed(t0)} rates now: " + _rates_line(rates))
+        else:
+            return history[-1], len(history) - 1
+        if not history or rates is not history[-1]:
+            history.append(rates)
+            sink.write("rates", rates)
+            state["rates"], state["rates_history"] = history[0], tuple(history)
+        return rates, len(history) - 1
+
     recs = []
     for i, p in enumerate(points):
-        rec = run_cpu_point(p, rates=rates, chip=chip, repeats=repeats)
+        rates, k = current_rates()
+        rec = attrs.evolve(run_cpu_point(p, rates=rates, chip=chip, repeats=repeats), rates_index=k)
         recs.append(rec)
         sink.write("cpu", rec)
         state["cpu"] = tuple(recs)
@@ -931,7 +948,10 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   "`t = c + sum over op executions of (max(dot FLOPs / P, bytes / BW_kind(W)) + o)`, where `BW_kind(W)` "
                   "is the rate of the op's kind (copy, blocked expansion, XLA's interleaved expansion; dots "
                   "stream at the copy rate) at its working set `W` (sum of the tensors it touches), "
-                  "interpolated log-log between micro-kernel sizes. Two sets of rates:", ""]
+                  "interpolated log-log between micro-kernel sizes. Two sets of rates (the measured ones are "
+                  f"re-measured every {RATES_MAX_AGE_S:.0f} s of the run, {len(results.rates_history)} time(s) "
+                  "here; each point is predicted with the latest; the first set is shown, all are in "
+                  "results.json):", ""]
 
         def tab(t):
             if len(t) == 1:
