@@ -134,8 +134,135 @@ def fusion_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
     return Section("fusion", "When fusion beats ragged_dot", "\n".join(md), data, tuple(files))
 
 
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "validation" / "results"
+
+
+def _committed_date(path: pathlib.Path) -> str:
+    """Date the results file was last committed (git), else its modification date."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", path.name], cwd=path.parent,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    if out:
+        return out
+    return datetime.date.fromtimestamp(path.stat().st_mtime).isoformat()
+
+
+def _load(rel: str):
+    path = RESULTS_DIR / rel
+    if not path.exists():
+        return None, None
+    return json.loads(path.read_text()), _committed_date(path)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def validation_rows() -> list[dict]:
+    """One row per check perfmodel makes against something real, from the committed results files."""
+    rows = []
+
+    def add(check, against, source, result, target, date, command, ok=None):
+        rows.append(dict(check=check, against=against, data=source, result=result, target=target, date=date,
+                         command=command, ok=ok))
+
+    comp, date = _load("compiler/report.json")
+    if comp:
+        for check in ("flops", "hbm_bytes", "time_s", "tiled_time_s"):
+            d = [abs(r["delta_pct"]) for r in comp["rows"] if r["check"] == check]
+            if d:
+                add(f"{check} vs XLA cost_analysis", "libtpu AOT compile, 5 TPU generations",
+                    f"validation/results/compiler/report.json ({len(d)} rows, libtpu {comp['libtpu']})",
+                    f"mean |delta| {np.mean(d):.1f}%, max {np.max(d):.1f}% (deviations explained in the report)",
+                    "every deviation explained", date, "perfmodel validate compiler")
+    try:
+        from perfmodel.xla_tiling import rule_agreement, shipped_table
+
+        ag = rule_agreement(shipped_table())
+        add("XLA ragged_dot tiling rule", "tilings read from libtpu compiles",
+            "perfmodel/data/xla_ragged_dot_tilings.json", f"{ag.matches}/{ag.total} tilings reproduced",
+            "100%", _committed_date(pathlib.Path(__file__).parent / "data" / "xla_ragged_dot_tilings.json"),
+            "perfmodel validate xla-tiling", ag.matches == ag.total)
+    except Exception as err:  # noqa: BLE001 - a report row, not a crash
+        add("XLA ragged_dot tiling rule", "libtpu compiles", "-", f"not available: {err}", "100%", "-",
+            "perfmodel validate xla-tiling")
+    vm, date = _load("vmem_fit.json")
+    if vm:
+        a, n = vm["agreement"]
+        add("VMEM fit (megablox gmm tile sweep)", "libtpu RESOURCE_EXHAUSTED verdicts",
+            "validation/results/vmem_fit.json", f"{a}/{n} verdicts agree", "100%", date,
+            "perfmodel validate vmem", a == n)
+    ka, date = _load("kernel_aot.json")
+    if ka:
+        judged = [c for c in ka if c.get("outcome") in ("ok", "vmem")]
+        agree = sum((c["purpose"] != "model_overflows") == (c["outcome"] == "ok") for c in judged)
+        default = [c for c in ka if c["purpose"] == "default"]
+        add("fused kernel: VMEM verdict and default tiles", "libtpu AOT compile, every generation",
+            "validation/results/kernel_aot.json",
+            f"model agrees with libtpu on {agree}/{len(judged)} configs; default tiles compile "
+            f"{sum(c['outcome'] == 'ok' for c in default)}/{len(default)}", "100%", date,
+            "perfmodel validate kernel-aot", agree == len(judged))
+    tv, date = _load("timings_v5e.json")
+    if tv:
+        after = {r["implementation"]: r for r in tv["summary_after"] if r["kind"] == "all"}
+        held = {r["implementation"]: r for r in tv.get("summary_held_out", []) if r["kind"] == "all"}
+        for impl, r in after.items():
+            h = held.get(impl)
+            add(f"{impl} time on TPU v5e", "tokamax autotuning cache (measured)",
+                "../shared/data/tokamax/tpu_v5_lite", f"median |pred/meas-1| {_pct(r['median_abs_err'])}, p90 "
+                f"{_pct(r['p90_abs_err'])}" + (f"; 2-fold held-out median {_pct(h['median_abs_err'])}" if h else ""),
+                "median <= 15%", date, "perfmodel validate timings ../shared/data/tokamax/tpu_v5_lite --chip v5e",
+                r["median_abs_err"] <= 0.15)
+        c, n = tv["faster_correct_after"]
+        add("faster grouped-matmul implementation on v5e", "tokamax measurements", "../shared/data/tokamax/tpu_v5_lite",
+            f"{c}/{n} pairs right", ">= 90%", date, "perfmodel validate timings ... --chip v5e", c >= 0.9 * n)
+    ch, date = _load("chinchilla_refit.json")
+    if ch:
+        cons = ch["constants"]
+        txt = ", ".join(f"{k} {v['ours']['point']:.4g} (Epoch {v['published']})" for k, v in cons.items())
+        add("Chinchilla refit (Epoch protocol)", "Epoch AI's published estimates",
+            f"../shared/data/{ch['data']} ({ch['n_fitted']} points)", txt,
+            "alpha, beta in Epoch 95% CI; E within 0.05", date, "perfmodel validate chinchilla",
+            all(v["ok"] for v in cons.values()))
+    kc, date = _load("kernel_cpu/full/results.json")
+    if kc is None:
+        kc, date = _load("kernel_cpu/results.json")
+    if kc and kc.get("summary_cpu", {}).get("points"):
+        sm = kc["summary_cpu"]
+        med = dict(sm["median_abs_rel_err"])
+        add("CPU: ragged_dot path vs F-chunked XLA formulation", "timed here (median of rounds)",
+            f"validation/results/kernel_cpu ({kc['info']['sweep']} sweep, {kc['info']['host']}, "
+            f"{kc['info']['cpu_count']} cores)",
+            f"winner right {sm['winner_correct']}/{sm['points']}; median |pred/meas-1| ragged_dot "
+            f"{_pct(med.get('ragged_dot (measured rates)', float('nan')))}, chunked "
+            f"{_pct(med.get('chunked (measured rates)', float('nan')))}", "winner >= 90%", date,
+            f"perfmodel validate kernel --sweep {kc['info']['sweep']}", sm["winner_correct"] >= 0.9 * sm["points"])
+        corr = kc.get("correctness", [])
+        if corr:
+            add("fused Pallas kernel correctness (interpret mode)", "per-expert reference",
+                "validation/results/kernel_cpu", f"{len(corr)} shapes, max rel err "
+                f"{max(c['max_rel_err'] for c in corr):.2g}", "within dtype tolerance", date,
+                "perfmodel validate kernel", all(c["max_rel_err"] <= c["tolerance"] for c in corr))
+    return rows
+
+
+def validation_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
+    rows = validation_rows()
+    md = ("Every check perfmodel makes against something real, read from the results files the "
+          "validation commands committed (re-run the command to refresh a row).\n\n")
+    md += markdown_table(["check", "against", "data", "result", "target", "met", "date", "command"],
+                         [[r["check"], r["against"], r["data"], r["result"], r["target"],
+                           {True: "yes", False: "no", None: "-"}[r["ok"]], r["date"], f"`{r['command']}`"]
+                          for r in rows])
+    return Section("validation", "Validation status", md, rows)
+
+
 SECTIONS: tuple[Callable[[pathlib.Path, Sequence[str]], Section], ...] = (hardware_section, roofline_section,
-                                                                         fusion_section)
+                                                                         fusion_section, validation_section)
 
 
 def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[str] = DEFAULT_CHIPS,
