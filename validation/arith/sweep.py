@@ -82,7 +82,7 @@ class Study:
 
 STUDIES = {
     "quick": Study(name="quick", budgets_flops=(1e10, 3e10), sizes_per_budget=3),
-    "full": Study(name="full", budgets_flops=(3e10, 1e11, 3e11, 1e12), sizes_per_budget=5),
+    "full": Study(name="full", budgets_flops=(3e10, 1e11, 3e11, 1e12), sizes_per_budget=5, seeds=(0, 1)),
 }
 
 
@@ -105,10 +105,13 @@ def widths_for(budget: float, n: int, seq_len: int, n_layers: int) -> tuple[int,
 
 def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int = 2,
          moe_impl: str = "blocked", dtype: str = "float32") -> list[PlannedRun]:
-    """Every run of a study, ordered budget by budget (small first), dense before MoE."""
+    """Every run of a study: seed by seed, then budget by budget (small first), dense before MoE.
+
+    Seed-major order: an interrupted study still holds whole IsoFLOP grids.
+    """
     tc = task_lib.TaskConfig.parse(study.task)
     runs = []
-    for c in study.budgets_flops:
+    for seed, c in ((s, c) for s in study.seeds for c in study.budgets_flops):
         for arch in archs:
             for d in widths_for(c, study.sizes_per_budget, tc.seq_len, study.n_layers):
                 if arch == "dense":
@@ -120,11 +123,10 @@ def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int
                     tag = f"moe-E{n_experts}k{top_k}"
                 tokens = c / mc.shape.flops_per_token().train_exact
                 bs = batch_for(tokens, tc.seq_len)
-                for seed in study.seeds:
-                    rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc, bs), batch_size=bs,
-                                         token_budget=max(int(tokens), bs * tc.seq_len), seed=seed)
-                    rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}"
-                    runs.append(PlannedRun(run_id=rid, arch=tag, budget_flops=c, config=rc))
+                rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc, bs), batch_size=bs,
+                                     token_budget=max(int(tokens), bs * tc.seq_len), seed=seed)
+                rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}"
+                runs.append(PlannedRun(run_id=rid, arch=tag, budget_flops=c, config=rc))
     return runs
 
 
