@@ -167,11 +167,14 @@ class ChinchillaLaw:
         if not np.all(np.isfinite(c)) or np.any(c <= 0):
             raise ValueError(f"compute_flops must be finite and positive, got {compute_flops!r}")
         f = _compiled()
-        args = (c, self.flops_per_param_token, *self.constants)
+        # numpy scalars: an extreme fitted law overflows to inf instead of raising OverflowError.
+        args = (c, *(np.float64(v) for v in (self.flops_per_param_token, *self.constants)))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            params, tokens = np.asarray(f["params"](*args)), np.asarray(f["tokens"](*args))
+            loss = np.asarray(f["loss"](*args))
+            ratio = tokens / params  # = the derived tokens_per_param, better conditioned
         return ComputeOptimal(
-            law=self.name, compute_flops=c, params=np.asarray(f["params"](*args)),
-            tokens=np.asarray(f["tokens"](*args)), loss=np.asarray(f["loss"](*args)),
-            tokens_per_param=np.asarray(f["tokens_per_param"](*args)),
+            law=self.name, compute_flops=c, params=params, tokens=tokens, loss=loss, tokens_per_param=ratio,
             a=float(f["a"](self.alpha, self.beta)), b=float(f["b"](self.alpha, self.beta)))
 
 

@@ -96,8 +96,9 @@ def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.
         cf = law.flops_per_param_token
         s = g.approach3.samples
         o = law.optimal(cs)
-        n_s = np.array([f["params"](cs, cf, *row) for row in s])
-        r_s = np.array([f["tokens_per_param"](cs, cf, *row) for row in s])
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            n_s = np.array([f["params"](cs, np.float64(cf), *row) for row in s])
+            r_s = np.array([f["tokens"](cs, np.float64(cf), *row) for row in s]) / n_s
         ax1.plot(cs, o.params, color=color, label=g.label)
         ax2.plot(cs, o.tokens_per_param, color=color, label=g.label)
         if len(s) >= 5:
