@@ -90,11 +90,11 @@ not see); the limit never exceeds the chip."""
 class FusedTiles:
     """Tile sizes of the fused kernel: ``tm`` rows per token tile, ``tf`` hidden columns per F chunk.
 
-    Alignment is checked here (``tm`` a multiple of 8 sublanes, ``tf`` of 128
-    lanes: the TPU (8, 128) block rule, since ``tf`` is the last dim of the
-    ``W_up`` block and ``tm`` the second-to-last of the ``x`` block);
-    divisibility and VMEM fit depend on the shape and chip and are checked by
-    :meth:`check_shape` and :func:`fused_moe_spec`.
+    The TPU (8, 128) block rule: ``tm`` (second-to-last dim of the ``x`` block)
+    must be a multiple of 8 sublanes, checked here; ``tf`` (last dim of the
+    ``W_up`` block) a multiple of 128 lanes or all of ``F``, and a divisor of
+    ``F``, checked by :meth:`check_shape`. VMEM fit depends on the chip and is
+    checked by :func:`fused_moe_ffn_forward` against :func:`fused_moe_spec`.
     """
 
     tm: int
@@ -107,11 +107,12 @@ class FusedTiles:
                 raise ValueError(f"{name}={v!r} should be a positive int")
         if self.tm % 8:
             raise ValueError(f"tm={self.tm} should be a multiple of 8 (sublanes)")
-        if self.tf % 128:
-            raise ValueError(f"tf={self.tf} should be a multiple of 128 (lanes)")
 
     def check_shape(self, *, F: int) -> None:
-        """F chunks must tile F exactly: a partial chunk would feed garbage columns to the down matmul."""
+        """``tf`` lane-aligned (or all of F) and dividing F: a partial chunk would feed garbage
+        columns to the down matmul."""
+        if self.tf % 128 and self.tf != F:
+            raise ValueError(f"tf={self.tf} should be a multiple of 128 (lanes) or equal F={F}")
         if F % self.tf:
             raise ValueError(f"F={F} should be divisible by tf={self.tf}")
 
@@ -600,9 +601,11 @@ TF_CANDIDATES = (128, 256, 512, 1024, 2048)
 
 
 def candidate_tiles(*, T: int, F: int) -> list[FusedTiles]:
-    """Tiles worth considering: ``tm`` up to the first candidate covering ``T``; ``tf`` dividing ``F``."""
-    tms = [tm for tm in TM_CANDIDATES if tm < T] + [next((tm for tm in TM_CANDIDATES if tm >= T),
-                                                           TM_CANDIDATES[-1])]
+    """Tiles worth considering: ``tm`` from :data:`TM_CANDIDATES` below ``T`` plus the smallest
+    covering ``T`` (just ``T`` rounded up to 8 when that is smaller); ``tf`` dividing ``F``."""
+    cover = next((tm for tm in TM_CANDIDATES if tm >= T), TM_CANDIDATES[-1])
+    cover = min(cover, -(-T // 8) * 8)
+    tms = [tm for tm in TM_CANDIDATES if tm < cover] + [cover]
     tfs = [tf for tf in TF_CANDIDATES if F % tf == 0] or [F]
     return [FusedTiles(tm=tm, tf=tf) for tm in dict.fromkeys(tms) for tf in tfs]
 

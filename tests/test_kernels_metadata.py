@@ -119,8 +119,9 @@ def test_megacore_split_halves_the_work_without_extra_traffic():
 def test_tiles_validation_messages():
     with pytest.raises(ValueError, match="tm=100 should be a multiple of 8"):
         FusedTiles(tm=100, tf=128)
-    with pytest.raises(ValueError, match="tf=200 should be a multiple of 128"):
-        FusedTiles(tm=128, tf=200)
+    with pytest.raises(ValueError, match="tf=200 should be a multiple of 128 .lanes. or equal F=384"):
+        fused_moe_spec(T=256, D=128, F=384, G=2, dtype="f32", tiles=FusedTiles(tm=128, tf=200), glu=False)
+    fused_moe_spec(T=5, D=64, F=96, G=2, dtype="f32", tiles=FusedTiles(tm=8, tf=96), glu=False)  # tf = F
     with pytest.raises(ValueError, match="F=384 should be divisible by tf=256"):
         fused_moe_spec(T=256, D=128, F=384, G=2, dtype="f32", tiles=FusedTiles(tm=128, tf=256), glu=False)
 
