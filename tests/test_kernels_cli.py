@@ -1,0 +1,29 @@
+"""``perfmodel kernel-table`` and the VMEM-boundary choice of ``perfmodel validate kernel-aot`` (no compiles)."""
+
+from __future__ import annotations
+
+from kernels.fused_moe import fused_moe_spec
+from perfmodel.cli import main
+from perfmodel.hardware import get_chip
+from validation import kernel_aot
+
+
+def test_kernel_table_prints_fused_and_ragged_times(capsys, tmp_path):
+    out = tmp_path / "table.md"
+    rc = main(["kernel-table", "--chips", "v5e", "--tokens-per-expert", "32", "--D", "512", "--ratios", "2",
+               "--out", str(out)])
+    assert rc == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| v5e |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    fused_us, ragged_us, speedup = float(cells[5]), float(cells[6]), float(cells[7])
+    assert fused_us > 0 and ragged_us > 0 and abs(speedup - ragged_us / fused_us) < 0.01
+
+
+def test_boundary_tiles_straddle_the_chip_vmem():
+    T, D, F, G, glu = kernel_aot.BOUNDARY_SHAPE
+    for chip in ("v4", "v5p", "tpu7x"):
+        fits, over = kernel_aot.boundary_tiles(chip, T=T, D=D, F=F, G=G, glu=glu, dtype="bf16")
+        size = lambda t: fused_moe_spec(T=T, D=D, F=F, G=G, dtype="bf16", tiles=t, glu=glu, chip=chip).vmem_bytes
+        cap = get_chip(chip).vmem_bytes_per_core
+        assert size(fits) <= cap < size(over)
