@@ -14,6 +14,8 @@
   (:mod:`kernels.ragged`), what users write today.
 * ``"reference"``: a per-expert loop in plain jnp (:mod:`kernels.reference`),
   the test oracle.
+* ``"gmm"``: a second baseline, the same steps as ``"ragged_dot"`` with jax's
+  megablox ``gmm`` Pallas kernel (``interpret`` applies; default tiling).
 
 All take ``x [T, D]`` with rows sorted by expert, ``group_sizes [G]`` (int),
 ``w_up [G, D, F]``, ``w_down [G, F, D]``, optional ``w_gate [G, D, F]`` (GLU:
@@ -31,13 +33,14 @@ import jax
 from kernels.activations import ACTIVATIONS, resolve_activation
 from kernels.fused_moe import (FusedTiles, default_tiles, fused_moe_ffn_forward, fused_moe_spec,
                                make_group_metadata, resolve_chip)
-from kernels.ragged import moe_ffn_ragged
+from kernels.ragged import moe_ffn_gmm, moe_ffn_ragged
 from kernels.reference import moe_ffn_reference
 
-IMPLEMENTATIONS = ("fused", "ragged_dot", "reference")
+IMPLEMENTATIONS = ("fused", "ragged_dot", "reference", "gmm")
 
 __all__ = ["ACTIVATIONS", "IMPLEMENTATIONS", "FusedTiles", "default_tiles", "fused_moe_spec",
-           "make_group_metadata", "moe_ffn", "moe_ffn_fused", "moe_ffn_ragged", "moe_ffn_reference"]
+           "make_group_metadata", "moe_ffn", "moe_ffn_fused", "moe_ffn_gmm", "moe_ffn_ragged",
+           "moe_ffn_reference"]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
@@ -78,8 +81,9 @@ def moe_ffn(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None
             implementation: str = "fused", tiles: FusedTiles | None = None, chip=None, interpret=None):
     """MoE FFN over expert-sorted rows; ``implementation`` in :data:`IMPLEMENTATIONS`.
 
-    ``tiles``, ``chip`` (default tiles, VMEM limit, cost estimate; default: the
-    TPU at hand or v5e) and ``interpret`` apply to ``"fused"`` only.
+    ``tiles`` and ``chip`` (default tiles, VMEM limit, cost estimate; default:
+    the TPU at hand or v5e) apply to ``"fused"``; ``interpret`` to ``"fused"``
+    and ``"gmm"``.
     """
     if implementation == "fused":
         return moe_ffn_fused(x, group_sizes, w_up, w_down, w_gate, activation=activation, tiles=tiles,
@@ -88,4 +92,7 @@ def moe_ffn(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None
         return moe_ffn_ragged(x, group_sizes, w_up, w_down, w_gate, activation=activation)
     if implementation == "reference":
         return moe_ffn_reference(x, group_sizes, w_up, w_down, w_gate, activation=activation)
+    if implementation == "gmm":
+        return moe_ffn_gmm(x, group_sizes, w_up, w_down, w_gate, activation=activation,
+                           interpret=None if interpret is None else bool(interpret))
     raise ValueError(f"implementation={implementation!r} should be one of {IMPLEMENTATIONS}")

@@ -152,3 +152,13 @@ def test_tiny_shapes_default_tiles(chip):
     ref = moe_ffn(x, gs, w_up, w_down, w_gate, implementation="reference")
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), **TOL["f32"])
     assert not np.asarray(y)[4:].any()
+
+
+@pytest.mark.parametrize("dtype,sizes", [("f32", [50, 0, 37, 90]), ("bf16", [T, 0, 0, 0])])
+def test_megablox_gmm_baseline_matches_reference(dtype, sizes):
+    x, w_up, w_down, w_gate = _weights(dtype, True, seed=5)
+    gs = jnp.array(sizes, jnp.int32)
+    got = jax.jit(functools.partial(moe_ffn, implementation="gmm", interpret=True))(x, gs, w_up, w_down, w_gate)
+    ref = _jitted("reference", None)(x, gs, w_up, w_down, w_gate)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32), **TOL[dtype])
+    assert not np.asarray(got, np.float32)[int(sum(sizes)):].any()
