@@ -354,9 +354,9 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
     ``S`` visits per core (dynamic in the kernel) and F chunks run in order.
     ``group_sizes=None`` means ``G`` equal groups splitting ``T`` (the
     representative used for ``pl.CostEstimate`` under ``jit``, where the real
-    sizes are traced). ``chip`` sets the cores and ``vmem_limit_bytes``
-    (footprint + ``VMEM_HEADROOM_BYTES``, capped at the chip's VMEM); ``None``
-    means one core and no limit.
+    sizes are traced). ``chip`` sets the cores, the Mosaic scratch terms
+    (:func:`vmem_scratch_bytes`) and ``vmem_limit_bytes`` (:func:`vmem_limit_bytes`);
+    ``None`` means one core, the default scratch terms and no limit.
     """
     chip = None if chip is None else get_chip(chip)
     activation = resolve_activation(activation, glu=glu)
