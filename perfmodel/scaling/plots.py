@@ -116,6 +116,7 @@ def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.
         ax.axvspan(all_b.min(), all_b.max(), color="0.9", zorder=0)
         ax.legend(fontsize=8)
     ax1.set_yscale("log")
+    ax2.set_yscale("log")
     ax1.set_ylabel("N_opt (active parameters)")
     ax2.set_ylabel("D_opt / N_opt (tokens per active parameter)")
     ax1.set_title(f"compute-optimal frontier ({int(level * 100)}% bootstrap band; stars: IsoFLOP vertices)")
