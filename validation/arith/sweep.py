@@ -221,3 +221,46 @@ def markdown_summary(records: list[dict]) -> str:
                      f"{r['batch_size']} | {r['steps']} | {r['held_out_loss']:.4f} | {r['train_loss']:.4f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['flops_per_s'] / 1e9:.1f} | {r['wall_time_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def isoflop_table(records: list[dict]) -> str:
+    """Held-out loss per (budget, arch) row and width column; cells list every seed's loss."""
+    widths = sorted({r["config"]["model"]["d_model"] for r in records})
+    cells: dict[tuple, list[float]] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        cells.setdefault((r["budget_flops"], r["arch"], r["config"]["model"]["d_model"]), []).append(r["held_out_loss"])
+    rows = sorted({k[:2] for k in cells})
+    lines = ["| C (FLOPs) | arch | " + " | ".join(f"D={d}" for d in widths) + " |", "|---|---|" + "---|" * len(widths)]
+    for c, arch in rows:
+        vals = [" / ".join(f"{x:.3f}" for x in cells.get((c, arch, d), [])) for d in widths]
+        lines.append(f"| {c:.0e} | {arch} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_isoflops(records: list[dict], path) -> None:
+    """Held-out loss vs active non-embedding parameters, one curve per (budget, arch); seeds as dots, mean line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    budgets = sorted({r["budget_flops"] for r in records})
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(budgets)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, arch in zip(axes, sorted({r["arch"] for r in records})):
+        for c, col in zip(budgets, colours):
+            rs = [r for r in records if r["arch"] == arch and r["budget_flops"] == c]
+            ns = sorted({r["params_active_non_embedding"] for r in rs})
+            mean = [np.mean([r["held_out_loss"] for r in rs if r["params_active_non_embedding"] == n]) for n in ns]
+            ax.plot(ns, mean, "-", color=col, label=f"C={c:.0e}")
+            ax.plot([r["params_active_non_embedding"] for r in rs], [r["held_out_loss"] for r in rs], "o",
+                    color=col, ms=3, alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_title(arch)
+        ax.set_xlabel("active non-embedding parameters")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("held-out answer loss (nats/token)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
