@@ -74,3 +74,13 @@ def test_reads_the_sweep_record_layout(tmp_path):
     assert runs.loss[0] == 1.6 and runs.compute_flops[0] == 1e11 and runs.tokens[0] == 2e6
     assert list(runs.groups()) == ["dense", "moe E=8 k=2"]
     assert results.read_runs(p, loss="train").loss[0] == 1.5
+
+
+def test_average_repeats_means_seeds(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text("\n".join([_line(seed=0, final_eval_loss=2.0), _line(seed=1, final_eval_loss=3.0),
+                            _line(seed=0, final_eval_loss=5.0, params={"active_non_embedding": 2e5})]) + "\n")
+    runs = results.read_runs(p)
+    avg = runs.average_repeats()
+    assert len(runs) == 3 and len(avg) == 2  # key (arch, E, k, budget, N)
+    assert list(avg.loss) == [2.5, 5.0]

@@ -21,6 +21,8 @@ def register(cli) -> None:
     p.add_argument("--resamples", type=int, default=500, help="bootstrap resamples (default 500)")
     p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
                    help="initialisation grid: 4, 72 (default) or 4500 starting points")
+    p.add_argument("--average-seeds", action="store_true",
+                   help="average repeats (seeds) of each configuration before fitting; writes scaling_fit_avg.*")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_fit)
@@ -142,8 +144,9 @@ def _fit(args) -> int:
     results = pathlib.Path(args.results)
     out = pathlib.Path(args.out) if args.out else results.parent
     s = study.run_study(results, loss=args.loss, params_key=args.params, n_resamples=args.resamples,
-                        grid=F.GRIDS[args.grid], seed=args.seed)
-    paths = study.write_outputs(s, out, plots=not args.no_plots)
+                        grid=F.GRIDS[args.grid], seed=args.seed, average_seeds=args.average_seeds)
+    paths = study.write_outputs(s, out, plots=not args.no_plots,
+                                stem="scaling_fit_avg" if args.average_seeds else "scaling_fit")
     print(study.report_markdown(s))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

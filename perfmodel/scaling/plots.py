@@ -126,11 +126,11 @@ def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.
     return path
 
 
-def plot_study(study, out_dir: pathlib.Path) -> list[pathlib.Path]:
+def plot_study(study, out_dir: pathlib.Path, *, suffix: str = "") -> list[pathlib.Path]:
     out_dir = pathlib.Path(out_dir)
-    return [plot_isoflops(study, out_dir / "scaling_isoflops.png"),
-            plot_law_vs_data(study, out_dir / "scaling_law_vs_data.png"),
-            plot_frontier(study, out_dir / "scaling_frontier.png")]
+    return [plot_isoflops(study, out_dir / f"scaling_isoflops{suffix}.png"),
+            plot_law_vs_data(study, out_dir / f"scaling_law_vs_data{suffix}.png"),
+            plot_frontier(study, out_dir / f"scaling_frontier{suffix}.png")]
 
 
 def plot_time_budget(curves, allocations, path, *, ffn: str = "") -> pathlib.Path:

@@ -107,6 +107,23 @@ class Runs:
         return attrs.evolve(self, **{f.name: getattr(self, f.name)[m] for f in attrs.fields(Runs)
                                      if isinstance(getattr(self, f.name), np.ndarray)})
 
+    def average_repeats(self) -> "Runs":
+        """One run per (arch, E, k, budget, N): mean loss, tokens and compute over repeats (seeds).
+
+        The best of several noisy seeds is biased low; averaging first makes a
+        budget's observed best loss and the IsoFLOP curves less noisy.
+        """
+        keys = list(zip(self.arch, self.n_experts, self.top_k, self.budget_flops, self.params))
+        uniq = list(dict.fromkeys(keys))
+        idx = [np.array([i for i, k in enumerate(keys) if k == u]) for u in uniq]
+        first = np.array([ix[0] for ix in idx])
+        out = {f.name: getattr(self, f.name)[first] for f in attrs.fields(Runs)
+               if isinstance(getattr(self, f.name), np.ndarray)}
+        for name in ("loss", "tokens", "compute_flops"):
+            col = getattr(self, name)
+            out[name] = np.array([col[ix].mean() for ix in idx])
+        return attrs.evolve(self, **out)
+
     @property
     def budgets(self) -> np.ndarray:
         return np.unique(self.budget_flops)

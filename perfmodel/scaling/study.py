@@ -83,6 +83,7 @@ class Study:
     source: str
     loss_key: str
     params_key: str
+    average_seeds: bool
     groups: tuple[GroupFit, ...]
     comparisons: tuple[Comparison, ...]
     skipped: tuple[str, ...]  # groups skipped, with the reason
@@ -181,12 +182,16 @@ def compare(dense: GroupFit, moe: GroupFit) -> Comparison:
 
 
 def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embedding", n_resamples: int = 200,
-              grid=F.SMALL_GRID, seed: int = 0) -> Study:
+              grid=F.SMALL_GRID, seed: int = 0, average_seeds: bool = False) -> Study:
     """Read ``path``, fit every group with enough budgets, compare MoE groups with dense.
 
-    Raises ``ValueError`` if no group has at least 3 compute budgets.
+    ``average_seeds`` replaces repeats of one configuration by their mean
+    (:meth:`Runs.average_repeats`). Raises ``ValueError`` if no group has at
+    least 3 compute budgets.
     """
     runs = read_runs(path, loss=loss, params_key=params_key)
+    if average_seeds:
+        runs = runs.average_repeats()
     fits, skipped = [], []
     for label, group in runs.groups().items():
         try:
@@ -205,7 +210,8 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
                                        n_resamples=max(2, n_resamples // 4), seed=seed)
     except (ValueError, RuntimeError) as err:
         joint_err, joint_boot = str(err), None
-    return Study(source=str(path), loss_key=loss, params_key=params_key, groups=tuple(fits), comparisons=comps,
+    return Study(source=str(path), loss_key=loss, params_key=params_key, average_seeds=average_seeds,
+                 groups=tuple(fits), comparisons=comps,
                  skipped=tuple(skipped), joint=joint, joint_error=joint_err,
                  joint_bootstrap=joint_boot)
 
@@ -228,7 +234,9 @@ def report_markdown(s: Study) -> str:
     from perfmodel.tables import markdown_table
 
     out = [f"# Scaling-law fit of `{pathlib.Path(s.source).name}`", "",
-           f"Loss: final {s.loss_key} loss. N = {s.params_key.replace('_', ' ')} parameters. "
+           f"Loss: final {s.loss_key} loss"
+           + (" (mean over seeds of each configuration)" if s.average_seeds else " (every run, seeds separate)")
+           + f". N = {s.params_key.replace('_', ' ')} parameters. "
            "Approach 3: Huber (delta=1e-3) on log-loss residuals, summed, BFGS from a grid. "
            "Approach 2: IsoFLOP parabolas in ln N. Intervals: bootstrap percentile "
            f"({int(round(100 * s.groups[0].approach3.alpha.level))}%, "
@@ -339,21 +347,22 @@ def report_json(s: Study) -> dict:
         "constants": attrs.asdict(s.joint.law),
         "intervals": None if s.joint_bootstrap is None else
         {k: _ivd(v) for k, v in s.joint_bootstrap.constants.items()}}
-    return {"source": s.source, "loss": s.loss_key, "params": s.params_key, "groups": groups,
+    return {"source": s.source, "loss": s.loss_key, "params": s.params_key, "average_seeds": s.average_seeds,
+            "groups": groups,
             "comparisons": comps, "joint": joint, "joint_error": s.joint_error, "skipped": list(s.skipped)}
 
 
-def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True) -> list[pathlib.Path]:
+def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True, stem: str = "scaling_fit") -> list[pathlib.Path]:
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / "scaling_fit.md", out_dir / "scaling_fit.json"
+    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     md.write_text(report_markdown(s))
     js.write_text(json.dumps(report_json(s), indent=2, default=_json_default) + "\n")
     paths = [md, js]
     if plots:
         from perfmodel.scaling import plots as P
 
-        paths += P.plot_study(s, out_dir)
+        paths += P.plot_study(s, out_dir, suffix=stem.removeprefix("scaling_fit"))
     return paths
 
 
