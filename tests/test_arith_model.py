@@ -134,3 +134,14 @@ def test_flops_per_token_match_xla_cost_analysis_moe_blocked():
     mc = sweep.moe_model(128, seq_len=16)
     ratio = _xla_over_formula(mc)
     assert 1.0 <= ratio < 1.5, ratio
+
+
+def test_bfloat16_option_trains_close_to_float32():
+    tc = task.TaskConfig(n_digits=1)
+    tokens, mask = next(task.batches(tc, 32, seed=0))
+    losses = []
+    for dtype in ("float32", "bfloat16"):
+        cfg = _cfg(dtype=dtype)
+        params = _init(attrs.evolve(cfg, dtype="float32"))
+        losses.append(float(jax.jit(functools.partial(model.loss_fn, cfg=cfg))(params, tokens, mask)[0]))
+    assert np.isfinite(losses[1]) and abs(losses[1] - losses[0]) < 0.05, losses

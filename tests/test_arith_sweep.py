@@ -75,3 +75,14 @@ def test_kill_loses_at_most_the_run_in_progress_and_rerun_skips(tmp_path):
                 "curve_train_loss", "wall_time_s", "tokens_per_s", "device", "versions", "config"):
         assert key in rec
     assert math.isfinite(rec["held_out_loss"])
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["--study", "huge"], "study='huge'"), (["--arch", "both2"], "arch='both2'"),
+    (["--moe-impl", "magic"], "moe_impl='magic'"), (["--budgets", "1e9,x"], "budgets='1e9,x'"),
+])
+def test_cli_rejects_bad_input_naming_the_argument(argv, name, capsys):
+    from perfmodel.cli import main
+
+    assert main(["train", "sweep", *argv]) == 2
+    assert name in capsys.readouterr().err
