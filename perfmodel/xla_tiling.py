@@ -352,6 +352,22 @@ def shipped_table() -> Mapping[str, RaggedDotTiling]:
     return load_table(TABLE_PATH)
 
 
+_USER_TABLE: dict = {}
+
+
+def user_table() -> Mapping[str, RaggedDotTiling]:
+    """The user cache table, parsed once per file version (path, mtime, size)."""
+    p = user_cache_path()
+    try:
+        st = p.stat()
+        version = (str(p), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return {}
+    if _USER_TABLE.get("version") != version:
+        _USER_TABLE.update(version=version, table=load_table(p))
+    return _USER_TABLE["table"]
+
+
 _MEMO: dict[str, RaggedDotTiling] = {}
 
 
@@ -368,7 +384,7 @@ def ragged_dot_tiling(chip, m, k, n, num_groups, dtype="bf16", *, variant="forwa
     key = tiling_key(*args)
     if key in _MEMO:
         return _MEMO[key]
-    found = shipped_table().get(key) or load_table(user_cache_path()).get(key)
+    found = shipped_table().get(key) or user_table().get(key)
     if found is None and allow_compile:
         from perfmodel.tpu_compile import libtpu_available
 
