@@ -169,13 +169,18 @@ def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int, cores: int =
     if cores == 2 and -(-m // tm) < 2:
         raise ValueError(f"cores=2 needs at least 2 token tiles, got m={m}, tm={tm}")
     names = [f.name for f in attrs.fields(GroupMetadata)]
-    arrays = _metadata_arrays(jnp.asarray(group_sizes), m=m, tm=tm, cores=cores)
+    if isinstance(group_sizes, np.ndarray):  # the cost model's concrete sizes: no jax compile
+        arrays = _metadata_impl(np, group_sizes.astype(np.int32), m=m, tm=tm, cores=cores)
+    else:
+        arrays = _metadata_arrays(jnp.asarray(group_sizes), m=m, tm=tm, cores=cores)
     return GroupMetadata(**dict(zip(names, arrays)))
 
 
-@functools.partial(jax.jit, static_argnames=("m", "tm", "cores"))
-def _metadata_arrays(group_sizes: jax.Array, *, m: int, tm: int, cores: int) -> tuple[jax.Array, ...]:
-    """Arrays of :class:`GroupMetadata`, in field order (jitted per ``m``, ``tm``, ``cores``).
+def _metadata_impl(xp, group_sizes, *, m: int, tm: int, cores: int) -> tuple:
+    """Arrays of :class:`GroupMetadata`, in field order, with array module ``xp`` (numpy or jax.numpy).
+
+    One body serves the kernel (jax.numpy, jitted per ``m``, ``tm``, ``cores``)
+    and the cost model (numpy: no compile per shape when building a spec).
 
     The single-core schedule follows megablox ``make_group_metadata``
     (``visit_empty_groups=False``) with one extra group ``G`` of size
@@ -187,60 +192,77 @@ def _metadata_arrays(group_sizes: jax.Array, *, m: int, tm: int, cores: int) -> 
     the tile boundary that best halves the computing steps; each core gets at
     least one step (``tiles_m >= 2``).
     """
-    group_sizes = group_sizes.astype(jnp.int32)
+    group_sizes = group_sizes.astype(xp.int32)
     num_groups = group_sizes.shape[0]
     tiles_m = -(-m // tm)
     m_pad = tiles_m * tm
     # Real group ends, clipped to m: rows past m do not exist (ragged_dot ignores them).
-    ends = jnp.minimum(jnp.cumsum(group_sizes), m).astype(jnp.int32)
-    total = ends[-1] if num_groups else jnp.int32(0)
-    ends = jnp.concatenate([ends, jnp.full((1,), m_pad, jnp.int32)])
-    starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
+    ends = xp.minimum(xp.cumsum(group_sizes), m).astype(xp.int32)
+    total = ends[-1] if num_groups else xp.int32(0)
+    ends = xp.concatenate([ends, xp.full((1,), m_pad, xp.int32)])
+    starts = xp.concatenate([xp.zeros((1,), xp.int32), ends[:-1]])
     sizes = ends - starts  # [G + 1], tail group last; sums to m_pad
-    group_offsets = jnp.concatenate([starts, ends[-1:]])
+    group_offsets = xp.concatenate([starts, ends[-1:]])
 
     # Tiles each group touches: its rows rounded out to tile boundaries; 0 if empty.
-    group_tiles = jnp.where(sizes == 0, 0, (ends + tm - 1) // tm - starts // tm)
+    group_tiles = xp.where(sizes == 0, 0, (ends + tm - 1) // tm - starts // tm)
     stride = tiles_m + num_groups
-    group_ids = jnp.repeat(jnp.arange(num_groups + 1, dtype=jnp.int32), group_tiles,
-                           total_repeat_length=stride)
+    group_ids = _repeat(xp, xp.arange(num_groups + 1, dtype=xp.int32), group_tiles, stride)
 
     # A tile is visited once by the group owning its first row, plus once by each
     # non-empty group starting strictly inside it.
     starts_inside = (starts % tm != 0) & (sizes > 0)
-    extra = jnp.zeros((tiles_m,), jnp.int32).at[jnp.where(starts_inside, starts // tm, tiles_m)].add(
-        1, mode="drop")
-    m_tile_ids = jnp.repeat(jnp.arange(tiles_m, dtype=jnp.int32), extra + 1, total_repeat_length=stride)
-    num_steps = group_tiles.sum().astype(jnp.int32)
+    extra = _count_into(xp, xp.where(starts_inside, starts // tm, tiles_m), tiles_m)
+    m_tile_ids = _repeat(xp, xp.arange(tiles_m, dtype=xp.int32), extra + 1, stride)
+    num_steps = group_tiles.sum().astype(xp.int32)
 
     # Tail steps re-use the last real step's blocks (no DMA).
     is_tail = group_ids == num_groups
-    last_real = jnp.maximum(total - 1, 0) // tm
+    last_real = xp.maximum(total - 1, 0) // tm
     nonempty = sizes[:num_groups] > 0
-    last_group = jnp.max(jnp.where(nonempty, jnp.arange(num_groups, dtype=jnp.int32), 0)) if num_groups else 0
-    x_tile_ids = jnp.where(is_tail, last_real, m_tile_ids).astype(jnp.int32)
-    w_group_ids = jnp.where(is_tail, last_group, group_ids).astype(jnp.int32)
+    last_group = xp.max(xp.where(nonempty, xp.arange(num_groups, dtype=xp.int32), 0)) if num_groups else 0
+    x_tile_ids = xp.where(is_tail, last_real, m_tile_ids).astype(xp.int32)
+    w_group_ids = xp.where(is_tail, last_group, group_ids).astype(xp.int32)
 
-    steps = jnp.arange(stride, dtype=jnp.int32)
+    steps = xp.arange(stride, dtype=xp.int32)
     if cores == 1:
-        first = jnp.zeros((1,), jnp.int32)
+        first = xp.zeros((1,), xp.int32)
         core_steps = num_steps[None]
     else:
         # Cut at the tile boundary that best halves the computing steps.
-        computing = ((~is_tail) & (steps < num_steps)).astype(jnp.int32)
-        before = jnp.cumsum(computing) - computing
-        prev_tile = jnp.concatenate([m_tile_ids[:1], m_tile_ids[:-1]])
+        computing = ((~is_tail) & (steps < num_steps)).astype(xp.int32)
+        before = xp.cumsum(computing) - computing
+        prev_tile = xp.concatenate([m_tile_ids[:1], m_tile_ids[:-1]])
         boundary = (steps >= 1) & (steps < num_steps) & (m_tile_ids != prev_tile)
-        score = jnp.where(boundary, jnp.abs(2 * before - computing.sum()), jnp.iinfo(jnp.int32).max)
-        split = jnp.argmin(score).astype(jnp.int32)
-        first = jnp.stack([jnp.int32(0), split])
-        core_steps = jnp.stack([split, num_steps - split])
+        score = xp.where(boundary, xp.abs(2 * before - computing.sum()), np.iinfo(np.int32).max)
+        split = xp.argmin(score).astype(xp.int32)
+        first = xp.stack([xp.int32(0), split])
+        core_steps = xp.stack([split, num_steps - split])
     # Per-core views; padding steps repeat the core's last step and are idle.
-    src = first[:, None] + jnp.minimum(steps[None, :], core_steps[:, None] - 1)
+    src = first[:, None] + xp.minimum(steps[None, :], core_steps[:, None] - 1)
     idle = is_tail[src] | (steps[None, :] >= core_steps[:, None])
     per_core = [a[src].reshape(-1) for a in (group_ids, m_tile_ids, x_tile_ids, w_group_ids)]
-    return (group_offsets, core_steps.astype(jnp.int32), *per_core, idle.reshape(-1).astype(jnp.int32),
-            jnp.max(core_steps).astype(jnp.int32))
+    return (group_offsets, core_steps.astype(xp.int32), *per_core, idle.reshape(-1).astype(xp.int32),
+            xp.max(core_steps).astype(xp.int32))
+
+
+def _repeat(xp, values, repeats, length: int):
+    """``values[i]`` repeated ``repeats[i]`` times, padded with the last value (or cut) to ``length``."""
+    if xp is np:
+        out = np.repeat(values, repeats)[:length]
+        return np.concatenate([out, np.full(length - out.size, out[-1] if out.size else 0, out.dtype)])
+    return jnp.repeat(values, repeats, total_repeat_length=length)
+
+
+def _count_into(xp, index, size: int):
+    """Histogram of ``index`` over ``[0, size)``; indices outside are dropped."""
+    if xp is np:
+        index = index[(index >= 0) & (index < size)]
+        return np.bincount(index, minlength=size).astype(np.int32)[:size]
+    return jnp.zeros((size,), jnp.int32).at[index].add(1, mode="drop")
+
+
+_metadata_arrays = jax.jit(functools.partial(_metadata_impl, jnp), static_argnames=("m", "tm", "cores"))
 
 
 # --------------------------------------------------------------------------
