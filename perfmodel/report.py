@@ -29,7 +29,7 @@ class Section:
     files: tuple[str, ...] = ()
 
 
-def hardware_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
+def hardware_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
     rows, data = [], []
     for name in CATALOG:
         c = CATALOG[name]
@@ -49,7 +49,7 @@ def hardware_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
     return Section("hardware", "Hardware catalog", md, data)
 
 
-def roofline_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
+def roofline_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
     from perfmodel.api import predict
     from perfmodel.plots import RooflinePoint, roofline_plot
 
@@ -81,7 +81,7 @@ HEADLINE = dict(tokens=4096, D=2048, F=8192, E=8, k=2, glu=True)
 layer, 4096 tokens routed top-2 over 8 experts (1024 rows per expert)."""
 
 
-def fusion_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
+def fusion_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
     import sympy as sp
 
     from perfmodel.fusion import predict_fusion
@@ -250,8 +250,8 @@ def validation_rows() -> list[dict]:
     return rows
 
 
-def validation_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
-    rows = validation_rows()
+def validation_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
+    rows = validation_rows() + ctx.get("validation_rows", [])
     md = ("Every check perfmodel makes against something real, read from the results files the "
           "validation commands committed (re-run the command to refresh a row).\n\n")
     md += markdown_table(["check", "against", "data", "result", "target", "met", "date", "command"],
@@ -261,8 +261,40 @@ def validation_section(out: pathlib.Path, chips: Sequence[str]) -> Section:
     return Section("validation", "Validation status", md, rows)
 
 
-SECTIONS: tuple[Callable[[pathlib.Path, Sequence[str]], Section], ...] = (hardware_section, roofline_section,
-                                                                         fusion_section, validation_section)
+TRAINING_RESULTS = RESULTS_DIR / "arith_full.jsonl"
+"""The committed IsoFLOP study (``perfmodel train sweep --study full --arch both``)."""
+
+
+def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
+    from perfmodel.scaling.study import report_json, report_markdown, run_study, write_outputs
+
+    if not TRAINING_RESULTS.exists():
+        md = f"No committed training results at `{TRAINING_RESULTS}`; run `perfmodel train sweep --study full`."
+        return Section("scaling", "Dense vs MoE scaling laws", md, None)
+    study = run_study(TRAINING_RESULTS, average_seeds=True, n_resamples=100)
+    paths = write_outputs(study, out, stem="scaling_fit")
+    data = report_json(study)
+    for g in study.groups:
+        if g.heldout is not None:
+            h = g.heldout
+            ctx.setdefault("validation_rows", []).append(dict(
+                check=f"held-out training budget ({g.label})", against="our own training runs",
+                data=f"validation/results/arith_full.jsonl (largest budget {h.budget_flops:.0e} FLOPs held out)",
+                result=(f"best loss predicted {h.best_loss_predicted:.4g} vs observed {h.best_loss_observed:.4g} "
+                        f"({h.best_loss_error_percent:+.1f}%); per-run loss MAPE {h.runs_loss_mape_percent:.1f}%"),
+                target="best loss within 5%", date=_committed_date(TRAINING_RESULTS),
+                command="perfmodel scaling fit validation/results/arith_full.jsonl",
+                ok=abs(h.best_loss_error_percent) <= 5))
+    pngs = [p.name for p in paths if p.suffix == ".png"]
+    md = (f"From `{TRAINING_RESULTS.relative_to(RESULTS_DIR.parent.parent)}` (seeds averaged, 100 bootstrap "
+          "resamples; `perfmodel scaling fit` gives more).\n\n"
+          + "\n".join(f"![{n}]({n})" for n in pngs) + "\n\n"
+          + report_markdown(study).split("\n", 1)[1].replace("\n## ", "\n### "))
+    return Section("scaling", "Dense vs MoE scaling laws", md, data, tuple(p.name for p in paths))
+
+
+SECTIONS: tuple[Callable[[pathlib.Path, Sequence[str], dict], Section], ...] = (
+    hardware_section, roofline_section, fusion_section, scaling_section, validation_section)
 
 
 def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[str] = DEFAULT_CHIPS,
@@ -273,10 +305,10 @@ def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[s
         raise ValueError("chips must name at least one chip, got chips=[]")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
+    sections, ctx = [], {}
     for fn in SECTIONS:
         t0 = time.perf_counter()
-        sections.append(fn(out, chips))
+        sections.append(fn(out, chips, ctx))
         log(f"[report] {sections[-1].title}: {time.perf_counter() - t0:.1f} s")
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     md = [f"# perfmodel report\n\nGenerated {now} by `perfmodel report` for chips: {', '.join(chips)}.\n"]
