@@ -58,13 +58,3 @@ def test_predict_list_shows_every_op(capsys):
 
     code, out, _ = run(capsys, "predict", "list")
     assert code == 0 and all(name in out for name in OPS)
-
-
-def test_report_writes_markdown_json_and_plot(tmp_path, capsys):
-    code, out, _ = run(capsys, "report", "--out", str(tmp_path))
-    assert code == 0
-    md = (tmp_path / "report.md").read_text()
-    data = json.loads((tmp_path / "report.json").read_text())
-    assert "## Hardware catalog" in md and "## Roofline" in md
-    assert (tmp_path / "roofline.png").stat().st_size > 10_000 and (tmp_path / "roofline.svg").exists()
-    assert set(data["chips"]) == {"v5e", "v6e"}

@@ -1,0 +1,74 @@
+"""`perfmodel report` on built-in defaults: every section and plot, and markdown numbers = JSON."""
+
+import json
+import re
+
+import pytest
+
+from perfmodel.cli import main
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", "--out", str(out)]) == 0
+    return out, (out / "report.md").read_text(), json.loads((out / "report.json").read_text())
+
+
+def test_every_section_is_present(report):
+    _, md, data = report
+    for title in ("## Hardware catalog", "## Roofline", "## When fusion beats ragged_dot",
+                  "## Dense vs MoE scaling laws", "## Validation status"):
+        assert title in md
+    assert set(data["sections"]) == {"hardware", "roofline", "fusion", "scaling", "validation"}
+    assert data["chips"] == ["v5e", "v6e"]
+
+
+def test_every_referenced_plot_exists_and_is_an_image(report):
+    out, md, _ = report
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(images) >= 6
+    for name in images:
+        png = out / name
+        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    for name in ("roofline.png", "fusion_map_v5e.png", "fusion_map_v6e.png", "fusion_breakdown.png",
+                 "scaling_isoflops.png", "scaling_frontier.png"):
+        assert (out / name).exists()
+
+
+def test_fusion_numbers_in_markdown_match_the_json(report):
+    _, md, data = report
+    for chip, d in data["sections"]["fusion"]["chips"].items():
+        block = md.split(f"### {chip}", 1)[1]
+        assert f"**{d['speedup']:.2f}x**" in block
+        assert f"{d['unfused_time_s'] * 1e6:.0f} us" in block and f"{d['fused_time_s'] * 1e6:.0f} us" in block
+        assert d["sentence"] in block
+        assert d["speedup"] == pytest.approx(d["unfused_time_s"] / d["fused_time_s"])
+
+
+def test_validation_rows_in_markdown_match_the_json(report):
+    _, md, data = report
+    rows = data["sections"]["validation"]
+    assert len(rows) >= 8
+    for r in rows:
+        assert r["result"].replace("|", "\\|") in md
+    checks = " ".join(r["check"] for r in rows)
+    for needle in ("XLA cost_analysis", "VMEM", "v5e", "Chinchilla", "held-out training", "CPU"):
+        assert needle in checks
+
+
+def test_hardware_numbers_match_the_catalog(report):
+    _, md, data = report
+    from perfmodel.hardware import CATALOG, format_si
+
+    for rec in data["sections"]["hardware"]:
+        chip = CATALOG[rec["chip"]]
+        assert rec["bf16_flops_per_s"] == chip.bf16_flops_per_s
+        assert format_si(chip.bf16_flops_per_s, "FLOP/s") in md
+
+
+def test_scaling_section_reports_both_architectures_with_intervals(report):
+    _, md, data = report
+    labels = [g["label"] for g in data["sections"]["scaling"]["groups"]]
+    assert "dense" in labels and any(l.startswith("moe") for l in labels)
+    assert "MoE vs dense at equal compute" in md
