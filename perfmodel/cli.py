@@ -25,6 +25,7 @@ class Registry:
         "calibrate": "measure the machine at hand",
         "train": "small training runs",
         "scaling": "scaling-law fits and compute-optimal allocations",
+        "tiling": "walk Pallas TPU kernels tile by tile (traffic, MXU work, VMEM, time)",
     }
 
     def __init__(self, subparsers):
