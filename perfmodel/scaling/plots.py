@@ -10,16 +10,13 @@ import pathlib
 
 import numpy as np
 
+from perfmodel.plots import _pyplot, save  # one home for backend setup and PNG+SVG saving
+
 from perfmodel.scaling import laws
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _pyplot()
 
 
 def _colors(n):
@@ -51,9 +48,7 @@ def plot_isoflops(study, path: pathlib.Path) -> pathlib.Path:
         ax.set_title(f"{g.label}: IsoFLOP curves")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_law_vs_data(study, path: pathlib.Path) -> pathlib.Path:
@@ -78,9 +73,7 @@ def plot_law_vs_data(study, path: pathlib.Path) -> pathlib.Path:
         ax.set_title(f"{g.label}: alpha={law.alpha:.3f}, beta={law.beta:.3f}, E={law.E_irr:.3f}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.Path:
@@ -121,9 +114,7 @@ def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.
     ax2.set_ylabel("D_opt / N_opt (tokens per active parameter)")
     ax1.set_title(f"compute-optimal frontier ({int(level * 100)}% bootstrap band; stars: IsoFLOP vertices)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_study(study, out_dir: pathlib.Path, *, suffix: str = "") -> list[pathlib.Path]:
@@ -155,6 +146,4 @@ def plot_time_budget(curves, allocations, path, *, ffn: str = "") -> pathlib.Pat
     fig.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
