@@ -64,7 +64,7 @@ def _chips(args) -> int:
                      _fmt(c.fp8_flops_per_s, "FLOP/s") if c.fp8_flops_per_s else "-",
                      _fmt(c.hbm_bytes_per_s, "B/s"), _fmt(c.hbm_bytes, "B"),
                      f"{c.ridge_flops_per_byte('bf16'):.0f}",
-                     _fmt(c.vmem_bytes_per_core, "B") if c.vmem_bytes_per_core else "-",
+                     f"{c.vmem_bytes_per_core // 2**20} MiB" if c.vmem_bytes_per_core else "-",
                      c.tensor_cores_per_chip,
                      "x".join(map(str, c.mxu_shape)) + f" x{c.mxus_per_core}" if c.mxu_shape else "-"])
     print(text_table(["chip", "bf16 peak", "int8 peak", "fp8 peak", "HBM BW", "HBM", "ridge FLOP/B",
