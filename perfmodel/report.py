@@ -247,11 +247,50 @@ def validation_rows() -> list[dict]:
                 "validation/results/kernel_cpu", f"{len(corr)} shapes, max rel err "
                 f"{max(c['max_rel_err'] for c in corr):.2g}", "within dtype tolerance", date,
                 "perfmodel validate kernel", all(c["max_rel_err"] <= c["tolerance"] for c in corr))
+    rows += measured_kernel_rows(RESULTS_DIR)
     return rows
 
 
+def measured_kernel_rows(results_dir: pathlib.Path) -> list[dict]:
+    """Rows for every ``perfmodel validate kernel`` run made on a TPU under ``results_dir``."""
+    rows = []
+    for path in sorted(results_dir.glob("kernel_*/**/results.json")):
+        data = json.loads(path.read_text())
+        sm = data.get("summary_tpu") or {}
+        if not sm.get("points"):
+            continue
+        med = dict(sm["median_abs_rel_err"])
+        info = data.get("info", {})
+        rows.append(dict(
+            check=f"fused vs ragged_dot measured on {info.get('chip', '?')}",
+            against=f"timed on {info.get('device_kind', 'TPU')} ({info.get('sweep', '?')} sweep)",
+            data=str(path.relative_to(results_dir.parent.parent)),
+            result=(f"winner right {sm['winner_correct']}/{sm['points']}; median |pred/meas-1| fused "
+                    f"{_pct(med['fused'])}, ragged_dot {_pct(med['ragged_dot'])}, speedup {_pct(med['speedup'])}"),
+            target="winner >= 90%", date=_committed_date(path), command=info.get("command", "perfmodel validate kernel"),
+            ok=sm["winner_correct"] >= 0.9 * sm["points"]))
+    return rows
+
+
+def measure_on_tpu(out: pathlib.Path, *, log=print) -> list[dict]:
+    """On a TPU, run ``perfmodel validate kernel --sweep quick`` into ``out`` and return its rows."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform != "tpu":
+        return []
+    from validation import kernel_harness
+
+    chip = get_chip(device.device_kind).name
+    target = out / f"kernel_{chip}"
+    log(f"[report] TPU found ({device.device_kind}): timing fused vs ragged_dot (quick sweep) into {target}")
+    kernel_harness.run(sweep="quick", out=target, device=device, progress=log,
+                       command=f"perfmodel validate kernel --sweep quick --out {target}")
+    return measured_kernel_rows(out)
+
+
 def validation_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
-    rows = validation_rows() + ctx.get("validation_rows", [])
+    rows = validation_rows() + ctx.get("validation_rows", []) + measure_on_tpu(out)
     md = ("Every check perfmodel makes against something real, read from the results files the "
           "validation commands committed (re-run the command to refresh a row).\n\n")
     md += markdown_table(["check", "against", "data", "result", "target", "met", "date", "command"],

@@ -72,3 +72,24 @@ def test_scaling_section_reports_both_architectures_with_intervals(report):
     labels = [g["label"] for g in data["sections"]["scaling"]["groups"]]
     assert "dense" in labels and any(l.startswith("moe") for l in labels)
     assert "MoE vs dense at equal compute" in md
+
+
+def test_measured_tpu_kernel_results_become_validation_rows(tmp_path):
+    """A `perfmodel validate kernel` run made on a TPU shows up in the report's validation table."""
+    from perfmodel.report import measured_kernel_rows
+
+    run = tmp_path / "validation" / "results" / "kernel_v5e"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "info": {"chip": "v5e", "device_kind": "TPU v5 lite", "sweep": "quick",
+                 "command": "perfmodel validate kernel --sweep quick"},
+        "summary_tpu": {"points": 10, "winner_correct": 9,
+                        "median_abs_rel_err": [["fused", 0.12], ["ragged_dot", 0.08], ["speedup", 0.15]]},
+    }))
+    rows = measured_kernel_rows(tmp_path / "validation" / "results")
+    assert len(rows) == 1 and rows[0]["ok"] is True
+    assert "9/10" in rows[0]["result"] and "fused 12.0%" in rows[0]["result"]
+    cpu_only = tmp_path / "validation" / "results" / "kernel_cpu"
+    cpu_only.mkdir()
+    (cpu_only / "results.json").write_text(json.dumps({"summary_tpu": {"points": 0}}))
+    assert len(measured_kernel_rows(tmp_path / "validation" / "results")) == 1
