@@ -454,7 +454,10 @@ def xla_vmem_estimate_bytes(tm: int, tk: int, tn: int, dtype: str = "bf16") -> i
     from XLA's source: it is the simplest buffer sum that separates every
     chosen tiling of the sweep from its next-larger rejected one.
     """
-    q = dtype_bytes(dtype)
+    return _estimate_bytes(dtype_bytes(dtype), tm, tk, tn)
+
+
+def _estimate_bytes(q: int, tm: int, tk: int, tn: int) -> int:
     return 2 * q * tk * tn + 2 * q * tm * tk + tm * tn * (2 * q + 8)
 
 
@@ -480,16 +483,26 @@ def rule_tiles(chip, m, k, n, num_groups, dtype="bf16") -> tuple[int, int, int] 
     while m % tm:
         tm //= 2
 
+    q = dtype_bytes(dtype)
+
     def fits(tk, tn):
-        return xla_vmem_estimate_bytes(tm, tk, tn, dtype) < rule.budget_bytes
+        return _estimate_bytes(q, tm, tk, tn) < rule.budget_bytes
 
     def largest(full, ok):
+        """``full`` if it fits, else the largest multiple of ``step`` (>= 2 steps) that fits, else one step.
+
+        The estimate grows with the tile, so ``ok`` is monotone: binary search over multiples.
+        """
         if ok(full):
             return full
-        t = (full // rule.step) * rule.step
-        while t > rule.step and not ok(t):
-            t -= rule.step
-        return max(t, min(full, rule.step))
+        lo, hi = 1, full // rule.step  # answer j in [1, hi]; j = 1 is the floor whether it fits or not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if ok(mid * rule.step):
+                lo = mid
+            else:
+                hi = mid - 1
+        return max(lo * rule.step if full >= rule.step else 0, min(full, rule.step))
 
     tk = largest(k, lambda t: fits(t, min(n, rule.step)))
     tn = largest(n, lambda t: fits(tk, t))
