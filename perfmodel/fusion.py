@@ -249,11 +249,11 @@ def explain(p: FusionPrediction) -> str:
         causes.append((p.intermediate_bytes, f"fusion removes the [T,F] round trip, "
                                              f"{100 * p.intermediate_bytes / unf_bytes:.0f}% of unfused bytes"))
     if p.weight_reread_bytes:
-        visits = p.weight_reread_bytes / max(p.fused.hbm_bytes, 1)
+        share = p.weight_reread_bytes / max(p.fused.hbm_bytes, 1)
         tm = p.fused_tiles[0]
         causes.append((p.weight_reread_bytes,
                        f"fusion re-reads each expert's weights once per {tm}-row tile "
-                       f"(~{p.tokens_per_expert / tm:.1f} tiles per expert), {100 * visits:.0f}% of fused bytes"))
+                       f"(~{p.tokens_per_expert / tm:.1f} tiles per expert), {100 * share:.0f}% of fused bytes"))
     if p.x_reread_bytes:
         causes.append((p.x_reread_bytes, f"ragged_dot re-reads activations once per output column tile "
                                          f"({100 * p.x_reread_bytes / unf_bytes:.0f}% of unfused bytes)"))

@@ -20,7 +20,6 @@ G           number of groups of a grouped matmul (= E for an MoE FFN)
 M, K, N     matmul dims: [M, K] @ [K, N]
 q           bytes per element of the operands (2 for bf16)
 tm, tk, tn  kernel tile sizes along M, K, N (tf: tile along F)
-V_f         row-tile visits of the fused MoE kernel (group x token tile)
 P, W        per-TensorCore MXU peak (FLOP/s) and HBM bandwidth (B/s)
 t_step      fixed cost per grid step; t_launch per kernel launch
 ==========  ==========================================================

@@ -192,25 +192,11 @@ def ragged_path_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: st
     q = _q(dtype)
     n_in = 2 if glu else 1
     pre = _n_pre(activation)
-    ops = []
-    for w in ("w_up", "w_gate")[:n_in] + ("w_down",):
-        ops.append(XlaOp(name=f"transpose {w}", kind="copy", flops=0.0, accesses=(
-            Access(tensor=w, bytes=E * D * F * q), Access(tensor=f"{w}_t", bytes=E * D * F * q))))
-    ops.append(XlaOp(name="expand x", kind="expand_interleaved", flops=0.0, accesses=(
-        Access(tensor="x", bytes=T * D * q), Access(tensor="x_m", bytes=T * E * D * q))))
-    for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
-        ops.append(XlaOp(name=f"dot {out}", kind="dot", flops=2.0 * T * E * D * F, accesses=(
-            Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=f"{w}_t", bytes=E * D * F * q),
-            Access(tensor=out, bytes=T * F * q))))
-    if pre:
-        ops.append(XlaOp(name="activation pre-pass", kind="copy", flops=0.0, accesses=(
-            Access(tensor="gate" if glu else "up", bytes=T * F * q), Access(tensor="act", bytes=T * F * q))))
-    ops.append(XlaOp(name="expand h", kind="expand_interleaved", flops=0.0, accesses=tuple(
-        Access(tensor=t, bytes=T * F * q) for t in _h_inputs(glu, pre)) + (Access(tensor="h_m", bytes=T * E * F * q),)))
-    ops.append(XlaOp(name="dot down", kind="dot", flops=2.0 * T * E * F * D, accesses=(
-        Access(tensor="h_m", bytes=T * E * F * q), Access(tensor="w_down_t", bytes=E * F * D * q),
-        Access(tensor="y", bytes=T * D * q))))
-    return tuple(ops)
+    transposes = tuple(XlaOp(name=f"transpose {w}", kind="copy", flops=0.0, accesses=(
+        Access(tensor=w, bytes=E * D * F * q), Access(tensor=f"{w}_t", bytes=E * D * F * q)))
+        for w in ("w_up", "w_gate")[:n_in] + ("w_down",))
+    return transposes + _masked_ffn_ops(T=T, D=D, F=F, E=E, glu=glu, pre=pre, q=q, expand="expand_interleaved",
+                                        weight_suffix="_t", y_bytes_per_el=q)
 
 
 def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, tf: int, dtype: str = "f32"):
@@ -278,21 +264,29 @@ def chunked_ops(*, T: int, D: int, F: int, E: int, glu: bool, activation: str, t
 
 
 def _single_chunk_ops(*, T, D, F, E, glu, pre, q):
+    # One chunk: XLA compiles no loop and no weight transposes; the down dot writes f32.
+    return _masked_ffn_ops(T=T, D=D, F=F, E=E, glu=glu, pre=pre, q=q, expand="expand_blocked",
+                           weight_suffix="", y_bytes_per_el=4)
+
+
+def _masked_ffn_ops(*, T, D, F, E, glu, pre, q, expand: str, weight_suffix: str, y_bytes_per_el: int):
+    """The dense masked expansion both CPU programs share: expand x, up/gate dots, optional
+    activation pre-pass, expand h, down dot. ``expand`` names the expansion layout's rate kind."""
     n_in = 2 if glu else 1
-    ops = [XlaOp(name="expand x", kind="expand_blocked", flops=0.0, accesses=(
+    ops = [XlaOp(name="expand x", kind=expand, flops=0.0, accesses=(
         Access(tensor="x", bytes=T * D * q), Access(tensor="x_m", bytes=T * E * D * q)))]
     for w, out in (("w_up", "up"), ("w_gate", "gate"))[:n_in]:
         ops.append(XlaOp(name=f"dot {out}", kind="dot", flops=2.0 * T * E * D * F, accesses=(
-            Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=w, bytes=E * D * F * q),
+            Access(tensor="x_m", bytes=T * E * D * q), Access(tensor=w + weight_suffix, bytes=E * D * F * q),
             Access(tensor=out, bytes=T * F * q))))
     if pre:
         ops.append(XlaOp(name="activation pre-pass", kind="copy", flops=0.0, accesses=(
             Access(tensor="gate" if glu else "up", bytes=T * F * q), Access(tensor="act", bytes=T * F * q))))
-    ops.append(XlaOp(name="expand h", kind="expand_blocked", flops=0.0, accesses=tuple(
+    ops.append(XlaOp(name="expand h", kind=expand, flops=0.0, accesses=tuple(
         Access(tensor=t, bytes=T * F * q) for t in _h_inputs(glu, pre)) + (Access(tensor="h_m", bytes=T * E * F * q),)))
     ops.append(XlaOp(name="dot down", kind="dot", flops=2.0 * T * E * F * D, accesses=(
-        Access(tensor="h_m", bytes=T * E * F * q), Access(tensor="w_down", bytes=E * F * D * q),
-        Access(tensor="y", bytes=4 * T * D))))
+        Access(tensor="h_m", bytes=T * E * F * q), Access(tensor="w_down" + weight_suffix, bytes=E * F * D * q),
+        Access(tensor="y", bytes=y_bytes_per_el * T * D))))
     return tuple(ops)
 
 

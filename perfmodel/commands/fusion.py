@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 
 
-def _shape_args(p, *, tokens_required: bool = True) -> None:
-    p.add_argument("--chip", default="v5e", help="TPU: v4, v5e, v5p, v6e, tpu7x (default v5e)")
-    p.add_argument("--tokens", type=int, required=tokens_required, help="tokens before routing")
-    p.add_argument("--D", type=int, required=True, help="model width")
-    p.add_argument("--F", type=int, required=tokens_required, help="expert hidden width")
-    p.add_argument("--E", type=int, required=True, help="number of experts")
-    p.add_argument("--k", type=int, default=1, help="experts per token (default 1)")
+def _shape_args(p, *, defaults: dict | None = None) -> None:
+    """The MoE FFN shape options; required unless ``defaults`` gives values (the plot commands)."""
+    d = defaults or {}
+
+    def dim(flag, help):
+        name = flag.lstrip("-")
+        p.add_argument(flag, type=int, required=name not in d, default=d.get(name), help=help)
+
+    dim("--tokens", "tokens before routing")
+    dim("--D", "model width")
+    dim("--F", "expert hidden width")
+    dim("--E", "number of experts")
+    p.add_argument("--k", type=int, default=d.get("k", 1), help="experts per token (default 1)")
     p.add_argument("--glu", action="store_true", help="SwiGLU: up and gate projections")
     p.add_argument("--activation", default=None, help="gelu, relu or silu (default: silu with --glu, else gelu)")
     p.add_argument("--dtype", default="bf16")
@@ -20,6 +26,7 @@ def _shape_args(p, *, tokens_required: bool = True) -> None:
 def register(cli) -> None:
     p = cli.command("fusion", "predict fused MoE kernel vs ragged_dot on a TPU, and explain why",
                     epilog="example: perfmodel fusion --chip v5e --tokens 4096 --D 2048 --F 8192 --E 8 --k 2 --glu")
+    p.add_argument("--chip", default="v5e", help="TPU: v4, v5e, v5p, v6e, tpu7x (default v5e)")
     _shape_args(p)
     p.add_argument("--dist", default="uniform", choices=["uniform", "random", "skewed"],
                    help="group-size distribution over experts")
@@ -32,13 +39,8 @@ def register(cli) -> None:
     p.set_defaults(func=_fusion)
 
     p = cli.subcommand("plot", "roofline", "roofline per chip with each kernel of both MoE paths as a point")
+    _shape_args(p, defaults=dict(tokens=4096, D=2048, F=8192, E=8, k=2))
     p.add_argument("--chips", default="v5e,v6e")
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--D", type=int, default=2048)
-    p.add_argument("--F", type=int, default=8192)
-    p.add_argument("--E", type=int, default=8)
-    p.add_argument("--k", type=int, default=2)
-    p.add_argument("--glu", action="store_true")
     p.add_argument("--out", default="perfmodel-plots")
     p.set_defaults(func=_plot_roofline)
 
@@ -141,7 +143,8 @@ def _plot_roofline(args) -> int:
     chips = [c for c in args.chips.split(",") if c]
     out = pathlib.Path(args.out)
     for chip in chips:
-        p = predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k, glu=args.glu)
+        p = predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k, glu=args.glu,
+                           activation=args.activation, dtype=args.dtype)
         pts = [RooflinePoint(f"{o.name} kernel", o.executed_flops or 1.0, o.hbm_bytes, "ragged_dot path")
                for o in p.unfused]
         pts.append(RooflinePoint("fused kernel", p.fused.executed_flops, p.fused.hbm_bytes, "fused"))
