@@ -82,7 +82,7 @@ class Study:
 
 STUDIES = {
     "quick": Study(name="quick", budgets_flops=(1e10, 3e10), sizes_per_budget=3),
-    "full": Study(name="full", budgets_flops=(3e10, 1e11, 3e11, 1e12), sizes_per_budget=5, seeds=(0, 1)),
+    "full": Study(name="full", budgets_flops=(3e10, 1e11, 3e11, 1e12), sizes_per_budget=5, seeds=(0, 1, 2, 3)),
 }
 
 
