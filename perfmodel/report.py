@@ -239,7 +239,9 @@ def validation_rows() -> list[dict]:
             f"{kc['info']['cpu_count']} cores)",
             f"winner right {sm['winner_correct']}/{sm['points']}; median |pred/meas-1| ragged_dot "
             f"{_pct(med.get('ragged_dot (measured rates)', float('nan')))}, chunked "
-            f"{_pct(med.get('chunked (measured rates)', float('nan')))}", "winner >= 90%", date,
+            f"{_pct(med.get('chunked (measured rates)', float('nan')))}"
+            + (f"; the run's own halves agree on the winner at {int(ex['split_half_agree'])}/{sm['points']}"
+               if "split_half_agree" in (ex := dict(sm.get("extra", ()))) else ""), "winner >= 90%", date,
             f"perfmodel validate kernel --sweep {kc['info']['sweep']}", sm["winner_correct"] >= 0.9 * sm["points"])
         corr = kc.get("correctness", [])
         if corr:

@@ -40,6 +40,15 @@ def test_paired_speedup_is_median_of_round_ratios():
     assert kh.paired_speedup((2.0, 9.0, 4.0), (1.0, 3.0, 1.0)) == 3.0
 
 
+
+def test_split_half_reliability_compares_the_two_halves_of_the_rounds():
+    # rounds 1-2: the slow path really is slower (ratio 2); rounds 3-4: the other way (ratio 0.5)
+    assert not kh.split_half_agrees((2.0, 2.0, 1.0, 1.0), (1.0, 1.0, 2.0, 2.0))
+    assert kh.split_half_agrees((2.0, 3.0, 2.5, 2.2), (1.0, 1.0, 1.0, 1.0))
+    # an odd round count: the middle round goes to the second half
+    assert not kh.split_half_agrees((2.0, 1.0, 1.0), (1.0, 2.0, 2.0))
+    assert kh.split_half_agrees((2.0,), (1.0,))  # nothing to split
+
 # -- the CPU formulations ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("glu, sizes", [(False, [30, 0, 20, 14]), (True, [10, 25, 0, 20])])
@@ -162,6 +171,7 @@ def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
         assert (tmp_path / f"{name}.png").exists() and (tmp_path / f"{name}.svg").exists()
     js = json.loads((tmp_path / "results.json").read_text())
     assert js["summary_cpu"]["points"] == 2 and len(js["derived_cpu"]) == 2
+    assert "measurement reliability" in md and dict(js["summary_cpu"]["extra"])["split_half_agree"] in (0, 1, 2)
     assert any("[2/2]" in m for m in msgs)
     assert res.rates_history == (res.rates,) and res.rates is res.chip_rates  # recalibrate=False
 

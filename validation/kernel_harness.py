@@ -262,6 +262,19 @@ def paired_speedup(slow: tuple[float, ...], fast: tuple[float, ...]) -> float:
     return median([a / b for a, b in zip(slow, fast)])
 
 
+def split_half_agrees(slow: tuple[float, ...], fast: tuple[float, ...]) -> bool:
+    """Do the first and second halves of the rounds name the same winner (paired speedups on each side of 1)?
+
+    The measurement's own reliability: a sweep whose halves disagree on a point's winner cannot be
+    predicted at that point by any model; the fraction of agreeing points is the ceiling for the
+    predicted-winner score of that run. With fewer than 2 rounds there is nothing to split (True).
+    """
+    k = len(slow) // 2
+    if k == 0:
+        return True
+    return (paired_speedup(slow[:k], fast[:k]) > 1) == (paired_speedup(slow[k:], fast[k:]) > 1)
+
+
 # -- records -------------------------------------------------------------------------
 
 @attrs.frozen(kw_only=True)
@@ -338,6 +351,11 @@ class CpuRecord:
     def roofline_winner_agrees(self) -> bool:
         return (self.roofline_speedup > 1) == (self.meas_speedup > 1)
 
+    @property
+    def split_half_agrees(self) -> bool:
+        """The measurement's own winner is the same in both halves of the rounds (see :func:`split_half_agrees`)."""
+        return split_half_agrees(self.ragged_samples_s, self.chunked_samples_s)
+
 
 @attrs.frozen(kw_only=True)
 class TpuRecord:
@@ -373,6 +391,10 @@ class TpuRecord:
     @property
     def winner_agrees(self) -> bool:
         return (self.pred_speedup > 1) == (self.meas_speedup > 1)
+
+    @property
+    def split_half_agrees(self) -> bool:
+        return split_half_agrees(self.ragged_samples_s, self.fused_samples_s)
 
 
 @attrs.frozen(kw_only=True)
@@ -413,6 +435,7 @@ def summarize_cpu(records) -> Summary:
     return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs),
                    extra=(("roofline_winner_correct", float(sum(r.roofline_winner_agrees for r in recs))),
                           ("decided_points", float(len(decided))),
+                          ("split_half_agree", float(sum(r.split_half_agrees for r in recs))),
                           ("decided_winner_correct", float(sum(r.winner_agrees for r in decided)))))
 
 
@@ -423,7 +446,8 @@ def summarize_tpu(records) -> Summary:
     err = (("fused", median([_abs_rel(r.pred_fused_s, r.meas_fused_s) for r in recs])),
            ("ragged_dot", median([_abs_rel(r.pred_ragged_s, r.meas_ragged_s) for r in recs])),
            ("speedup", median([_abs_rel(r.pred_speedup, r.meas_speedup) for r in recs])))
-    return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs))
+    return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs),
+                   extra=(("split_half_agree", float(sum(r.split_half_agrees for r in recs))),))
 
 
 # -- inputs ------------------------------------------------------------------------------
@@ -661,7 +685,7 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
     device = device or jax.devices()[0]
     on_tpu = device.platform == "tpu"
     if repeats is None:
-        repeats = 5 if sweep == "quick" else 7
+        repeats = 11 if sweep == "quick" else 21
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got repeats={repeats!r}")
     chip = get_chip(device.device_kind) if on_tpu else chip_for_device(device)
@@ -981,6 +1005,9 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   f"{int(dict(s.extra)['roofline_winner_correct'])}/{s.points}",
                   f"- excluding predicted near-ties (|pred speedup - 1| < {TIE:.0%}): "
                   f"{int(dict(s.extra)['decided_winner_correct'])}/{int(dict(s.extra)['decided_points'])} correct",
+                  f"- measurement reliability: the first and second halves of the rounds name the same winner at "
+                  f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points (no model can beat this run's "
+                  f"self-agreement by much; points where the halves disagree are decided by noise)",
                   f"- wrong winners (pred / meas speedup): " + (", ".join(
                       f"{r.point.label} tf={r.tf} ({r.pred_speedup:.2f} / {r.meas_speedup:.2f})"
                       for r in results.cpu if not r.winner_agrees) or "none"),
@@ -1014,7 +1041,9 @@ def _tpu_markdown(results: Results, markdown_table) -> list[str]:
         lines += ["", "### Summary", ""]
         lines += [f"- {name}: median |pred/meas - 1| = {v:.2f}" for name, v in s.median_abs_rel_err]
         lines += [f"- predicted winner correct: **{s.winner_correct}/{s.points} ({100 * s.winner_fraction:.0f}%)**; "
-                  f"the model predicted fusion to win at {wins} and lose at {s.points - wins} points", ""]
+                  f"the model predicted fusion to win at {wins} and lose at {s.points - wins} points",
+                  f"- measurement reliability: the first and second halves of the rounds name the same winner at "
+                  f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points", ""]
     if results.errors:
         lines += ["Skipped points:", ""] + [f"- {e}" for e in results.errors] + [""]
     return lines

@@ -9,12 +9,12 @@ def register(cli) -> None:
         "time fused vs ragged_dot MoE FFN on this device and compare with the model (on CPU: fused kernel "
         "correctness only, plus the XLA ragged_dot path vs an F-chunked formulation against the cpu chip)",
         epilog="example: perfmodel validate kernel --sweep quick --out validation/results/kernel_cpu")
-    p.add_argument("--sweep", default="quick", help="quick (~2 min on a 2-core CPU) or full (~15 min)")
+    p.add_argument("--sweep", default="quick", help="quick (~15 s on a quiet 2-core CPU) or full (~1 min quiet; much longer on a loaded machine)")
     p.add_argument("--out", default=None,
                    help="directory for results.jsonl/json, report.md and plots "
                         "(default validation/results/kernel_<chip>, e.g. kernel_cpu, kernel_v5e)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed rounds per point after one warm-up (default 5 quick, 7 full)")
+                   help="timed rounds per point after one warm-up (default 11 quick, 21 full)")
     p.add_argument("--no-recalibrate", action="store_true",
                    help="CPU: use the saved cpu chip calibration only, skip the micro-kernel rates at run start")
     p.set_defaults(func=_validate_kernel)
