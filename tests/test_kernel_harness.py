@@ -41,6 +41,19 @@ def test_paired_speedup_is_median_of_round_ratios():
 
 
 
+def test_fault_diagnostic_counts_fresh_pages():
+    import jax
+    import jax.numpy as jnp
+
+    v = jnp.ones(16 * 2**20, jnp.float32)
+    add = jax.jit(lambda a: a + 1.0)
+    got = kh.fault_bytes_per_call(lambda: add(v))  # a fresh 64 MiB output block per call
+    if got is None:
+        pytest.skip("getrusage unavailable")
+    assert got >= 32 * 2**20
+    assert kh.fault_bytes_per_call(lambda: None) < 2**20
+
+
 def test_split_half_reliability_compares_the_two_halves_of_the_rounds():
     # rounds 1-2: the slow path really is slower (ratio 2); rounds 3-4: the other way (ratio 0.5)
     assert not kh.split_half_agrees((2.0, 2.0, 1.0, 1.0), (1.0, 1.0, 2.0, 2.0))
@@ -171,6 +184,8 @@ def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
         assert (tmp_path / f"{name}.png").exists() and (tmp_path / f"{name}.svg").exists()
     js = json.loads((tmp_path / "results.json").read_text())
     assert js["summary_cpu"]["points"] == 2 and len(js["derived_cpu"]) == 2
+    assert all(r.ragged_temp_bytes > 0 and r.chunked_temp_bytes > 0 for r in res.cpu)
+    assert "fresh pages per call" in md
     assert "measurement reliability" in md and dict(js["summary_cpu"]["extra"])["split_half_agree"] in (0, 1, 2)
     assert any("[2/2]" in m for m in msgs)
     assert res.rates_history == (res.rates,) and res.rates is res.chip_rates  # recalibrate=False

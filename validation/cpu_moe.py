@@ -53,7 +53,13 @@ those passes are memory- or overhead-bound.
 Not modelled (seen here): dots run at one peak whatever their shape, and at
 small in-cache shapes the ragged_dot path's expansion + dot pair runs ~1.2-1.5x
 slower inside the full program than the same ops timed alone, so the model
-calls near-ties there where the chunked formulation measurably wins.
+calls near-ties there where the chunked formulation measurably wins. Nor are
+page faults: XLA allocates a program's temporaries as one block per call, and
+a block above glibc's 32 MiB mmap threshold is fresh memory that faults on
+every call (``perfmodel validate kernel`` on CPU measures temp size and faults
+per program and tabulates them next to the model's error). The isolated
+micro-kernels of :func:`measure_rates` at 64 MiB pay those faults on their
+output, so the large-size rates carry them implicitly.
 """
 
 from __future__ import annotations

@@ -321,6 +321,12 @@ class CpuRecord:
     max_abs_diff: float  # chunked vs ragged_dot outputs
     max_rel_diff: float
     rates_index: int = 0  # which entry of Results.rates_history predicted this point
+    # Diagnostics (not in the model): XLA's temp allocation per call (compiled memory analysis) and the
+    # minor page faults one call takes, in bytes (4 KiB pages; None where getrusage is unavailable).
+    ragged_temp_bytes: float | None = None
+    chunked_temp_bytes: float | None = None
+    ragged_fault_bytes: float | None = None
+    chunked_fault_bytes: float | None = None
 
     @property
     def meas_ragged_s(self) -> float:
@@ -507,6 +513,26 @@ def run_correctness(shapes=CORRECTNESS_SHAPES, *, progress: Callable[[str], None
     return out
 
 
+def fault_bytes_per_call(fn: Callable[[], object], calls: int = 3) -> float | None:
+    """Minor page faults of one call of ``fn`` (after a warm-up call), as bytes of 4 KiB pages.
+
+    A diagnostic of the CPU runtime, not a model input: XLA on CPU allocates a program's temporaries
+    as one block per call; glibc serves blocks above its mmap threshold (at most 32 MiB on 64-bit)
+    with fresh pages, which fault on first touch every call. ``None`` where ``getrusage`` is missing.
+    Counts assume 4 KiB pages (what XLA's allocations get here); memory backed by transparent huge
+    pages faults once per 2 MiB and is undercounted.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Linux / macOS
+        return None
+    _block(fn())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        _block(fn())
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls * 4096.0
+
+
 def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf_counter) -> CpuRecord:
     """Predict and time both XLA formulations at ``point`` (f32) and check their outputs agree."""
     import jax
@@ -524,7 +550,11 @@ def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf
     fs = {name: jax.jit(f) for name, f in cpu_moe.formulations(activation=point.activation, tf=tf).items()}
     d, rel = _rel_diff(fs["chunked"](*args), fs["ragged_dot"](*args))
     samples = time_round_robin({n: (lambda f=f: f(*args)) for n, f in fs.items()}, repeats=repeats, timer=timer)
-    return CpuRecord(point=point, tf=tf, pred_ragged_s=pr.time_s, pred_chunked_s=pc.time_s,
+    temp = {n: f.lower(*args).compile().memory_analysis().temp_size_in_bytes for n, f in fs.items()}
+    faults = {n: fault_bytes_per_call(lambda f=f: f(*args)) for n, f in fs.items()}
+    return CpuRecord(ragged_temp_bytes=float(temp["ragged_dot"]), chunked_temp_bytes=float(temp["chunked"]),
+                     ragged_fault_bytes=faults["ragged_dot"], chunked_fault_bytes=faults["chunked"],
+                     point=point, tf=tf, pred_ragged_s=pr.time_s, pred_chunked_s=pc.time_s,
                      roofline_ragged_s=rr.time_s, roofline_chunked_s=rc.time_s, ragged_bound=pr.bound,
                      chunked_bound=pc.bound, executed_flops=pr.flops, useful_flops=pr.useful_flops,
                      ragged_bytes=pr.bytes, chunked_bytes=pc.bytes,
@@ -1013,6 +1043,7 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                       for r in results.cpu if not r.winner_agrees) or "none"),
                   f"- outputs of the two formulations agree: max rel diff "
                   f"{max(r.max_rel_diff for r in results.cpu):.1e}", ""]
+    lines += _fault_markdown(results.cpu, markdown_table)
     lines += ["### What this CPU run can and cannot show", "",
               "- It checks that the fused kernel computes the right numbers (interpret mode), that the op-level "
               "byte counts of both XLA formulations match XLA's own cost analysis, and whether the roofline-style "
@@ -1022,6 +1053,44 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
               "rates between measurements (the micro-kernel rates are re-measured at the start of each run for "
               "that reason). Run `perfmodel validate kernel` on a TPU for the real test.", ""]
     return lines
+
+
+MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20
+"""glibc's largest mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``, mallopt(3)): blocks above it
+are always fresh mmaps, so their pages fault on first touch at every call."""
+
+
+def _fault_markdown(records, markdown_table) -> list[str]:
+    """Diagnostic table: XLA temp allocation and page faults per call vs the model's error (not modelled)."""
+    rows, big, small = [], [], []
+    for r in records:
+        for name, temp, fault, pred, meas in (
+                ("ragged_dot", r.ragged_temp_bytes, r.ragged_fault_bytes, r.pred_ragged_s, r.meas_ragged_s),
+                ("chunked", r.chunked_temp_bytes, r.chunked_fault_bytes, r.pred_chunked_s, r.meas_chunked_s)):
+            if temp is None or fault is None:
+                continue
+            (big if temp >= MMAP_THRESHOLD_MAX_BYTES else small).append((fault, temp, pred / meas))
+            if temp >= MMAP_THRESHOLD_MAX_BYTES or fault >= 2**20:
+                rows.append([f"{r.point.label} tf={r.tf}", name, f"{temp / 2**20:.1f}", f"{fault / 2**20:.1f}",
+                             f"{pred / meas:.2f}"])
+    if not (big or small):
+        return []
+    lines = ["### Runtime effects the model leaves out: fresh pages per call", "",
+             "XLA on CPU allocates a program's temporaries as one block per call (`temp` = "
+             "`compiled.memory_analysis().temp_size_in_bytes`); glibc serves blocks above its largest mmap "
+             f"threshold ({MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB on 64-bit) with fresh pages, which fault on "
+             "first touch at every call (`faulted` = minor page faults of one call x 4 KiB, from getrusage). "
+             "The time model does not charge these faults.", ""]
+    for label, group in ((f"temp >= {MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB", big),
+                         (f"temp < {MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB", small)):
+        if group:
+            lines.append(f"- {label}: {len(group)} programs, median faulted / temp "
+                         f"{median([f / t if t else 0.0 for f, t, _ in group]):.2f}, "
+                         f"median pred / meas time {median([e for _, _, e in group]):.2f}")
+    lines += ["", "Programs with temp above the threshold or more than 1 MiB faulted per call:", ""]
+    lines.append(markdown_table(["point", "formulation", "temp MiB", "faulted MiB / call", "pred / meas"], rows)
+                 if rows else "none")
+    return lines + [""]
 
 
 def _tpu_markdown(results: Results, markdown_table) -> list[str]:
