@@ -89,3 +89,13 @@ def test_joint_law_fitted_across_expert_counts(fitted):
     for e in (1, 8):
         true = float(JOINT.optimal(BUDGETS[-1], e).loss)
         assert abs(float(fitted.joint.law.optimal(BUDGETS[-1], e).loss) - true) < 0.02
+
+
+def test_heldout_uses_the_runs_flops_per_param_token(tmp_path):
+    # Runs that spend c_f = 8 FLOPs per parameter-token (attention, embeddings on top of 6 N D): the
+    # held-out optimum must be taken on C = 8 N D, else L*(C) is read at the wrong token count.
+    law = JOINT.at_experts(1)
+    p = results.write_synthetic(tmp_path / "runs.jsonl", {("dense", 1, 1): law}, BUDGETS, flops_per_param_token=8.0)
+    runs = results.read_runs(p)
+    h = study.heldout_check(runs, grid=F.TINY_GRID)
+    assert abs(h.best_loss_error_percent) < 0.5
