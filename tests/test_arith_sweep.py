@@ -34,6 +34,17 @@ def test_full_study_design():
     assert len({r.run_id for r in runs}) == len(runs)
 
 
+def test_lr_scale_multiplies_the_recipe_lr_and_tags_the_run_id():
+    import attrs
+
+    base = sweep.plan(attrs.evolve(sweep.STUDIES["quick"], seeds=(0,)))
+    half = sweep.plan(attrs.evolve(sweep.STUDIES["quick"], seeds=(0,), lr_scale=0.5))
+    for a, b in zip(base, half):
+        assert b.config.optim.peak_lr == pytest.approx(0.5 * a.config.optim.peak_lr)
+        assert b.run_id == a.run_id + "/lr_x0.5"
+        assert b.config.batch_size == a.config.batch_size and b.config.model == a.config.model
+
+
 def test_append_is_line_atomic_and_torn_lines_are_ignored(tmp_path):
     p = tmp_path / "r.jsonl"
     sweep.append_record(p, {"run_id": "a", "x": 1})
@@ -80,6 +91,7 @@ def test_kill_loses_at_most_the_run_in_progress_and_rerun_skips(tmp_path):
 @pytest.mark.parametrize("argv, name", [
     (["--study", "huge"], "study='huge'"), (["--arch", "both2"], "arch='both2'"),
     (["--moe-impl", "magic"], "moe_impl='magic'"), (["--budgets", "1e9,x"], "budgets='1e9,x'"),
+    (["--seeds", "0,a"], "seeds='0,a'"), (["--lr-scale", "-1"], "lr_scale=-1"),
 ])
 def test_cli_rejects_bad_input_naming_the_argument(argv, name, capsys):
     from perfmodel.cli import main

@@ -56,6 +56,16 @@ def register(cli) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_time_optimal)
 
+    p = cli.subcommand("scaling", "recipe-check",
+                       "learning-rate sensitivity per budget: does tuning lr change the held-out prediction?",
+                       epilog="example: perfmodel scaling recipe-check validation/results/arith_full.jsonl "
+                              "validation/results/arith_lr.jsonl")
+    p.add_argument("base", help="JSONL of the study at the recipe's learning rate")
+    p.add_argument("lr_runs", help="JSONL of the same grid at lr x0.5 and x2 (perfmodel train sweep --lr-scale)")
+    p.add_argument("--seed", type=int, default=0, help="which seed's runs to compare (default 0)")
+    p.add_argument("--out", default=None, help="directory for recipe_check.md/.json (default: next to BASE)")
+    p.set_defaults(func=_recipe_check)
+
     p = cli.subcommand("validate", "chinchilla",
                        "refit Chinchilla's 245 points with Epoch AI's protocol and compare with their estimates")
     p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
@@ -89,6 +99,19 @@ def _validate_chinchilla(args) -> int:
         print(V.report_markdown(r))
         print(f"wrote {md} and {js}")
     return 0 if r.ok else 1
+
+
+def _recipe_check(args) -> int:
+    from validation import recipe_check as R
+
+    r = R.run(args.base, args.lr_runs, seed=args.seed)
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.base).parent
+    command = f"perfmodel scaling recipe-check {args.base} {args.lr_runs}" + (
+        f" --seed {args.seed}" if args.seed else "")
+    md, js = R.write_reports(r, out, command)
+    print(R.report_markdown(r, command))
+    print(f"wrote {md} and {js}")
+    return 0
 
 
 def _optimal(args) -> int:

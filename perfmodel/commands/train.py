@@ -19,6 +19,9 @@ def register(cli) -> None:
     p.add_argument("--task", default=None, help="task family override, e.g. add3, mul3, add5+mul3")
     p.add_argument("--budgets", default=None,
                    help="comma-separated training FLOP budgets overriding the study's, e.g. 1e15,1e16 on a TPU")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds overriding the study's, e.g. 0 or 0,1")
+    p.add_argument("--lr-scale", type=float, default=1.0,
+                   help="multiply the recipe's peak learning rate (recipe-sensitivity checks; tags run ids)")
     p.add_argument("--out", default=None, help="JSONL path (default validation/results/arith_<study>.jsonl)")
     p.set_defaults(func=_sweep)
 
@@ -46,6 +49,15 @@ def _sweep(args) -> int:
         except ValueError:
             raise ValueError(f"--budgets must be comma-separated numbers, got budgets={args.budgets!r}") from None
         study = attrs.evolve(study, budgets_flops=budgets)
+    if args.seeds:
+        try:
+            seeds = tuple(int(v) for v in args.seeds.split(","))
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got seeds={args.seeds!r}") from None
+        study = attrs.evolve(study, seeds=seeds)
+    if not (args.lr_scale > 0 and args.lr_scale < float("inf")):
+        raise ValueError(f"--lr-scale must be a positive number, got lr_scale={args.lr_scale}")
+    study = attrs.evolve(study, lr_scale=args.lr_scale)
     out = pathlib.Path(args.out) if args.out else _RESULTS / f"arith_{study.name}.jsonl"
 
     from perfmodel.hardware import chip_for_device

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 import numpy as np
@@ -150,13 +150,15 @@ def _number(value, what: str, where: str) -> float:
     return x
 
 
-def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str = "active_non_embedding") -> Runs:
+def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str = "active_non_embedding",
+              keep: Callable[[dict], bool] | None = None) -> Runs:
     """Parse a JSONL results file; errors name the line and the missing or bad field.
 
     Lines that are blank are skipped; a line whose ``status`` is present and not
     ``"ok"``/``"done"``/``"finished"`` is skipped too (unfinished run). Non-finite
     losses are an error (a diverged run should be excluded by the sweep, not
-    silently fitted).
+    silently fitted). ``keep(record)`` (the parsed JSON object), when given,
+    selects which lines to read.
     """
     path = pathlib.Path(path)
     if loss not in ("eval", "train"):
@@ -175,6 +177,8 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        if keep is not None and not keep(obj):
+            continue
         flat = _flatten(obj)
         status = _lookup(flat, ("status",))
         if status is not None and str(status).lower() not in ("ok", "done", "finished", "complete", "completed"):

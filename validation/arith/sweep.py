@@ -61,8 +61,10 @@ def moe_model(d_model: int, *, n_layers: int = 2, seq_len: int, n_experts: int =
                        top_k=top_k, moe_impl=moe_impl, dtype=dtype)
 
 
-def optim_for(model: ModelConfig, batch_size: int = 256) -> optim.AdamWConfig:
-    return optim.AdamWConfig(peak_lr=1e-2 * math.sqrt(batch_size / 256) * min(1.0, math.sqrt(32 / model.d_model)))
+def optim_for(model: ModelConfig, batch_size: int = 256, lr_scale: float = 1.0) -> optim.AdamWConfig:
+    """The recipe's AdamW: peak lr ``lr_scale * 1e-2 * sqrt(B / 256) * min(1, sqrt(32 / D))``."""
+    return optim.AdamWConfig(
+        peak_lr=lr_scale * 1e-2 * math.sqrt(batch_size / 256) * min(1.0, math.sqrt(32 / model.d_model)))
 
 
 def batch_for(tokens: float, seq_len: int) -> int:
@@ -78,6 +80,7 @@ class Study:
     task: str = DEFAULT_TASK
     n_layers: int = 2
     seeds: tuple[int, ...] = (0,)
+    lr_scale: float = 1.0  # multiplies the recipe's peak lr (recipe-sensitivity checks); != 1 tags the run id
 
 
 STUDIES = {
@@ -123,9 +126,10 @@ def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int
                     tag = f"moe-E{n_experts}k{top_k}"
                 tokens = c / mc.shape.flops_per_token().train_exact
                 bs = batch_for(tokens, tc.seq_len)
-                rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc, bs), batch_size=bs,
+                rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc, bs, study.lr_scale), batch_size=bs,
                                      token_budget=max(int(tokens), bs * tc.seq_len), seed=seed)
-                rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}"
+                rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}" + (
+                    f"/lr_x{study.lr_scale:g}" if study.lr_scale != 1.0 else "")
                 runs.append(PlannedRun(run_id=rid, arch=tag, budget_flops=c, config=rc))
     return runs
 

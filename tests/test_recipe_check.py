@@ -1,0 +1,59 @@
+"""validation.recipe_check: lr-sensitivity comparison on synthetic sweep records (nothing trained)."""
+
+import json
+
+import pytest
+
+from perfmodel.scaling import fit as F
+from perfmodel.scaling import moe_laws, results
+from validation import recipe_check as R
+
+BUDGETS = (1e17, 3e17, 1e18, 3e18)
+
+
+def _tag(src, dst, *, scale, factor_by_budget, seed=0):
+    """Copy synthetic records as if run at ``lr x scale``: loss multiplied per budget, run id tagged."""
+    out = []
+    for line in src.read_text().splitlines():
+        r = json.loads(line)
+        r["seed"] = seed
+        r["run_id"] = f"x/{r['arch']}/C{r['budget_flops']:.0e}/N{r['params_active_non_embedding']:.0f}" + (
+            f"/lr_x{scale:g}" if scale != 1 else "")
+        f = factor_by_budget[r["budget_flops"]]
+        r["held_out_loss"] *= f
+        r["train_loss"] *= f
+        out.append(json.dumps(r))
+    with dst.open("a") as fh:
+        fh.write("\n".join(out) + "\n")
+
+
+def test_lr_scale_from_run_id():
+    assert R.lr_scale_of({"run_id": "add3/dense/C1e+11/D8L2/float32/seed0/lr_x0.5"}) == 0.5
+    assert R.lr_scale_of({"run_id": "add3/dense/C1e+11/D8L2/float32/seed0"}) == 1.0
+
+
+def test_undertuned_small_budgets_show_as_tuning_gain_and_fix_the_heldout(tmp_path):
+    law = moe_laws.JointMoELaw().at_experts(1)
+    clean = results.write_synthetic(tmp_path / "clean.jsonl", {("dense", 1, 1): law}, BUDGETS)
+    # The recipe's lr is 10% too bad at the three small budgets, right at the largest; lr x2 fixes them.
+    bad = {c: (1.1 if c < BUDGETS[-1] else 1.0) for c in BUDGETS}
+    base, lr = tmp_path / "base.jsonl", tmp_path / "lr.jsonl"
+    _tag(clean, base, scale=1, factor_by_budget=bad)
+    _tag(clean, lr, scale=0.5, factor_by_budget={c: 1.3 for c in BUDGETS})
+    _tag(clean, lr, scale=2, factor_by_budget={c: 1.0 for c in BUDGETS})
+    r = R.run(base, lr, grid=F.TINY_GRID)
+    (g,) = r.groups
+    assert [round(b.gain_percent, 1) for b in g.budgets] == pytest.approx([9.1, 9.1, 9.1, 0.0], abs=0.05)
+    assert abs(g.heldout_tuned.best_loss_error_percent) < 1 < abs(g.heldout_x1.best_loss_error_percent)
+    md, js = R.write_reports(r, tmp_path, "test")
+    assert "tuning gain" in md.read_text() and json.loads(js.read_text())["groups"][0]["label"] == "dense"
+
+
+def test_no_complete_configuration_is_a_clear_error(tmp_path):
+    law = moe_laws.JointMoELaw().at_experts(1)
+    clean = results.write_synthetic(tmp_path / "clean.jsonl", {("dense", 1, 1): law}, BUDGETS)
+    base, lr = tmp_path / "base.jsonl", tmp_path / "lr.jsonl"
+    _tag(clean, base, scale=1, factor_by_budget={c: 1.0 for c in BUDGETS})
+    _tag(clean, lr, scale=0.5, factor_by_budget={c: 1.0 for c in BUDGETS})  # no x2 runs
+    with pytest.raises(ValueError, match="every lr scale"):
+        R.run(base, lr, grid=F.TINY_GRID)

@@ -1,0 +1,179 @@
+"""Is the held-out miss of the scaling fit a recipe effect? Learning-rate sensitivity per budget.
+
+Hypothesis under test (validation/results/arith_full.md): the arithmetic study's recipe changes
+with the budget (batch ``B`` grows with the token count, peak lr scales with ``sqrt(B / 256)``),
+so the smaller budgets could be relatively under-tuned, which would make a law fitted on them
+over-predict the loss of the largest budget.
+
+Data: the study's own runs at the recipe's lr (``lr x1``, one seed) and the same grid re-run at
+``lr x0.5`` and ``lr x2`` (``perfmodel train sweep --study full --arch both --seeds 0
+--lr-scale 0.5|2 --out validation/results/arith_lr.jsonl``; run ids end in ``/lr_x<scale>``).
+
+Reported, per architecture:
+
+* per budget: the best-width loss at ``lr x1`` and the best over the three learning rates
+  (``tuned``), the gain ``1 - tuned / x1`` in %, and how often each lr wins a width;
+* the held-out check (fit the three smaller budgets, predict the largest budget's best loss) on
+  the ``lr x1`` runs and on the per-configuration best over learning rates.
+
+If the recipe explanation holds, tuning gains are larger at the smaller budgets and the tuned
+fit's held-out error is smaller. The best of three noisy runs is biased low by the same amount
+at every budget, so it shifts both sides of the comparison alike.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import attrs
+import numpy as np
+
+LR_SCALES = (0.5, 1.0, 2.0)
+
+
+def lr_scale_of(record: dict) -> float:
+    """The lr multiplier of a sweep record: the ``/lr_x<scale>`` run-id suffix, 1 without one."""
+    rid = str(record.get("run_id", ""))
+    tail = rid.rsplit("/", 1)[-1]
+    return float(tail[len("lr_x"):]) if tail.startswith("lr_x") else 1.0
+
+
+@attrs.frozen(kw_only=True)
+class BudgetRow:
+    budget_flops: float
+    best_loss_x1: float
+    best_loss_tuned: float
+    wins: tuple[tuple[float, int], ...]  # (lr scale, widths at which it is best)
+
+    @property
+    def gain_percent(self) -> float:
+        return 100.0 * (1.0 - self.best_loss_tuned / self.best_loss_x1)
+
+
+@attrs.frozen(kw_only=True)
+class GroupCheck:
+    label: str
+    budgets: tuple[BudgetRow, ...]
+    heldout_x1: object  # perfmodel.scaling.study.HeldOut
+    heldout_tuned: object
+
+
+@attrs.frozen(kw_only=True)
+class RecipeCheck:
+    base: str
+    lr_file: str
+    seed: int
+    groups: tuple[GroupCheck, ...]
+    missing: tuple[str, ...]  # configurations without all three learning rates (left out)
+
+
+def _key(runs, i) -> tuple:
+    return (runs.arch[i], int(runs.n_experts[i]), int(runs.top_k[i]), float(runs.budget_flops[i]),
+            float(runs.params[i]))
+
+
+def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seed: int = 0, grid=None) -> RecipeCheck:
+    """Compare the recipe's lr with the best of ``LR_SCALES`` at every configuration of one seed."""
+    from perfmodel.scaling import fit as F
+    from perfmodel.scaling import results, study
+
+    grid = F.SMALL_GRID if grid is None else grid
+    by_scale = {}
+    for scale in LR_SCALES:
+        path = base if scale == 1.0 else lr_file
+        try:
+            by_scale[scale] = results.read_runs(
+                path, keep=lambda r, s=scale: r.get("seed", 0) == seed and lr_scale_of(r) == s)
+        except ValueError as err:
+            if "no finished runs" not in str(err):
+                raise
+            raise ValueError(f"need runs at every lr scale {LR_SCALES}: {path} has none of seed {seed} at "
+                             f"lr x{scale:g}") from None
+    x1 = by_scale[1.0]
+    index = {s: {_key(r, i): i for i in range(len(r))} for s, r in by_scale.items()}
+    complete, missing = [], []
+    for i in range(len(x1)):
+        k = _key(x1, i)
+        if all(k in index[s] for s in LR_SCALES):
+            complete.append(i)
+        else:
+            missing.append(f"{k[0]} C={k[3]:.0e} N={k[4]:.0f}")
+    if not complete:
+        raise ValueError(f"no configuration of seed {seed} has runs at every lr scale {LR_SCALES} "
+                         f"in {base} and {lr_file}")
+    base_runs = x1.select(np.isin(np.arange(len(x1)), complete))
+    losses = np.array([[by_scale[s].loss[index[s][_key(base_runs, i)]] for s in LR_SCALES]
+                       for i in range(len(base_runs))])
+    tuned = attrs.evolve(base_runs, loss=losses.min(axis=1))
+    winner = np.array(LR_SCALES)[losses.argmin(axis=1)]
+    groups = []
+    for label, g in base_runs.groups().items():
+        mask = np.array([lab == label for lab in _labels(base_runs)])
+        t = tuned.select(mask)
+        w = winner[mask]
+        rows = []
+        for c in g.budgets:
+            at = g.budget_flops == c
+            rows.append(BudgetRow(budget_flops=float(c), best_loss_x1=float(g.loss[at].min()),
+                                  best_loss_tuned=float(t.loss[at].min()),
+                                  wins=tuple((s, int(np.sum(w[at] == s))) for s in LR_SCALES)))
+        groups.append(GroupCheck(label=label, budgets=tuple(rows), heldout_x1=study.heldout_check(g, grid=grid),
+                                 heldout_tuned=study.heldout_check(t, grid=grid)))
+    return RecipeCheck(base=str(base), lr_file=str(lr_file), seed=seed, groups=tuple(groups),
+                       missing=tuple(missing))
+
+
+def _labels(runs) -> list[str]:
+    from perfmodel.scaling.results import group_label
+
+    return [group_label(a, e, k) for a, e, k in zip(runs.arch, runs.n_experts, runs.top_k)]
+
+
+def report_markdown(r: RecipeCheck, command: str) -> str:
+    from perfmodel.tables import markdown_table
+
+    lines = ["# Recipe check: learning-rate sensitivity of the IsoFLOP study", "",
+             f"Produced by `{command}`.", "",
+             f"Runs: seed {r.seed} of `{r.base}` at the recipe's lr (x1) and `{r.lr_file}` at lr x0.5 and x2 "
+             "(same grid, same seed). *tuned* = per configuration, the lowest held-out loss of the three "
+             "learning rates. Hypothesis and method: `validation/recipe_check.py`.", ""]
+    if r.missing:
+        lines += [f"Left out (not run at every lr): {', '.join(r.missing)}", ""]
+    for g in r.groups:
+        lines += [f"## {g.label}", ""]
+        lines.append(markdown_table(
+            ["C (FLOPs)", "best loss lr x1", "best loss tuned", "tuning gain", "widths won by lr x0.5 / x1 / x2"],
+            [[f"{b.budget_flops:.0e}", f"{b.best_loss_x1:.4f}", f"{b.best_loss_tuned:.4f}",
+              f"{b.gain_percent:+.1f}%", " / ".join(str(n) for _, n in b.wins)] for b in g.budgets]))
+        lines += ["", "Held-out check (fit on the smaller budgets, predict the largest):", ""]
+        lines.append(markdown_table(
+            ["runs", "best loss pred vs obs", "runs' loss MAPE", "N_opt pred vs obs"],
+            [[name, f"{h.best_loss_predicted:.4g} vs {h.best_loss_observed:.4g} ({h.best_loss_error_percent:+.1f}%)",
+              f"{h.runs_loss_mape_percent:.1f}%",
+              f"{h.params_opt_predicted_approach3:.3g} vs {h.params_opt_observed:.3g} "
+              f"({h.params_opt_error_percent_approach3:+.0f}%)"]
+             for name, h in (("lr x1", g.heldout_x1), ("tuned (best of 3 lr)", g.heldout_tuned))]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report_json(r: RecipeCheck) -> dict:
+    def held(h):
+        return attrs.asdict(h)
+
+    return {"base": r.base, "lr_file": r.lr_file, "seed": r.seed, "lr_scales": list(LR_SCALES),
+            "missing": list(r.missing),
+            "groups": [{"label": g.label,
+                        "budgets": [attrs.asdict(b) | {"gain_percent": b.gain_percent} for b in g.budgets],
+                        "heldout_x1": held(g.heldout_x1), "heldout_tuned": held(g.heldout_tuned)}
+                       for g in r.groups]}
+
+
+def write_reports(r: RecipeCheck, out_dir: str | pathlib.Path, command: str) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "recipe_check.md", out / "recipe_check.json"
+    md.write_text(report_markdown(r, command) + "\n")
+    js.write_text(json.dumps(report_json(r), indent=2) + "\n")
+    return md, js
