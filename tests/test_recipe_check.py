@@ -57,3 +57,21 @@ def test_no_complete_configuration_is_a_clear_error(tmp_path):
     _tag(clean, lr, scale=0.5, factor_by_budget={c: 1.0 for c in BUDGETS})  # no x2 runs
     with pytest.raises(ValueError, match="every lr scale"):
         R.run(base, lr, grid=F.TINY_GRID)
+
+
+def test_several_seeds_pick_lr_per_seed_then_average(tmp_path):
+    law = moe_laws.JointMoELaw().at_experts(1)
+    clean = results.write_synthetic(tmp_path / "clean.jsonl", {("dense", 1, 1): law}, BUDGETS)
+    base, lr = tmp_path / "base.jsonl", tmp_path / "lr.jsonl"
+    one = {c: 1.0 for c in BUDGETS}
+    # seed 0: x2 is 10% better than x1 everywhere; seed 1: x0.5 is 20% better. Tuned mean = (1/1.1 + 1/1.2) / 2.
+    _tag(clean, base, scale=1, factor_by_budget=one, seed=0)
+    _tag(clean, base, scale=1, factor_by_budget=one, seed=1)
+    _tag(clean, lr, scale=2, factor_by_budget={c: 1 / 1.1 for c in BUDGETS}, seed=0)
+    _tag(clean, lr, scale=0.5, factor_by_budget={c: 1.05 for c in BUDGETS}, seed=0)
+    _tag(clean, lr, scale=0.5, factor_by_budget={c: 1 / 1.2 for c in BUDGETS}, seed=1)
+    _tag(clean, lr, scale=2, factor_by_budget={c: 1.05 for c in BUDGETS}, seed=1)
+    (g,) = R.run(base, lr, seeds=(0, 1), grid=F.TINY_GRID).groups
+    for b in g.budgets:
+        assert b.best_loss_tuned / b.best_loss_x1 == pytest.approx((1 / 1.1 + 1 / 1.2) / 2)
+        assert dict(b.wins) == {0.5: 7, 1.0: 0, 2.0: 7}  # 7 widths per budget and seed

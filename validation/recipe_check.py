@@ -5,9 +5,11 @@ with the budget (batch ``B`` grows with the token count, peak lr scales with ``s
 so the smaller budgets could be relatively under-tuned, which would make a law fitted on them
 over-predict the loss of the largest budget.
 
-Data: the study's own runs at the recipe's lr (``lr x1``, one seed) and the same grid re-run at
-``lr x0.5`` and ``lr x2`` (``perfmodel train sweep --study full --arch both --seeds 0
+Data: the study's own runs at the recipe's lr (``lr x1``) and the same grid and seeds re-run at
+``lr x0.5`` and ``lr x2`` (``perfmodel train sweep --study full --arch both --seeds S
 --lr-scale 0.5|2 --out validation/results/arith_lr.jsonl``; run ids end in ``/lr_x<scale>``).
+With several seeds, the best lr is picked per seed and configuration and the losses are then
+averaged over seeds, for ``x1`` and tuned alike.
 
 Reported, per architecture:
 
@@ -63,7 +65,7 @@ class GroupCheck:
 class RecipeCheck:
     base: str
     lr_file: str
-    seed: int
+    seeds: tuple[int, ...]
     groups: tuple[GroupCheck, ...]
     missing: tuple[str, ...]  # configurations without all three learning rates (left out)
 
@@ -73,12 +75,17 @@ def _key(runs, i) -> tuple:
             float(runs.params[i]))
 
 
-def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seed: int = 0, grid=None) -> RecipeCheck:
-    """Compare the recipe's lr with the best of ``LR_SCALES`` at every configuration of one seed."""
-    from perfmodel.scaling import fit as F
-    from perfmodel.scaling import results, study
+def _concat(runs_list):
+    first = runs_list[0]
+    return attrs.evolve(first, **{f.name: np.concatenate([getattr(r, f.name) for r in runs_list])
+                                  for f in attrs.fields(type(first))
+                                  if isinstance(getattr(first, f.name), np.ndarray)})
 
-    grid = F.SMALL_GRID if grid is None else grid
+
+def _one_seed(base, lr_file, seed: int):
+    """(x1 runs, tuned runs, winning lr per run, missing labels) of one seed, configurations at every lr only."""
+    from perfmodel.scaling import results
+
     by_scale = {}
     for scale in LR_SCALES:
         path = base if scale == 1.0 else lr_file
@@ -98,30 +105,46 @@ def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seed: int = 0,
         if all(k in index[s] for s in LR_SCALES):
             complete.append(i)
         else:
-            missing.append(f"{k[0]} C={k[3]:.0e} N={k[4]:.0f}")
+            missing.append(f"seed {seed} {k[0]} C={k[3]:.0e} N={k[4]:.0f}")
     if not complete:
         raise ValueError(f"no configuration of seed {seed} has runs at every lr scale {LR_SCALES} "
                          f"in {base} and {lr_file}")
-    base_runs = x1.select(np.isin(np.arange(len(x1)), complete))
-    losses = np.array([[by_scale[s].loss[index[s][_key(base_runs, i)]] for s in LR_SCALES]
-                       for i in range(len(base_runs))])
-    tuned = attrs.evolve(base_runs, loss=losses.min(axis=1))
-    winner = np.array(LR_SCALES)[losses.argmin(axis=1)]
+    x1 = x1.select(np.isin(np.arange(len(x1)), complete))
+    losses = np.array([[by_scale[s].loss[index[s][_key(x1, i)]] for s in LR_SCALES] for i in range(len(x1))])
+    return x1, attrs.evolve(x1, loss=losses.min(axis=1)), np.array(LR_SCALES)[losses.argmin(axis=1)], missing
+
+
+def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), grid=None) -> RecipeCheck:
+    """Compare the recipe's lr with the best of ``LR_SCALES`` at every configuration of ``seeds``.
+
+    With several seeds, the best-of-lr loss is taken per seed and configuration, then both the
+    ``x1`` and the tuned losses are averaged over seeds (as ``scaling fit --average-seeds``).
+    """
+    from perfmodel.scaling import fit as F
+    from perfmodel.scaling import study
+
+    grid = F.SMALL_GRID if grid is None else grid
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    parts = [_one_seed(base, lr_file, s) for s in seeds]
+    x1, tuned = _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
+    winner = np.concatenate([p[2] for p in parts])
+    missing = tuple(m for p in parts for m in p[3])
+    labels = np.array(_labels(x1))
     groups = []
-    for label, g in base_runs.groups().items():
-        mask = np.array([lab == label for lab in _labels(base_runs)])
-        t = tuned.select(mask)
-        w = winner[mask]
-        rows = []
-        for c in g.budgets:
-            at = g.budget_flops == c
-            rows.append(BudgetRow(budget_flops=float(c), best_loss_x1=float(g.loss[at].min()),
-                                  best_loss_tuned=float(t.loss[at].min()),
-                                  wins=tuple((s, int(np.sum(w[at] == s))) for s in LR_SCALES)))
-        groups.append(GroupCheck(label=label, budgets=tuple(rows), heldout_x1=study.heldout_check(g, grid=grid),
+    for label in x1.groups():
+        mask = labels == label
+        g, t, w = x1.select(mask), tuned.select(mask), winner[mask]
+        wins = {c: tuple((s, int(np.sum(w[g.budget_flops == c] == s))) for s in LR_SCALES) for c in g.budgets}
+        if len(seeds) > 1:
+            g, t = g.average_repeats(), t.average_repeats()
+        rows = tuple(BudgetRow(budget_flops=float(c), best_loss_x1=float(g.loss[g.budget_flops == c].min()),
+                               best_loss_tuned=float(t.loss[t.budget_flops == c].min()), wins=wins[c])
+                     for c in g.budgets)
+        groups.append(GroupCheck(label=label, budgets=rows, heldout_x1=study.heldout_check(g, grid=grid),
                                  heldout_tuned=study.heldout_check(t, grid=grid)))
-    return RecipeCheck(base=str(base), lr_file=str(lr_file), seed=seed, groups=tuple(groups),
-                       missing=tuple(missing))
+    return RecipeCheck(base=str(base), lr_file=str(lr_file), seeds=seeds, groups=tuple(groups), missing=missing)
 
 
 def _labels(runs) -> list[str]:
@@ -135,9 +158,11 @@ def report_markdown(r: RecipeCheck, command: str) -> str:
 
     lines = ["# Recipe check: learning-rate sensitivity of the IsoFLOP study", "",
              f"Produced by `{command}`.", "",
-             f"Runs: seed {r.seed} of `{r.base}` at the recipe's lr (x1) and `{r.lr_file}` at lr x0.5 and x2 "
-             "(same grid, same seed). *tuned* = per configuration, the lowest held-out loss of the three "
-             "learning rates. Hypothesis and method: `validation/recipe_check.py`.", ""]
+             f"Runs: seed(s) {', '.join(map(str, r.seeds))} of `{r.base}` at the recipe's lr (x1) and "
+             f"`{r.lr_file}` at lr x0.5 and x2 (same grid, same seeds). *tuned* = per configuration and seed, "
+             "the lowest held-out loss of the three learning rates"
+             + ("; losses are then averaged over the seeds (x1 and tuned alike)" if len(r.seeds) > 1 else "")
+             + ". Widths won count every seed. Hypothesis and method: `validation/recipe_check.py`.", ""]
     if r.missing:
         lines += [f"Left out (not run at every lr): {', '.join(r.missing)}", ""]
     for g in r.groups:
@@ -162,7 +187,7 @@ def report_json(r: RecipeCheck) -> dict:
     def held(h):
         return attrs.asdict(h)
 
-    return {"base": r.base, "lr_file": r.lr_file, "seed": r.seed, "lr_scales": list(LR_SCALES),
+    return {"base": r.base, "lr_file": r.lr_file, "seeds": list(r.seeds), "lr_scales": list(LR_SCALES),
             "missing": list(r.missing),
             "groups": [{"label": g.label,
                         "budgets": [attrs.asdict(b) | {"gain_percent": b.gain_percent} for b in g.budgets],
