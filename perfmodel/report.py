@@ -253,6 +253,29 @@ def validation_rows() -> list[dict]:
     return rows
 
 
+def recipe_check_rows(results_dir: pathlib.Path) -> list[dict]:
+    """Held-out rows of the committed lr-sensitivity check (``perfmodel scaling recipe-check``), if any."""
+    path = results_dir / "recipe_check.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    seeds = ",".join(str(s) for s in data["seeds"])
+    rows = []
+    for g in data["groups"]:
+        h = g["heldout_tuned"]
+        rows.append(dict(
+            check=f"held-out training budget, lr tuned per budget ({g['label']})",
+            against="our own training runs at lr x0.5, x1, x2",
+            data=f"validation/results/arith_full.jsonl + {pathlib.Path(data['lr_file']).name} (seeds {seeds})",
+            result=(f"best loss predicted {h['best_loss_predicted']:.4g} vs observed {h['best_loss_observed']:.4g} "
+                    f"({h['best_loss_error_percent']:+.1f}%; recipe's lr alone "
+                    f"{g['heldout_x1']['best_loss_error_percent']:+.1f}%)"),
+            target="best loss within 5%", date=_committed_date(path),
+            command=f"perfmodel scaling recipe-check {data['base']} {data['lr_file']} --seeds {seeds}",
+            ok=abs(h["best_loss_error_percent"]) <= 5))
+    return rows
+
+
 def measured_kernel_rows(results_dir: pathlib.Path) -> list[dict]:
     """Rows for every ``perfmodel validate kernel`` run made on a TPU under ``results_dir``."""
     rows = []
@@ -326,6 +349,7 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                 target="best loss within 5%", date=_committed_date(TRAINING_RESULTS),
                 command="perfmodel scaling fit validation/results/arith_full.jsonl",
                 ok=abs(h.best_loss_error_percent) <= 5))
+    ctx.setdefault("validation_rows", []).extend(recipe_check_rows(RESULTS_DIR))
     pngs = [p.name for p in paths if p.suffix == ".png"]
     md = (f"From `{TRAINING_RESULTS.relative_to(RESULTS_DIR.parent.parent)}` (seeds averaged, 100 bootstrap "
           "resamples; `perfmodel scaling fit` gives more).\n\n"
