@@ -41,10 +41,12 @@ def test_undertuned_small_budgets_show_as_tuning_gain_and_fix_the_heldout(tmp_pa
     _tag(clean, base, scale=1, factor_by_budget=bad)
     _tag(clean, lr, scale=0.5, factor_by_budget={c: 1.3 for c in BUDGETS})
     _tag(clean, lr, scale=2, factor_by_budget={c: 1.0 for c in BUDGETS})
-    r = R.run(base, lr, grid=F.TINY_GRID)
+    r = R.run(base, lr, grid=F.TINY_GRID, n_resamples=5)
     (g,) = r.groups
     assert [round(b.gain_percent, 1) for b in g.budgets] == pytest.approx([9.1, 9.1, 9.1, 0.0], abs=0.05)
     assert abs(g.heldout_tuned.best_loss_error_percent) < 1 < abs(g.heldout_x1.best_loss_error_percent)
+    a_true = law.beta / (law.alpha + law.beta)
+    assert abs(g.law_tuned.a.point - a_true) < 0.03
     md, js = R.write_reports(r, tmp_path, "test")
     assert "tuning gain" in md.read_text() and json.loads(js.read_text())["groups"][0]["label"] == "dense"
 
@@ -56,7 +58,7 @@ def test_no_complete_configuration_is_a_clear_error(tmp_path):
     _tag(clean, base, scale=1, factor_by_budget={c: 1.0 for c in BUDGETS})
     _tag(clean, lr, scale=0.5, factor_by_budget={c: 1.0 for c in BUDGETS})  # no x2 runs
     with pytest.raises(ValueError, match="every lr scale"):
-        R.run(base, lr, grid=F.TINY_GRID)
+        R.run(base, lr, grid=F.TINY_GRID, n_resamples=5)
 
 
 def test_several_seeds_pick_lr_per_seed_then_average(tmp_path):
@@ -71,7 +73,7 @@ def test_several_seeds_pick_lr_per_seed_then_average(tmp_path):
     _tag(clean, lr, scale=0.5, factor_by_budget={c: 1.05 for c in BUDGETS}, seed=0)
     _tag(clean, lr, scale=0.5, factor_by_budget={c: 1 / 1.2 for c in BUDGETS}, seed=1)
     _tag(clean, lr, scale=2, factor_by_budget={c: 1.05 for c in BUDGETS}, seed=1)
-    (g,) = R.run(base, lr, seeds=(0, 1), grid=F.TINY_GRID).groups
+    (g,) = R.run(base, lr, seeds=(0, 1), grid=F.TINY_GRID, n_resamples=5).groups
     for b in g.budgets:
         assert b.best_loss_tuned / b.best_loss_x1 == pytest.approx((1 / 1.1 + 1 / 1.2) / 2)
         assert dict(b.wins) == {0.5: 7, 1.0: 0, 2.0: 7}  # 7 widths per budget and seed

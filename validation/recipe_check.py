@@ -59,6 +59,8 @@ class GroupCheck:
     budgets: tuple[BudgetRow, ...]
     heldout_x1: object  # perfmodel.scaling.study.HeldOut
     heldout_tuned: object
+    law_x1: object  # perfmodel.scaling.fit.Approach3Bootstrap on all budgets
+    law_tuned: object
 
 
 @attrs.frozen(kw_only=True)
@@ -114,7 +116,19 @@ def _one_seed(base, lr_file, seed: int):
     return x1, attrs.evolve(x1, loss=losses.min(axis=1)), np.array(LR_SCALES)[losses.argmin(axis=1)], missing
 
 
-def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), grid=None) -> RecipeCheck:
+def _law(runs, grid, n_resamples: int):
+    """Approach 3 on all budgets with bootstrap intervals (c_f from the runs, as ``scaling fit``)."""
+    from perfmodel.scaling import fit as F
+    from perfmodel.scaling import study
+
+    fit = F.fit_approach3(runs.params, runs.tokens, runs.loss, grid=grid,
+                          flops_per_param_token=study.flops_per_param_token(runs))
+    return F.bootstrap_approach3(runs.params, runs.tokens, runs.loss, fit=fit, n_resamples=n_resamples,
+                                 budgets_flops=tuple(runs.budgets))
+
+
+def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), grid=None,
+        n_resamples: int = 200) -> RecipeCheck:
     """Compare the recipe's lr with the best of ``LR_SCALES`` at every configuration of ``seeds``.
 
     With several seeds, the best-of-lr loss is taken per seed and configuration, then both the
@@ -143,7 +157,8 @@ def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), gr
                                best_loss_tuned=float(t.loss[t.budget_flops == c].min()), wins=wins[c])
                      for c in g.budgets)
         groups.append(GroupCheck(label=label, budgets=rows, heldout_x1=study.heldout_check(g, grid=grid),
-                                 heldout_tuned=study.heldout_check(t, grid=grid)))
+                                 heldout_tuned=study.heldout_check(t, grid=grid),
+                                 law_x1=_law(g, grid, n_resamples), law_tuned=_law(t, grid, n_resamples)))
     return RecipeCheck(base=str(base), lr_file=str(lr_file), seeds=seeds, groups=tuple(groups), missing=missing)
 
 
@@ -179,8 +194,25 @@ def report_markdown(r: RecipeCheck, command: str) -> str:
               f"{h.params_opt_predicted_approach3:.3g} vs {h.params_opt_observed:.3g} "
               f"({h.params_opt_error_percent_approach3:+.0f}%)"]
              for name, h in (("lr x1", g.heldout_x1), ("tuned (best of 3 lr)", g.heldout_tuned))]))
+        lines += ["", f"Law fitted on all budgets (Approach 3, {g.law_x1.a.n_resamples} bootstrap resamples, 95%):",
+                  ""]
+        lines.append(markdown_table(
+            ["runs", "alpha", "beta", "a (N_opt ~ C^a)", f"D/N at {g.law_x1.budgets_flops[-1]:.0e}"],
+            [[name, _iv(law.alpha), _iv(law.beta), _iv(law.a), _iv(law.tokens_per_param[-1], "{:.3g}")]
+             for name, law in (("lr x1", g.law_x1), ("tuned (best of 3 lr)", g.law_tuned))]))
         lines.append("")
     return "\n".join(lines)
+
+
+def _iv(x, fmt="{:.3g}") -> str:
+    return f"{fmt.format(x.point)} [{fmt.format(x.low)}, {fmt.format(x.high)}]"
+
+
+def _law_json(b) -> dict:
+    return {k: attrs.asdict(getattr(b, k)) for k in ("E_irr", "A", "B", "alpha", "beta", "a", "b")} | {
+        "budgets_flops": list(b.budgets_flops),
+        "tokens_per_param": [attrs.asdict(i) for i in b.tokens_per_param],
+        "flops_per_param_token": b.fit.law.flops_per_param_token}
 
 
 def report_json(r: RecipeCheck) -> dict:
@@ -191,7 +223,8 @@ def report_json(r: RecipeCheck) -> dict:
             "missing": list(r.missing),
             "groups": [{"label": g.label,
                         "budgets": [attrs.asdict(b) | {"gain_percent": b.gain_percent} for b in g.budgets],
-                        "heldout_x1": held(g.heldout_x1), "heldout_tuned": held(g.heldout_tuned)}
+                        "heldout_x1": held(g.heldout_x1), "heldout_tuned": held(g.heldout_tuned),
+                        "law_x1": _law_json(g.law_x1), "law_tuned": _law_json(g.law_tuned)}
                        for g in r.groups]}
 
 

@@ -63,6 +63,7 @@ def register(cli) -> None:
     p.add_argument("base", help="JSONL of the study at the recipe's learning rate")
     p.add_argument("lr_runs", help="JSONL of the same grid at lr x0.5 and x2 (perfmodel train sweep --lr-scale)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds to compare, averaged when several (default 0)")
+    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the two laws (default 200)")
     p.add_argument("--out", default=None, help="directory for recipe_check.md/.json (default: next to BASE)")
     p.set_defaults(func=_recipe_check)
 
@@ -104,11 +105,12 @@ def _validate_chinchilla(args) -> int:
 def _recipe_check(args) -> int:
     from validation import recipe_check as R
 
+    _positive("--resamples", args.resamples)
     try:
         seeds = tuple(int(v) for v in args.seeds.split(","))
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got seeds={args.seeds!r}") from None
-    r = R.run(args.base, args.lr_runs, seeds=seeds)
+    r = R.run(args.base, args.lr_runs, seeds=seeds, n_resamples=args.resamples)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.base).parent
     command = f"perfmodel scaling recipe-check {args.base} {args.lr_runs}" + (
         f" --seeds {args.seeds}" if args.seeds != "0" else "")
