@@ -172,7 +172,8 @@ def report_markdown(r: RecipeCheck, command: str) -> str:
     from perfmodel.tables import markdown_table
 
     lines = ["# Recipe check: learning-rate sensitivity of the IsoFLOP study", "",
-             f"Produced by `{command}`.", "",
+             f"Produced by `{command}`; the lr-scaled runs by `JAX_PLATFORMS=cpu perfmodel train sweep --study "
+             f"full --arch both --seeds S --lr-scale 0.5|2 --out {r.lr_file}` for each seed S (resumable).", "",
              f"Runs: seed(s) {', '.join(map(str, r.seeds))} of `{r.base}` at the recipe's lr (x1) and "
              f"`{r.lr_file}` at lr x0.5 and x2 (same grid, same seeds). *tuned* = per configuration and seed, "
              "the lowest held-out loss of the three learning rates"
