@@ -4,3 +4,15 @@ Each module defines ``register(cli)`` using ``cli.command(name, help)`` or
 ``cli.subcommand(group, name, help)``, sets ``func=handler`` on the parser it
 gets, and keeps heavy imports inside the handler.
 """
+
+
+def comma_list(text: str, convert, option: str, what: str) -> tuple:
+    """``"1,2"`` -> ``(convert("1"), convert("2"))``; a bad item is a ``ValueError`` naming ``--option`` and the value.
+
+    ``what`` describes the items for the message ("integers", "numbers").
+    """
+    try:
+        return tuple(convert(v) for v in text.split(","))
+    except ValueError:
+        name = option.lstrip("-").replace("-", "_")
+        raise ValueError(f"{option} must be comma-separated {what}, got {name}={text!r}") from None

@@ -103,13 +103,11 @@ def _validate_chinchilla(args) -> int:
 
 
 def _recipe_check(args) -> int:
+    from perfmodel.commands import comma_list
     from validation import recipe_check as R
 
     _positive("--resamples", args.resamples)
-    try:
-        seeds = tuple(int(v) for v in args.seeds.split(","))
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got seeds={args.seeds!r}") from None
+    seeds = comma_list(args.seeds, int, "--seeds", "integers")
     r = R.run(args.base, args.lr_runs, seeds=seeds, n_resamples=args.resamples)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.base).parent
     command = f"perfmodel scaling recipe-check {args.base} {args.lr_runs}" + (

@@ -29,6 +29,7 @@ def register(cli) -> None:
 def _sweep(args) -> int:
     import attrs
 
+    from perfmodel.commands import comma_list
     from validation.arith import moe, sweep
 
     if args.study not in sweep.STUDIES:
@@ -44,17 +45,9 @@ def _sweep(args) -> int:
     if args.task:
         study = attrs.evolve(study, task=args.task)
     if args.budgets:
-        try:
-            budgets = tuple(float(b) for b in args.budgets.split(","))
-        except ValueError:
-            raise ValueError(f"--budgets must be comma-separated numbers, got budgets={args.budgets!r}") from None
-        study = attrs.evolve(study, budgets_flops=budgets)
+        study = attrs.evolve(study, budgets_flops=comma_list(args.budgets, float, "--budgets", "numbers"))
     if args.seeds:
-        try:
-            seeds = tuple(int(v) for v in args.seeds.split(","))
-        except ValueError:
-            raise ValueError(f"--seeds must be comma-separated integers, got seeds={args.seeds!r}") from None
-        study = attrs.evolve(study, seeds=seeds)
+        study = attrs.evolve(study, seeds=comma_list(args.seeds, int, "--seeds", "integers"))
     if not (args.lr_scale > 0 and args.lr_scale < float("inf")):
         raise ValueError(f"--lr-scale must be a positive number, got lr_scale={args.lr_scale}")
     study = attrs.evolve(study, lr_scale=args.lr_scale)
