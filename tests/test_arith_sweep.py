@@ -91,7 +91,7 @@ def test_kill_loses_at_most_the_run_in_progress_and_rerun_skips(tmp_path):
 @pytest.mark.parametrize("argv, name", [
     (["--study", "huge"], "study='huge'"), (["--arch", "both2"], "arch='both2'"),
     (["--moe-impl", "magic"], "moe_impl='magic'"), (["--budgets", "1e9,x"], "budgets='1e9,x'"),
-    (["--seeds", "0,a"], "seeds='0,a'"), (["--lr-scale", "-1"], "lr_scale=-1"),
+    (["--seeds", "0,a"], "seeds='0,a'"), (["--lr-scale", "-1"], "--lr-scale=-1"),
 ])
 def test_cli_rejects_bad_input_naming_the_argument(argv, name, capsys):
     from perfmodel.cli import main

@@ -513,12 +513,17 @@ def run_correctness(shapes=CORRECTNESS_SHAPES, *, progress: Callable[[str], None
     return out
 
 
+MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20
+"""glibc's largest mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``, mallopt(3)): blocks above it
+are always fresh mmaps, so their pages fault on first touch at every call."""
+
+
 def fault_bytes_per_call(fn: Callable[[], object], calls: int = 3) -> float | None:
     """Minor page faults of one call of ``fn`` (after a warm-up call), as bytes of 4 KiB pages.
 
     A diagnostic of the CPU runtime, not a model input: XLA on CPU allocates a program's temporaries
-    as one block per call; glibc serves blocks above its mmap threshold (at most 32 MiB on 64-bit)
-    with fresh pages, which fault on first touch every call. ``None`` where ``getrusage`` is missing.
+    as one block per call; glibc serves blocks above :data:`MMAP_THRESHOLD_MAX_BYTES` with fresh
+    pages, which fault on first touch every call. ``None`` where ``getrusage`` is missing.
     Counts assume 4 KiB pages (what XLA's allocations get here); memory backed by transparent huge
     pages faults once per 2 MiB and is undercounted.
     """
@@ -1036,8 +1041,8 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   f"- excluding predicted near-ties (|pred speedup - 1| < {TIE:.0%}): "
                   f"{int(dict(s.extra)['decided_winner_correct'])}/{int(dict(s.extra)['decided_points'])} correct",
                   f"- measurement reliability: the first and second halves of the rounds name the same winner at "
-                  f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points (no model can beat this run's "
-                  f"self-agreement by much; points where the halves disagree are decided by noise)",
+                  f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points (where they disagree, noise decides "
+                  f"the winner)",
                   f"- wrong winners (pred / meas speedup): " + (", ".join(
                       f"{r.point.label} tf={r.tf} ({r.pred_speedup:.2f} / {r.meas_speedup:.2f})"
                       for r in results.cpu if not r.winner_agrees) or "none"),
@@ -1053,11 +1058,6 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
               "rates between measurements (the micro-kernel rates are re-measured at the start of each run for "
               "that reason). Run `perfmodel validate kernel` on a TPU for the real test.", ""]
     return lines
-
-
-MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20
-"""glibc's largest mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``, mallopt(3)): blocks above it
-are always fresh mmaps, so their pages fault on first touch at every call."""
 
 
 def _fault_markdown(records, markdown_table) -> list[str]:

@@ -57,10 +57,24 @@ class BudgetRow:
 class GroupCheck:
     label: str
     budgets: tuple[BudgetRow, ...]
-    heldout_x1: object  # perfmodel.scaling.study.HeldOut
-    heldout_tuned: object
-    law_x1: object  # perfmodel.scaling.fit.Approach3Bootstrap on all budgets
-    law_tuned: object
+    fit_x1: object  # perfmodel.scaling.study.GroupFit (law on all budgets + held-out check)
+    fit_tuned: object
+
+    @property
+    def heldout_x1(self):
+        return self.fit_x1.heldout
+
+    @property
+    def heldout_tuned(self):
+        return self.fit_tuned.heldout
+
+    @property
+    def law_x1(self):
+        return self.fit_x1.approach3
+
+    @property
+    def law_tuned(self):
+        return self.fit_tuned.approach3
 
 
 @attrs.frozen(kw_only=True)
@@ -116,17 +130,6 @@ def _one_seed(base, lr_file, seed: int):
     return x1, attrs.evolve(x1, loss=losses.min(axis=1)), np.array(LR_SCALES)[losses.argmin(axis=1)], missing
 
 
-def _law(runs, grid, n_resamples: int):
-    """Approach 3 on all budgets with bootstrap intervals (c_f from the runs, as ``scaling fit``)."""
-    from perfmodel.scaling import fit as F
-    from perfmodel.scaling import study
-
-    fit = F.fit_approach3(runs.params, runs.tokens, runs.loss, grid=grid,
-                          flops_per_param_token=study.flops_per_param_token(runs))
-    return F.bootstrap_approach3(runs.params, runs.tokens, runs.loss, fit=fit, n_resamples=n_resamples,
-                                 budgets_flops=tuple(runs.budgets))
-
-
 def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), grid=None,
         n_resamples: int = 200) -> RecipeCheck:
     """Compare the recipe's lr with the best of ``LR_SCALES`` at every configuration of ``seeds``.
@@ -145,10 +148,9 @@ def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), gr
     x1, tuned = _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
     winner = np.concatenate([p[2] for p in parts])
     missing = tuple(m for p in parts for m in p[3])
-    labels = np.array(_labels(x1))
     groups = []
     for label in x1.groups():
-        mask = labels == label
+        mask = x1.labels == label
         g, t, w = x1.select(mask), tuned.select(mask), winner[mask]
         wins = {c: tuple((s, int(np.sum(w[g.budget_flops == c] == s))) for s in LR_SCALES) for c in g.budgets}
         if len(seeds) > 1:
@@ -156,16 +158,12 @@ def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), gr
         rows = tuple(BudgetRow(budget_flops=float(c), best_loss_x1=float(g.loss[g.budget_flops == c].min()),
                                best_loss_tuned=float(t.loss[t.budget_flops == c].min()), wins=wins[c])
                      for c in g.budgets)
-        groups.append(GroupCheck(label=label, budgets=rows, heldout_x1=study.heldout_check(g, grid=grid),
-                                 heldout_tuned=study.heldout_check(t, grid=grid),
-                                 law_x1=_law(g, grid, n_resamples), law_tuned=_law(t, grid, n_resamples)))
+        fits = [study.fit_group(label, runs, n_resamples=n_resamples, grid=grid) for runs in (g, t)]
+        for f in fits:
+            if f.heldout is None:
+                raise ValueError(f"{label}: held-out check failed: {f.heldout_error}")
+        groups.append(GroupCheck(label=label, budgets=rows, fit_x1=fits[0], fit_tuned=fits[1]))
     return RecipeCheck(base=str(base), lr_file=str(lr_file), seeds=seeds, groups=tuple(groups), missing=missing)
-
-
-def _labels(runs) -> list[str]:
-    from perfmodel.scaling.results import group_label
-
-    return [group_label(a, e, k) for a, e, k in zip(runs.arch, runs.n_experts, runs.top_k)]
 
 
 def report_markdown(r: RecipeCheck, command: str) -> str:

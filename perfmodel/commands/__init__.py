@@ -16,3 +16,11 @@ def comma_list(text: str, convert, option: str, what: str) -> tuple:
     except ValueError:
         name = option.lstrip("-").replace("-", "_")
         raise ValueError(f"{option} must be comma-separated {what}, got {name}={text!r}") from None
+
+
+def positive(option: str, value) -> None:
+    """Raise ``ValueError`` naming ``--option`` and the value unless ``value`` is a finite number > 0."""
+    import math
+
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{option} must be a finite positive number, got {option}={value!r}")

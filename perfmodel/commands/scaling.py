@@ -1,9 +1,11 @@
-"""Scaling-law commands: scaling fit, scaling optimal, scaling time-optimal, validate chinchilla."""
+"""Scaling-law commands: scaling fit, optimal, time-optimal, recipe-check; validate chinchilla."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+
+from perfmodel.commands import comma_list, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
 
@@ -79,18 +81,11 @@ def register(cli) -> None:
     p.set_defaults(func=_validate_chinchilla)
 
 
-def _positive(name: str, value) -> None:
-    import math
-
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {name}={value!r}")
-
-
 def _validate_chinchilla(args) -> int:
     from perfmodel.scaling import fit as F
     from validation import chinchilla as V
 
-    _positive("--resamples", args.resamples)
+    positive("--resamples", args.resamples)
     r = V.refit(grid=F.GRIDS[args.grid], n_resamples=args.resamples, seed=args.seed)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(V.__file__).resolve().parent / "results"
     md, js = V.write_reports(r, out)
@@ -103,10 +98,9 @@ def _validate_chinchilla(args) -> int:
 
 
 def _recipe_check(args) -> int:
-    from perfmodel.commands import comma_list
     from validation import recipe_check as R
 
-    _positive("--resamples", args.resamples)
+    positive("--resamples", args.resamples)
     seeds = comma_list(args.seeds, int, "--seeds", "integers")
     r = R.run(args.base, args.lr_runs, seeds=seeds, n_resamples=args.resamples)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.base).parent
@@ -122,7 +116,7 @@ def _optimal(args) -> int:
     from perfmodel.scaling import optimal as O
     from perfmodel.tables import text_table
 
-    _positive("--compute", args.compute)
+    positive("--compute", args.compute)
     rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=args.granularity,
                           results=args.results)
     if args.json:
@@ -148,7 +142,7 @@ def _time_optimal(args) -> int:
     from perfmodel.scaling import hardware_aware as H
     from perfmodel.tables import text_table
 
-    _positive("--hours", args.hours)
+    positive("--hours", args.hours)
     res = H.compare(chip=args.chip, time_s=args.hours * 3600, n_experts=args.experts, ffn=args.ffn,
                     tokens_per_step=args.tokens_per_chip_step, plot_path=args.plot)
     if args.json:
@@ -167,7 +161,7 @@ def _fit(args) -> int:
     from perfmodel.scaling import fit as F
     from perfmodel.scaling import study
 
-    _positive("--resamples", args.resamples)
+    positive("--resamples", args.resamples)
     results = pathlib.Path(args.results)
     out = pathlib.Path(args.out) if args.out else results.parent
     s = study.run_study(results, loss=args.loss, params_key=args.params, n_resamples=args.resamples,

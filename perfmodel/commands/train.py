@@ -29,7 +29,7 @@ def register(cli) -> None:
 def _sweep(args) -> int:
     import attrs
 
-    from perfmodel.commands import comma_list
+    from perfmodel.commands import comma_list, positive
     from validation.arith import moe, sweep
 
     if args.study not in sweep.STUDIES:
@@ -48,8 +48,7 @@ def _sweep(args) -> int:
         study = attrs.evolve(study, budgets_flops=comma_list(args.budgets, float, "--budgets", "numbers"))
     if args.seeds:
         study = attrs.evolve(study, seeds=comma_list(args.seeds, int, "--seeds", "integers"))
-    if not (args.lr_scale > 0 and args.lr_scale < float("inf")):
-        raise ValueError(f"--lr-scale must be a positive number, got lr_scale={args.lr_scale}")
+    positive("--lr-scale", args.lr_scale)
     study = attrs.evolve(study, lr_scale=args.lr_scale)
     out = pathlib.Path(args.out) if args.out else _RESULTS / f"arith_{study.name}.jsonl"
 

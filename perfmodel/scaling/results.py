@@ -128,9 +128,14 @@ class Runs:
     def budgets(self) -> np.ndarray:
         return np.unique(self.budget_flops)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """Each run's group label (:func:`group_label`): ``"dense"``, ``"moe E=8 k=1"`` ..."""
+        return np.array([group_label(a, e, k) for a, e, k in zip(self.arch, self.n_experts, self.top_k)])
+
     def groups(self) -> dict[str, "Runs"]:
         """Runs split by architecture: ``"dense"`` and ``"moe E=8 k=1"`` ..."""
-        labels = np.array([group_label(a, e, k) for a, e, k in zip(self.arch, self.n_experts, self.top_k)])
+        labels = self.labels
         return {lab: self.select(labels == lab) for lab in sorted(set(labels), key=_group_order)}
 
 
