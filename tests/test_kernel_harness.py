@@ -62,6 +62,21 @@ def test_split_half_reliability_compares_the_two_halves_of_the_rounds():
     assert not kh.split_half_agrees((2.0, 1.0, 1.0), (1.0, 2.0, 2.0))
     assert kh.split_half_agrees((2.0,), (1.0,))  # nothing to split
 
+
+def test_measurement_decides_only_when_the_bootstrap_interval_excludes_one():
+    rng = np.random.default_rng(1)
+    fast = tuple(1.0 + 0.05 * rng.random(21))
+    slow = tuple(1.3 + 0.05 * rng.random(21))  # every round 1.2-1.35x slower
+    lo, hi = kh.speedup_interval(slow, fast)
+    assert 1.0 < lo <= kh.paired_speedup(slow, fast) <= hi
+    assert kh.measurement_decides(slow, fast) and kh.measurement_decides(fast, slow)
+    # the same distribution on both sides: ratios straddle 1, the run cannot name a winner
+    a, b = tuple(1.0 + 0.2 * rng.random(21)), tuple(1.0 + 0.2 * rng.random(21))
+    lo, hi = kh.speedup_interval(a, b)
+    assert lo < 1 < hi and not kh.measurement_decides(a, b)
+    assert kh.speedup_interval(a, b) == kh.speedup_interval(a, b)  # seeded: reproducible
+    assert kh.speedup_interval((2.0,), (1.0,)) == (2.0, 2.0)
+
 # -- the CPU formulations ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("glu, sizes", [(False, [30, 0, 20, 14]), (True, [10, 25, 0, 20])])
@@ -187,8 +202,24 @@ def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
     assert all(r.ragged_temp_bytes > 0 and r.chunked_temp_bytes > 0 for r in res.cpu)
     assert "fresh pages per call" in md
     assert "measurement reliability" in md and dict(js["summary_cpu"]["extra"])["split_half_agree"] in (0, 1, 2)
+    extra = dict(js["summary_cpu"]["extra"])
+    assert 0 <= extra["measured_decided_winner_correct"] <= extra["measured_decided_points"] <= 2
+    assert "where the measurement decides the winner" in md
+    assert [d["measurement_decides"] for d in js["derived_cpu"]] == [r.measurement_decides for r in res.cpu]
     assert any("[2/2]" in m for m in msgs)
     assert res.rates_history == (res.rates,) and res.rates is res.chip_rates  # recalibrate=False
+
+    # --render rebuilds the same records from results.json and rewrites the report without timing
+    from perfmodel.cli import main
+
+    back = kh.load_results(tmp_path / "results.json")
+    assert back.cpu == res.cpu and back.correctness == res.correctness and back.rates == res.rates
+    assert back.cost_check == res.cost_check and back.info == res.info
+    (tmp_path / "report.md").unlink()
+    assert main(["validate", "kernel", "--render", str(tmp_path)]) == 0
+    md2 = (tmp_path / "report.md").read_text()
+    assert "re-rendered from the saved samples" in md2 and "predicted winner correct" in md2
+    assert main(["validate", "kernel", "--render", str(tmp_path / "nowhere")]) == 2
 
 
 def test_cpu_rates_are_remeasured_when_stale(tmp_path, monkeypatch):

@@ -275,6 +275,35 @@ def split_half_agrees(slow: tuple[float, ...], fast: tuple[float, ...]) -> bool:
     return (paired_speedup(slow[:k], fast[:k]) > 1) == (paired_speedup(slow[k:], fast[k:]) > 1)
 
 
+SPEEDUP_CI_LEVEL = 0.95
+SPEEDUP_CI_RESAMPLES = 2000
+
+
+def speedup_interval(slow: tuple[float, ...], fast: tuple[float, ...], *, level: float = SPEEDUP_CI_LEVEL,
+                     resamples: int = SPEEDUP_CI_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of :func:`paired_speedup`: resample the rounds, take the median ratio.
+
+    The measurement *decides* a point's winner when the interval excludes 1; otherwise the
+    point is a tie within the run's noise, and no prediction can be scored against it. Rounds
+    are resampled as pairs (one round = one call of each function, sharing the machine's load).
+    Fixed ``seed``: the same samples give the same interval. Fewer than 2 rounds: ``(r, r)``.
+    """
+    ratios = np.asarray(slow, float) / np.asarray(fast, float)
+    if ratios.size < 2:
+        r = float(ratios[0]) if ratios.size else float("nan")
+        return r, r
+    rng = np.random.default_rng(seed)
+    meds = np.median(ratios[rng.integers(0, ratios.size, (resamples, ratios.size))], axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def measurement_decides(slow: tuple[float, ...], fast: tuple[float, ...]) -> bool:
+    """Does the :func:`speedup_interval` of the rounds exclude 1 (a winner beyond the run's noise)?"""
+    lo, hi = speedup_interval(slow, fast)
+    return lo > 1 or hi < 1
+
+
 # -- records -------------------------------------------------------------------------
 
 @attrs.frozen(kw_only=True)
@@ -362,6 +391,15 @@ class CpuRecord:
         """The measurement's own winner is the same in both halves of the rounds (see :func:`split_half_agrees`)."""
         return split_half_agrees(self.ragged_samples_s, self.chunked_samples_s)
 
+    @property
+    def meas_speedup_interval(self) -> tuple[float, float]:
+        return speedup_interval(self.ragged_samples_s, self.chunked_samples_s)
+
+    @property
+    def measurement_decides(self) -> bool:
+        """The measured speedup's 95% bootstrap interval excludes 1 (see :func:`speedup_interval`)."""
+        return measurement_decides(self.ragged_samples_s, self.chunked_samples_s)
+
 
 @attrs.frozen(kw_only=True)
 class TpuRecord:
@@ -401,6 +439,14 @@ class TpuRecord:
     @property
     def split_half_agrees(self) -> bool:
         return split_half_agrees(self.ragged_samples_s, self.fused_samples_s)
+
+    @property
+    def meas_speedup_interval(self) -> tuple[float, float]:
+        return speedup_interval(self.ragged_samples_s, self.fused_samples_s)
+
+    @property
+    def measurement_decides(self) -> bool:
+        return measurement_decides(self.ragged_samples_s, self.fused_samples_s)
 
 
 @attrs.frozen(kw_only=True)
@@ -442,7 +488,15 @@ def summarize_cpu(records) -> Summary:
                    extra=(("roofline_winner_correct", float(sum(r.roofline_winner_agrees for r in recs))),
                           ("decided_points", float(len(decided))),
                           ("split_half_agree", float(sum(r.split_half_agrees for r in recs))),
-                          ("decided_winner_correct", float(sum(r.winner_agrees for r in decided)))))
+                          ("decided_winner_correct", float(sum(r.winner_agrees for r in decided))))
+                   + _measured_decided(recs))
+
+
+def _measured_decided(recs) -> tuple[tuple[str, float], ...]:
+    """Points whose measured winner is beyond the run's noise, and how many of them the model gets right."""
+    dec = [r for r in recs if r.measurement_decides]
+    return (("measured_decided_points", float(len(dec))),
+            ("measured_decided_winner_correct", float(sum(r.winner_agrees for r in dec))))
 
 
 def summarize_tpu(records) -> Summary:
@@ -453,7 +507,8 @@ def summarize_tpu(records) -> Summary:
            ("ragged_dot", median([_abs_rel(r.pred_ragged_s, r.meas_ragged_s) for r in recs])),
            ("speedup", median([_abs_rel(r.pred_speedup, r.meas_speedup) for r in recs])))
     return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs),
-                   extra=(("split_half_agree", float(sum(r.split_half_agrees for r in recs))),))
+                   extra=(("split_half_agree", float(sum(r.split_half_agrees for r in recs))),)
+                   + _measured_decided(recs))
 
 
 # -- inputs ------------------------------------------------------------------------------
@@ -843,8 +898,56 @@ def _cpu_model() -> str:
 
 # -- outputs ---------------------------------------------------------------------------------------
 
-def write_outputs(results: Results, outdir: pathlib.Path) -> list[pathlib.Path]:
-    """``results.json``, ``report.md`` and the plots (PNG + SVG) in ``outdir``."""
+def _tuples(v):
+    """JSON lists back to the tuples the frozen records hold (recursively)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def _build(cls, d: dict):
+    return cls(**{k: _tuples(v) for k, v in d.items()})
+
+
+def load_results(path: str | os.PathLike) -> Results:
+    """Rebuild :class:`Results` from a ``results.json`` that :func:`write_outputs` wrote.
+
+    Raw samples, predictions and rates are all in the file, so the report and plots can be
+    re-rendered (``perfmodel validate kernel --render DIR``) without timing anything again.
+    """
+    from validation.cpu_moe import CpuRates
+
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results.json at {path} (run `perfmodel validate kernel --out DIR` first)")
+    d = json.loads(path.read_text())
+    missing = [k for k in ("info", "cpu", "tpu") if k not in d]
+    if missing:
+        raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: missing {', '.join(missing)}")
+
+    def rates(r):
+        if r is None:
+            return None
+        return _build(CpuRates, r)
+
+    def cpu(r):
+        return _build(CpuRecord, {**r, "point": _build(CpuPoint, r["point"])})
+
+    def tpu(r):
+        return _build(TpuRecord, {**r, "point": _build(TpuPoint, r["point"])})
+
+    return Results(info=_build(RunInfo, d["info"]),
+                   correctness=tuple(_build(CorrectnessRecord, r) for r in d.get("correctness", [])),
+                   cost_check=tuple(_build(CostCheckRow, r) for r in d.get("cost_check", [])),
+                   rates=rates(d.get("rates")), rates_history=tuple(rates(r) for r in d.get("rates_history", [])),
+                   chip_rates=rates(d.get("chip_rates")), cpu=tuple(cpu(r) for r in d["cpu"]),
+                   tpu=tuple(tpu(r) for r in d["tpu"]), errors=tuple(d.get("errors", ())),
+                   complete=bool(d.get("complete", True)))
+
+
+def write_outputs(results: Results, outdir: pathlib.Path, *, rendered: str = "") -> list[pathlib.Path]:
+    """``results.json``, ``report.md`` and the plots (PNG + SVG) in ``outdir``.
+
+    ``rendered``: a note that the report was re-rendered from a saved run (``--render``), shown under the title.
+    """
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     js = outdir / "results.json"
@@ -853,16 +956,29 @@ def write_outputs(results: Results, outdir: pathlib.Path) -> list[pathlib.Path]:
     payload["summary_tpu"] = attrs.asdict(summarize_tpu(results.tpu))
     payload["derived_cpu"] = [dict(meas_ragged_s=r.meas_ragged_s, meas_chunked_s=r.meas_chunked_s,
                                    meas_speedup=r.meas_speedup, pred_speedup=r.pred_speedup,
+                                   meas_speedup_interval=r.meas_speedup_interval,
+                                   measurement_decides=r.measurement_decides,
                                    winner_agrees=r.winner_agrees) for r in results.cpu]
     payload["derived_tpu"] = [dict(meas_fused_s=r.meas_fused_s, meas_ragged_s=r.meas_ragged_s,
                                    meas_speedup=r.meas_speedup, pred_speedup=r.pred_speedup,
+                                   meas_speedup_interval=r.meas_speedup_interval,
+                                   measurement_decides=r.measurement_decides,
                                    winner_agrees=r.winner_agrees) for r in results.tpu]
     js.write_text(json.dumps(payload, indent=1, default=_json_default))
     paths = [js]
     paths += plot_results(results, outdir)
     md = outdir / "report.md"
-    md.write_text(to_markdown(results, plots=[p.name for p in paths if p.suffix == ".png"]))
+    md.write_text(to_markdown(results, plots=[p.name for p in paths if p.suffix == ".png"], rendered=rendered))
     return [md] + paths
+
+
+def render(outdir: str | os.PathLike) -> list[pathlib.Path]:
+    """Re-write ``report.md``, ``results.json`` (with the current summaries) and the plots of a saved run."""
+    outdir = pathlib.Path(outdir)
+    results = load_results(outdir / "results.json")
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return write_outputs(results, outdir, rendered=f"report re-rendered from the saved samples by "
+                                                   f"`perfmodel validate kernel --render {outdir}` at {when}")
 
 
 def plot_results(results: Results, outdir: pathlib.Path) -> list[pathlib.Path]:
@@ -938,7 +1054,7 @@ def _us(x: float) -> str:
     return f"{x * 1e6:.1f}"
 
 
-def to_markdown(results: Results, *, plots=()) -> str:
+def to_markdown(results: Results, *, plots=(), rendered: str = "") -> str:
     """The report: how it ran, correctness, cost-model check, per-point table, summary, what it cannot show."""
     from perfmodel.tables import markdown_table
 
@@ -949,7 +1065,8 @@ def to_markdown(results: Results, *, plots=()) -> str:
              f"(shared by several processes: timings are noisy)",
              f"- jax {i.jax_version}; sweep `{i.sweep}`; {i.repeats} round-robin repeats after one warm-up "
              f"per function; times are medians, speedups the median of per-round ratios",
-             f"- started {i.started_at}" + ("" if results.complete else "; **interrupted: partial results**"), ""]
+             f"- started {i.started_at}" + ("" if results.complete else "; **interrupted: partial results**")]
+    lines += [f"- {rendered}", ""] if rendered else [""]
     if results.correctness:
         lines += ["## Fused Pallas kernel: correctness only", "",
                   "On this device the fused kernel runs in Pallas TPU interpret mode: **correctness only, "
@@ -1028,9 +1145,9 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
         lines += ["### Per point (times in ms; speedup = ragged_dot path / chunked)", ""]
         lines.append(markdown_table(
             ["point", "tf", "why", "pred ragged", "meas ragged", "pred chunked", "meas chunked", "pred speedup",
-             "meas speedup", "winner", "roofline speedup", "bound (ragged / chunked)", "max rel diff"],
+             "meas speedup [95% CI]", "winner", "roofline speedup", "bound (ragged / chunked)", "max rel diff"],
             [[r.point.label, r.tf, r.point.note, _ms(r.pred_ragged_s), _ms(r.meas_ragged_s), _ms(r.pred_chunked_s),
-              _ms(r.meas_chunked_s), f"{r.pred_speedup:.2f}", f"{r.meas_speedup:.2f}",
+              _ms(r.meas_chunked_s), f"{r.pred_speedup:.2f}", _speedup_cell(r),
               "ok" if r.winner_agrees else "**wrong**", f"{r.roofline_speedup:.2f}",
               f"{r.ragged_bound} / {r.chunked_bound}", f"{r.max_rel_diff:.1e}"] for r in results.cpu]))
         lines += ["", "### Summary", ""]
@@ -1043,6 +1160,7 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   f"- measurement reliability: the first and second halves of the rounds name the same winner at "
                   f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points (where they disagree, noise decides "
                   f"the winner)",
+                  _measured_decided_line(s),
                   f"- wrong winners (pred / meas speedup): " + (", ".join(
                       f"{r.point.label} tf={r.tf} ({r.pred_speedup:.2f} / {r.meas_speedup:.2f})"
                       for r in results.cpu if not r.winner_agrees) or "none"),
@@ -1093,6 +1211,21 @@ def _fault_markdown(records, markdown_table) -> list[str]:
     return lines + [""]
 
 
+def _speedup_cell(r) -> str:
+    """Measured speedup with its bootstrap interval; a tie within the run's noise is marked."""
+    lo, hi = r.meas_speedup_interval
+    return f"{r.meas_speedup:.2f} [{lo:.2f}, {hi:.2f}]" + ("" if r.measurement_decides else " tie")
+
+
+def _measured_decided_line(s: Summary) -> str:
+    x = dict(s.extra)
+    n, ok = int(x["measured_decided_points"]), int(x["measured_decided_winner_correct"])
+    return (f"- where the measurement decides the winner ({SPEEDUP_CI_LEVEL:.0%} bootstrap interval of the median "
+            f"per-round speedup, {SPEEDUP_CI_RESAMPLES} resamples of the rounds, excludes 1): **{ok}/{n}** correct"
+            + (f" ({100 * ok / n:.0f}%)" if n else "") + f"; the other {s.points - n} points are ties within this "
+            f"run's noise (marked `tie` in the table)")
+
+
 def _tpu_markdown(results: Results, markdown_table) -> list[str]:
     s = summarize_tpu(results.tpu)
     lines = ["## Fused kernel vs ragged_dot forward on this TPU", "",
@@ -1101,9 +1234,9 @@ def _tpu_markdown(results: Results, markdown_table) -> list[str]:
     if results.tpu:
         lines.append(markdown_table(
             ["point", "fused tiles", "pred fused", "meas fused", "pred ragged_dot", "meas ragged_dot",
-             "pred speedup", "meas speedup", "winner", "max rel diff", "model's explanation", "note"],
+             "pred speedup", "meas speedup [95% CI]", "winner", "max rel diff", "model's explanation", "note"],
             [[r.point.label, f"{r.fused_tiles[0]}x{r.fused_tiles[1]}", _us(r.pred_fused_s), _us(r.meas_fused_s),
-              _us(r.pred_ragged_s), _us(r.meas_ragged_s), f"{r.pred_speedup:.2f}", f"{r.meas_speedup:.2f}",
+              _us(r.pred_ragged_s), _us(r.meas_ragged_s), f"{r.pred_speedup:.2f}", _speedup_cell(r),
               "ok" if r.winner_agrees else "**wrong**", f"{r.max_rel_diff:.1e}", r.sentence, r.point.note]
              for r in results.tpu]))
         wins = sum(r.pred_speedup > 1 for r in results.tpu)
@@ -1112,7 +1245,8 @@ def _tpu_markdown(results: Results, markdown_table) -> list[str]:
         lines += [f"- predicted winner correct: **{s.winner_correct}/{s.points} ({100 * s.winner_fraction:.0f}%)**; "
                   f"the model predicted fusion to win at {wins} and lose at {s.points - wins} points",
                   f"- measurement reliability: the first and second halves of the rounds name the same winner at "
-                  f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points", ""]
+                  f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points",
+                  _measured_decided_line(s), ""]
     if results.errors:
         lines += ["Skipped points:", ""] + [f"- {e}" for e in results.errors] + [""]
     return lines

@@ -17,6 +17,9 @@ def register(cli) -> None:
                    help="timed rounds per point after one warm-up (default 11 quick, 21 full)")
     p.add_argument("--no-recalibrate", action="store_true",
                    help="CPU: use the saved cpu chip calibration only, skip the micro-kernel rates at run start")
+    p.add_argument("--render", metavar="DIR", default=None,
+                   help="time nothing: rebuild report.md, results.json summaries and plots of the saved run in DIR "
+                        "from its results.json (e.g. after a perfmodel upgrade)")
     p.set_defaults(func=_validate_kernel)
 
 
@@ -26,6 +29,10 @@ def _validate_kernel(args) -> int:
     from perfmodel.hardware import chip_for_device, get_chip
     from validation import kernel_harness
 
+    if args.render is not None:
+        paths = kernel_harness.render(args.render)
+        print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".md", ".json")))
+        return 0
     kernel_harness._check_sweep(args.sweep)
     if args.repeats is not None and args.repeats <= 0:
         raise ValueError(f"--repeats must be a positive integer, got repeats={args.repeats}")
