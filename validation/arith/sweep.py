@@ -81,11 +81,24 @@ class Study:
     n_layers: int = 2
     seeds: tuple[int, ...] = (0,)
     lr_scale: float = 1.0  # multiplies the recipe's peak lr (recipe-sensitivity checks); != 1 tags the run id
+    # budget -> widths, for budgets whose window is placed by hand instead of by :func:`widths_for`
+    width_windows: tuple[tuple[float, tuple[int, ...]], ...] = ()
+
+    def widths(self, budget: float, seq_len: int) -> tuple[int, ...]:
+        """The widths trained at ``budget``: the hand-placed window if there is one, else the sqrt rule."""
+        for c, ws in self.width_windows:
+            if c == budget:
+                return ws
+        return widths_for(budget, self.sizes_per_budget, seq_len, self.n_layers)
 
 
 STUDIES = {
     "quick": Study(name="quick", budgets_flops=(1e10, 3e10), sizes_per_budget=3),
-    "full": Study(name="full", budgets_flops=(3e10, 1e11, 3e11, 1e12), sizes_per_budget=5, seeds=(0, 1, 2, 3)),
+    # 3e12 was added after the first four budgets (a 100x span instead of 33x). Its window is the 1e12
+    # window, which brackets the best 1e12 width (D = 24) and the 4-budget fit's N_opt; the sqrt rule
+    # would give D = 24...96 and put the expected optimum at the window's edge.
+    "full": Study(name="full", budgets_flops=(3e10, 1e11, 3e11, 1e12, 3e12), sizes_per_budget=5, seeds=(0, 1, 2, 3),
+                  width_windows=((3e12, (16, 24, 32, 48, 64)),)),
 }
 
 
@@ -116,7 +129,7 @@ def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int
     runs = []
     for seed, c in ((s, c) for s in study.seeds for c in study.budgets_flops):
         for arch in archs:
-            for d in widths_for(c, study.sizes_per_budget, tc.seq_len, study.n_layers):
+            for d in study.widths(c, tc.seq_len):
                 if arch == "dense":
                     mc = dense_model(d, n_layers=study.n_layers, seq_len=tc.seq_len, dtype=dtype)
                     tag = "dense"
