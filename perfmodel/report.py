@@ -241,7 +241,10 @@ def validation_rows() -> list[dict]:
             f"{_pct(med.get('ragged_dot (measured rates)', float('nan')))}, chunked "
             f"{_pct(med.get('chunked (measured rates)', float('nan')))}"
             + (f"; the run's own halves agree on the winner at {int(ex['split_half_agree'])}/{sm['points']}"
-               if "split_half_agree" in (ex := dict(sm.get("extra", ()))) else ""), "winner >= 90%", date,
+               if "split_half_agree" in (ex := dict(sm.get("extra", ()))) else "")
+            + (f"; right at {int(ex['measured_decided_winner_correct'])}/{int(ex['measured_decided_points'])} "
+               f"points whose measured winner is beyond the run's noise (95% bootstrap interval excludes 1)"
+               if "measured_decided_points" in ex else ""), "winner >= 90%", date,
             f"perfmodel validate kernel --sweep {kc['info']['sweep']}", sm["winner_correct"] >= 0.9 * sm["points"])
         corr = kc.get("correctness", [])
         if corr:
