@@ -205,6 +205,7 @@ def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
     extra = dict(js["summary_cpu"]["extra"])
     assert 0 <= extra["measured_decided_winner_correct"] <= extra["measured_decided_points"] <= 2
     assert "where the measurement decides the winner" in md
+    assert "- heap: " in md and res.info.malloc_tunables == __import__("os").environ.get("GLIBC_TUNABLES", "")
     assert [d["measurement_decides"] for d in js["derived_cpu"]] == [r.measurement_decides for r in res.cpu]
     assert any("[2/2]" in m for m in msgs)
     assert res.rates_history == (res.rates,) and res.rates is res.chip_rates  # recalibrate=False
@@ -312,6 +313,64 @@ def test_cli_rejects_bad_sweep(capsys):
 
     assert main(["validate", "kernel", "--sweep", "medium"]) == 2
     assert "sweep='medium'" in capsys.readouterr().err
+
+
+# -- the steady heap (--malloc) -----------------------------------------------------------------
+
+def test_malloc_env_sets_the_tunables_once_and_rejects_unknown_modes():
+    env = kh.malloc_env("steady", {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": kh.STEADY_MALLOC_TUNABLES}
+    assert kh.malloc_env("steady", env) is None  # already in a steady child: run here
+    assert kh.malloc_env("default", {"PATH": "/bin"}) is None
+    with pytest.raises(ValueError, match="malloc='huge'"):
+        kh.malloc_env("huge", {})
+
+
+def test_cli_reruns_a_cpu_sweep_in_a_child_with_the_steady_heap(tmp_path, monkeypatch):
+    import subprocess
+
+    from perfmodel.cli import main
+
+    seen = {}
+
+    def fake_run(argv, env):
+        seen.update(argv=argv, env=env)
+        return subprocess.CompletedProcess(argv, 3)
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert main(["validate", "kernel", "--sweep", "quick", "--out", str(tmp_path), "--repeats", "3",
+                 "--malloc", "steady"]) == 3
+    assert seen["argv"][1:] == ["-m", "perfmodel", "validate", "kernel", "--sweep", "quick", "--out", str(tmp_path),
+                                "--malloc", "steady", "--repeats", "3"]
+    assert seen["env"]["GLIBC_TUNABLES"] == kh.STEADY_MALLOC_TUNABLES
+
+
+_FAULTS_PROBE = """
+import resource, jax, jax.numpy as jnp
+f = jax.jit(lambda x: (jnp.tile(x, (1, 8)) * 2.0) @ jnp.ones((4096, 8)))   # the dot's operand: a 40 MiB temporary
+x = jnp.ones((2560, 512), jnp.float32)
+f(x).block_until_ready(); f(x).block_until_ready()
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+f(x).block_until_ready()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) * 4096)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES needs glibc")
+def test_steady_heap_stops_fresh_page_faults_of_large_temporaries():
+    import os
+    import subprocess
+    import sys
+
+    def faulted(tunables):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"JAX_PLATFORMS": "cpu"}
+        env |= {"GLIBC_TUNABLES": tunables} if tunables else {}
+        out = subprocess.run([sys.executable, "-c", _FAULTS_PROBE], env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert faulted(None) > 30 * 2**20  # glibc's default: the temporary is a fresh mmap at every call
+    assert faulted(kh.STEADY_MALLOC_TUNABLES) < 2**20
 
 
 @pytest.mark.parametrize("glu", [False, True])

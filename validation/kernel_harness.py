@@ -573,6 +573,37 @@ MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20
 are always fresh mmaps, so their pages fault on first touch at every call."""
 
 
+STEADY_MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                          "glibc.malloc.trim_threshold=17179869184")
+"""glibc tunables (environment variable ``GLIBC_TUNABLES``, read at process start) for a *steady* heap.
+
+One arena for every thread, no mmapped blocks and no trimming below 16 GiB: a block freed at the end
+of one call stays in the heap and serves the same request at the next call, so XLA's per-call
+temporaries stop faulting fresh pages (seen here: a 64 MiB temporary faulted 64 MiB per call, 45 ms;
+with these tunables 0 MiB, 17-20 ms). TPU and GPU runtimes hand out device memory from a pool they
+reserved up front, so the steady heap is the closer CPU stand-in for them; the micro-kernel rates and
+the timed programs of one run share the same allocator either way. Ignored by a non-glibc libc
+(the per-call fault column of the report shows whether it took effect). A control, not the default:
+``validation/results/kernel_cpu/heap_control`` shows what it changes.
+"""
+
+MALLOC_MODES = ("steady", "default")
+
+
+def malloc_env(mode: str, environ=None) -> dict[str, str] | None:
+    """The environment a CPU run needs for allocator ``mode``, or None if the current one already fits.
+
+    ``steady``: ``GLIBC_TUNABLES`` = :data:`STEADY_MALLOC_TUNABLES` (a child process must be started with
+    it: glibc reads tunables once, at start-up). ``default``: whatever this process has (never a child).
+    """
+    if mode not in MALLOC_MODES:
+        raise ValueError(f"malloc must be one of {MALLOC_MODES}, got malloc={mode!r}")
+    environ = dict(os.environ if environ is None else environ)
+    if mode == "default" or environ.get("GLIBC_TUNABLES") == STEADY_MALLOC_TUNABLES:
+        return None
+    return {**environ, "GLIBC_TUNABLES": STEADY_MALLOC_TUNABLES}
+
+
 def fault_bytes_per_call(fn: Callable[[], object], calls: int = 3) -> float | None:
     """Minor page faults of one call of ``fn`` (after a warm-up call), as bytes of 4 KiB pages.
 
@@ -715,6 +746,7 @@ class RunInfo:
     load_average: tuple[float, float, float]
     jax_version: str
     command: str
+    malloc_tunables: str = ""  # GLIBC_TUNABLES of the run ("": glibc's default heap; see STEADY_MALLOC_TUNABLES)
 
 
 def _json_default(o):
@@ -785,7 +817,7 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
                    repeats=repeats, started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    host=f"{platform.machine()} {_cpu_model()}", cpu_count=os.cpu_count() or 1,
                    load_average=tuple(round(x, 2) for x in os.getloadavg()), jax_version=jax.__version__,
-                   command=command)
+                   command=command, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
     sink.write("info", info)
     state = dict(info=info)
     t_start = time.perf_counter()
@@ -1066,6 +1098,13 @@ def to_markdown(results: Results, *, plots=(), rendered: str = "") -> str:
              f"- jax {i.jax_version}; sweep `{i.sweep}`; {i.repeats} round-robin repeats after one warm-up "
              f"per function; times are medians, speedups the median of per-round ratios",
              f"- started {i.started_at}" + ("" if results.complete else "; **interrupted: partial results**")]
+    if i.device_platform == "cpu":
+        lines.append("- heap: " + ("**steady** (`GLIBC_TUNABLES=" + i.malloc_tunables + "`: freed blocks are reused, "
+                                   "no fresh pages per call; `--malloc steady`)"
+                                   if i.malloc_tunables == STEADY_MALLOC_TUNABLES else
+                                   "glibc's default" + (f" with `GLIBC_TUNABLES={i.malloc_tunables}`"
+                                                        if i.malloc_tunables else "")
+                                   + " (large temporaries may fault fresh pages at every call; `--malloc steady` removes that)"))
     lines += [f"- {rendered}", ""] if rendered else [""]
     if results.correctness:
         lines += ["## Fused Pallas kernel: correctness only", "",
@@ -1198,7 +1237,8 @@ def _fault_markdown(records, markdown_table) -> list[str]:
              "`compiled.memory_analysis().temp_size_in_bytes`); glibc serves blocks above its largest mmap "
              f"threshold ({MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB on 64-bit) with fresh pages, which fault on "
              "first touch at every call (`faulted` = minor page faults of one call x 4 KiB, from getrusage). "
-             "The time model does not charge these faults.", ""]
+             "The time model does not charge these faults. Under the steady heap (`--malloc steady`) freed "
+             "blocks are reused and `faulted` should be about 0 everywhere.", ""]
     for label, group in ((f"temp >= {MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB", big),
                          (f"temp < {MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB", small)):
         if group:

@@ -20,7 +20,21 @@ def register(cli) -> None:
     p.add_argument("--render", metavar="DIR", default=None,
                    help="time nothing: rebuild report.md, results.json summaries and plots of the saved run in DIR "
                         "from its results.json (e.g. after a perfmodel upgrade)")
+    p.add_argument("--malloc", default="default", choices=("default", "steady"),
+                   help="CPU heap control: default keeps glibc's heap (large temporaries fault fresh pages at every "
+                        "call); steady re-runs the command in a child process whose heap reuses freed blocks "
+                        "(GLIBC_TUNABLES; no page faults, like a TPU runtime's memory pool)")
     p.set_defaults(func=_validate_kernel)
+
+
+def _argv(args, out: str) -> list[str]:
+    """The same ``validate kernel`` call for a child process (allocator already set)."""
+    argv = ["validate", "kernel", "--sweep", args.sweep, "--out", out, "--malloc", args.malloc]
+    if args.repeats is not None:
+        argv += ["--repeats", str(args.repeats)]
+    if args.no_recalibrate:
+        argv.append("--no-recalibrate")
+    return argv
 
 
 def _validate_kernel(args) -> int:
@@ -39,8 +53,17 @@ def _validate_kernel(args) -> int:
     device = jax.devices()[0]
     chip = get_chip(device.device_kind) if device.platform == "tpu" else chip_for_device(device)
     out = args.out or f"validation/results/kernel_{chip.name}"
+    env = kernel_harness.malloc_env(args.malloc) if device.platform == "cpu" else None
+    if env is not None:
+        import subprocess
+        import sys
+
+        print(f"CPU run with a steady heap: re-running in a child process with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} "
+              f"(--malloc default keeps this process's heap)", flush=True)
+        return subprocess.run([sys.executable, "-m", "perfmodel", *_argv(args, out)], env=env).returncode
     command = f"perfmodel validate kernel --sweep {args.sweep} --out {out}" + (
-        f" --repeats {args.repeats}" if args.repeats else "")
+        f" --repeats {args.repeats}" if args.repeats else "") + (
+        " --malloc steady" if args.malloc == "steady" and device.platform == "cpu" else "")
     results, paths = kernel_harness.run(sweep=args.sweep, out=out, repeats=args.repeats, device=device,
                                         command=command, recalibrate=not args.no_recalibrate)
     if results.cpu:
