@@ -348,7 +348,10 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                 check=f"held-out training budget ({g.label})", against="our own training runs",
                 data=f"validation/results/arith_full.jsonl (largest budget {h.budget_flops:.0e} FLOPs held out)",
                 result=(f"best loss predicted {h.best_loss_predicted:.4g} vs observed {h.best_loss_observed:.4g} "
-                        f"({h.best_loss_error_percent:+.1f}%); per-run loss MAPE {h.runs_loss_mape_percent:.1f}%"),
+                        f"({h.best_loss_error_percent:+.1f}%, fitted on {h.fitted_budgets} budgets); per-run loss "
+                        f"MAPE {h.runs_loss_mape_percent:.1f}%"
+                        + "".join(f"; {e.budget_flops:.0e} from the {e.fitted_budgets} below it "
+                                  f"{e.best_loss_error_percent:+.1f}%" for e in g.heldout_earlier)),
                 target="best loss within 5%", date=_committed_date(TRAINING_RESULTS),
                 command="perfmodel scaling fit validation/results/arith_full.jsonl",
                 ok=abs(h.best_loss_error_percent) <= 5))

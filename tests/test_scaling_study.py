@@ -99,3 +99,22 @@ def test_heldout_uses_the_runs_flops_per_param_token(tmp_path):
     runs = results.read_runs(p)
     h = study.heldout_check(runs, grid=F.TINY_GRID)
     assert abs(h.best_loss_error_percent) < 0.5
+
+
+def test_rolling_origin_checks_each_budget_from_the_budgets_below_it(tmp_path):
+    law = JOINT.at_experts(1)
+    budgets = BUDGETS + (1e19,)
+    p = results.write_synthetic(tmp_path / "runs.jsonl", {("dense", 1, 1): law}, budgets, noise=0.002, seed=5)
+    runs = results.read_runs(p)
+    (g,) = study.run_study(p, n_resamples=3, grid=F.TINY_GRID).groups
+    assert (g.heldout.budget_flops, g.heldout.fitted_budgets) == (1e19, 4)
+    (e,) = g.heldout_earlier  # 3e18 is the only earlier budget with 3 budgets below it
+    assert (e.budget_flops, e.fitted_budgets) == (3e18, 3)
+    assert e == study.heldout_check(runs, budget_flops=3e18, grid=F.TINY_GRID)
+    # runs above the held-out budget play no part: drop them and the check is the same
+    assert study.heldout_check(runs.select(runs.budget_flops <= 3e18), grid=F.TINY_GRID) == e
+    assert abs(e.best_loss_error_percent) < 5
+    with pytest.raises(ValueError, match="budget_flops=2e\\+18 is not one of the runs' budgets"):
+        study.heldout_check(runs, budget_flops=2e18)
+    with pytest.raises(ValueError, match="budget_flops=3e\\+17 needs at least 2 budgets below it, got 1"):
+        study.heldout_check(runs, budget_flops=3e17)

@@ -11,7 +11,11 @@ compute budgets:
   then predict the largest budget: every run's loss (mean absolute % error),
   the best loss (law's ``L*(C_max)`` vs the lowest observed loss), and the
   optimal size (law's ``N_opt(C_max)`` and Approach 2's extrapolated power law
-  vs the vertex of the held-out budget's own parabola).
+  vs the vertex of the held-out budget's own parabola). With more than
+  ``MIN_BUDGETS`` budgets the same check is also made at every earlier budget
+  that has at least ``MIN_BUDGETS`` budgets below it (rolling origin: fit on the
+  budgets below ``C``, predict ``C``), so one can see whether the extrapolation
+  improves as the fitted span grows.
 
 Each MoE group is compared with ``dense`` at every budget: tokens per active
 parameter at the optimum (both approaches) and the loss advantage at equal
@@ -37,9 +41,10 @@ MIN_BUDGETS = 3
 
 @attrs.frozen(kw_only=True)
 class HeldOut:
-    """Prediction of the largest budget from a fit on the others (errors in %, signed = predicted/observed - 1)."""
+    """Prediction of one budget from a fit on the smaller ones (errors in %, signed = predicted/observed - 1)."""
 
     budget_flops: float
+    fitted_budgets: int  # how many smaller budgets the law was fitted on
     n_runs: int
     runs_loss_mape_percent: float
     best_loss_observed: float
@@ -61,8 +66,9 @@ class GroupFit:
     approach2: F.Approach2Bootstrap | None
     approach2_error: str | None
     tokens_per_param_a2: tuple[F.Interval, ...]  # per budget of the approach-2 fit
-    heldout: HeldOut | None
+    heldout: HeldOut | None  # the largest budget, fitted on all the others
     heldout_error: str | None
+    heldout_earlier: tuple[HeldOut, ...] = ()  # rolling origin: earlier budgets with >= MIN_BUDGETS below them
 
 
 @attrs.frozen(kw_only=True)
@@ -111,12 +117,21 @@ def flops_per_param_token(runs: Runs) -> float:
     return float(np.median(runs.compute_flops / (runs.params * runs.tokens)))
 
 
-def heldout_check(runs: Runs, *, grid=F.SMALL_GRID) -> HeldOut:
-    """Fit on all budgets but the largest, predict the largest (needs >= 3 budgets)."""
+def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL_GRID) -> HeldOut:
+    """Fit on the budgets below ``budget_flops`` (default: the largest), predict that budget.
+
+    Needs >= 3 budgets in all and >= 2 below the held-out one; runs above it are not used.
+    """
     budgets = runs.budgets
     if budgets.size < MIN_BUDGETS:
         raise ValueError(f"held-out check needs at least {MIN_BUDGETS} compute budgets, got {budgets.size}")
-    top = budgets.max()
+    top = budgets.max() if budget_flops is None else float(budget_flops)
+    if top not in budgets:
+        raise ValueError(f"budget_flops={top:.3g} is not one of the runs' budgets "
+                         f"({', '.join(f'{b:.3g}' for b in budgets)})")
+    if np.sum(budgets < top) < MIN_BUDGETS - 1:
+        raise ValueError(f"held-out check of budget_flops={top:.3g} needs at least {MIN_BUDGETS - 1} budgets "
+                         f"below it, got {int(np.sum(budgets < top))}")
     train, test = runs.select(runs.budget_flops < top), runs.select(runs.budget_flops == top)
     law = F.fit_approach3(train.params, train.tokens, train.loss, grid=grid,
                           flops_per_param_token=flops_per_param_token(train)).law
@@ -137,7 +152,7 @@ def heldout_check(runs: Runs, *, grid=F.SMALL_GRID) -> HeldOut:
     except ValueError:
         n_a2 = None
     return HeldOut(
-        budget_flops=float(top), n_runs=len(test), runs_loss_mape_percent=mape, best_loss_observed=best_obs,
+        budget_flops=float(top), fitted_budgets=int(train.budgets.size), n_runs=len(test), runs_loss_mape_percent=mape, best_loss_observed=best_obs,
         best_loss_predicted=float(opt.loss), best_loss_error_percent=_pct(float(opt.loss), best_obs),
         params_opt_observed=n_obs, params_opt_observed_from=n_from,
         params_opt_predicted_approach3=float(opt.params), params_opt_predicted_approach2=n_a2,
@@ -166,8 +181,14 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
         ho, ho_err = heldout_check(runs, grid=grid), None
     except (ValueError, RuntimeError) as err:
         ho, ho_err = None, str(err)
+    earlier = []
+    for c in budgets[MIN_BUDGETS:-1]:  # each earlier budget with >= MIN_BUDGETS budgets below it
+        try:
+            earlier.append(heldout_check(runs, budget_flops=float(c), grid=grid))
+        except (ValueError, RuntimeError):
+            continue  # the main check's error (if any) is reported; an earlier one is extra
     return GroupFit(label=label, runs=runs, approach3=b3, approach2=b2, approach2_error=err2,
-                    tokens_per_param_a2=tpp, heldout=ho, heldout_error=ho_err)
+                    tokens_per_param_a2=tpp, heldout=ho, heldout_error=ho_err, heldout_earlier=tuple(earlier))
 
 
 def compare(dense: GroupFit, moe: GroupFit) -> Comparison:
@@ -300,21 +321,25 @@ def report_markdown(s: Study) -> str:
                 markdown_table(["C (FLOPs)"] + [f"E={e}: N_act / D" for e in s.joint.experts], rows), ""]
     elif s.joint_error:
         out += [f"Joint law in E not fitted: {s.joint_error}.", ""]
-    out += ["## Held-out check (fit on all budgets but the largest, predict the largest)", ""]
+    out += ["## Held-out check (fit on all budgets but the largest, predict the largest)", "",
+            "Rows marked *earlier* repeat the check at a smaller budget from the budgets below it (rolling "
+            "origin); the target applies to the largest budget.", ""]
     rows = []
     for g in s.groups:
         h = g.heldout
         if h is None:
-            rows.append([g.label, "-", "-", "-", "-", "-", "-", g.heldout_error or ""])
+            rows.append([g.label, "-", "-", "-", "-", "-", "-", "-", g.heldout_error or ""])
             continue
-        rows.append([g.label, f"{h.budget_flops:.3g}", f"{h.runs_loss_mape_percent:.2f}%",
-                     f"{h.best_loss_predicted:.4g} vs {h.best_loss_observed:.4g} ({h.best_loss_error_percent:+.2f}%)",
-                     f"{_si(h.params_opt_predicted_approach3)} vs {_si(h.params_opt_observed)} "
-                     f"({h.params_opt_error_percent_approach3:+.1f}%)",
-                     "-" if h.params_opt_predicted_approach2 is None else
-                     f"{_si(h.params_opt_predicted_approach2)} ({h.params_opt_error_percent_approach2:+.1f}%)",
-                     h.params_opt_observed_from, ""])
-    out += [markdown_table(["group", "held-out C", "runs' loss MAPE", "best loss pred vs obs",
+        for e in (*g.heldout_earlier, h):
+            rows.append([g.label, f"{e.budget_flops:.3g}", str(e.fitted_budgets), f"{e.runs_loss_mape_percent:.2f}%",
+                         f"{e.best_loss_predicted:.4g} vs {e.best_loss_observed:.4g} "
+                         f"({e.best_loss_error_percent:+.2f}%)",
+                         f"{_si(e.params_opt_predicted_approach3)} vs {_si(e.params_opt_observed)} "
+                         f"({e.params_opt_error_percent_approach3:+.1f}%)",
+                         "-" if e.params_opt_predicted_approach2 is None else
+                         f"{_si(e.params_opt_predicted_approach2)} ({e.params_opt_error_percent_approach2:+.1f}%)",
+                         e.params_opt_observed_from, "" if e is h else "earlier"])
+    out += [markdown_table(["group", "held-out C", "budgets fitted", "runs' loss MAPE", "best loss pred vs obs",
                             "N_opt A3 pred vs obs", "N_opt A2 pred", "obs N_opt from", "note"], rows), ""]
     if s.skipped:
         out += ["Skipped groups: " + "; ".join(s.skipped), ""]
@@ -345,7 +370,8 @@ def report_json(s: Study) -> dict:
                 "loss_opt": [_ivd(x) for x in g.approach2.loss_opt]},
             "approach2_error": g.approach2_error,
             "approach2_skipped": [] if g.approach2 is None else list(g.approach2.fit.skipped),
-            "heldout": None if g.heldout is None else attrs.asdict(g.heldout), "heldout_error": g.heldout_error})
+            "heldout": None if g.heldout is None else attrs.asdict(g.heldout), "heldout_error": g.heldout_error,
+            "heldout_earlier": [attrs.asdict(e) for e in g.heldout_earlier]})
     comps = [{"label": c.label, "budgets_flops": list(c.budgets_flops),
               "tokens_per_param_dense": [_ivd(x) for x in c.tokens_per_param_dense],
               "tokens_per_param_moe": [_ivd(x) for x in c.tokens_per_param_moe],
