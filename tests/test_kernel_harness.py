@@ -351,9 +351,12 @@ import resource, jax, jax.numpy as jnp
 f = jax.jit(lambda x: (jnp.tile(x, (1, 8)) * 2.0) @ jnp.ones((4096, 8)))   # the dot's operand: a 40 MiB temporary
 x = jnp.ones((2560, 512), jnp.float32)
 f(x).block_until_ready(); f(x).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-f(x).block_until_ready()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) * 4096)
+faulted = []
+for _ in range(6):
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x).block_until_ready()
+    faulted.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) * 4096)
+print(min(faulted))
 """
 
 
@@ -369,7 +372,9 @@ def test_steady_heap_stops_fresh_page_faults_of_large_temporaries():
         out = subprocess.run([sys.executable, "-c", _FAULTS_PROBE], env=env, capture_output=True, text=True, check=True)
         return int(out.stdout.split()[-1])
 
-    assert faulted(None) > 30 * 2**20  # glibc's default: the temporary is a fresh mmap at every call
+    # fewest bytes faulted by one of 6 calls: glibc's default maps the temporary afresh at every call;
+    # the steady heap serves it from the freed block (at most calls: now and then the heap grows once more)
+    assert faulted(None) > 30 * 2**20
     assert faulted(kh.STEADY_MALLOC_TUNABLES) < 2**20
 
 

@@ -306,6 +306,25 @@ def measurement_decides(slow: tuple[float, ...], fast: tuple[float, ...]) -> boo
 
 # -- records -------------------------------------------------------------------------
 
+class _PairedRounds:
+    """Noise checks of a record's paired rounds: ``_rounds`` = (ragged_dot path samples, the other's)."""
+
+    @property
+    def split_half_agrees(self) -> bool:
+        """The measurement's own winner is the same in both halves of the rounds (see :func:`split_half_agrees`)."""
+        return split_half_agrees(*self._rounds)
+
+    @property
+    def meas_speedup_interval(self) -> tuple[float, float]:
+        return speedup_interval(*self._rounds)
+
+    @property
+    def measurement_decides(self) -> bool:
+        """The measured speedup's 95% bootstrap interval excludes 1 (see :func:`speedup_interval`)."""
+        return measurement_decides(*self._rounds)
+
+
+
 @attrs.frozen(kw_only=True)
 class CorrectnessRecord:
     """Fused kernel (interpret mode on CPU) vs ``implementation="reference"``."""
@@ -330,7 +349,7 @@ class CorrectnessRecord:
 
 
 @attrs.frozen(kw_only=True)
-class CpuRecord:
+class CpuRecord(_PairedRounds):
     """One CPU sweep point: both XLA formulations, predicted (two rate sets) and measured."""
 
     point: CpuPoint
@@ -387,22 +406,12 @@ class CpuRecord:
         return (self.roofline_speedup > 1) == (self.meas_speedup > 1)
 
     @property
-    def split_half_agrees(self) -> bool:
-        """The measurement's own winner is the same in both halves of the rounds (see :func:`split_half_agrees`)."""
-        return split_half_agrees(self.ragged_samples_s, self.chunked_samples_s)
-
-    @property
-    def meas_speedup_interval(self) -> tuple[float, float]:
-        return speedup_interval(self.ragged_samples_s, self.chunked_samples_s)
-
-    @property
-    def measurement_decides(self) -> bool:
-        """The measured speedup's 95% bootstrap interval excludes 1 (see :func:`speedup_interval`)."""
-        return measurement_decides(self.ragged_samples_s, self.chunked_samples_s)
+    def _rounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.ragged_samples_s, self.chunked_samples_s
 
 
 @attrs.frozen(kw_only=True)
-class TpuRecord:
+class TpuRecord(_PairedRounds):
     """One TPU sweep point: fused vs ragged_dot forward, predicted and measured."""
 
     point: TpuPoint
@@ -437,16 +446,8 @@ class TpuRecord:
         return (self.pred_speedup > 1) == (self.meas_speedup > 1)
 
     @property
-    def split_half_agrees(self) -> bool:
-        return split_half_agrees(self.ragged_samples_s, self.fused_samples_s)
-
-    @property
-    def meas_speedup_interval(self) -> tuple[float, float]:
-        return speedup_interval(self.ragged_samples_s, self.fused_samples_s)
-
-    @property
-    def measurement_decides(self) -> bool:
-        return measurement_decides(self.ragged_samples_s, self.fused_samples_s)
+    def _rounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.ragged_samples_s, self.fused_samples_s
 
 
 @attrs.frozen(kw_only=True)
@@ -578,9 +579,11 @@ STEADY_MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
 """glibc tunables (environment variable ``GLIBC_TUNABLES``, read at process start) for a *steady* heap.
 
 One arena for every thread, no mmapped blocks and no trimming below 16 GiB: a block freed at the end
-of one call stays in the heap and serves the same request at the next call, so XLA's per-call
-temporaries stop faulting fresh pages (seen here: a 64 MiB temporary faulted 64 MiB per call, 45 ms;
-with these tunables 0 MiB, 17-20 ms). TPU and GPU runtimes hand out device memory from a pool they
+of one call stays in the heap and usually serves the same request at the next call, so XLA's per-call
+temporaries mostly stop faulting fresh pages (seen here: a 64 MiB temporary faulted 64 MiB per call, 45 ms;
+with these tunables 0 MiB, 17-20 ms; a 40 MiB one faulted at none of 5 calls in some processes and at
+up to 4 of 5 in others, when fragmentation made the heap grow; the steady full sweep faulted 3 MiB per
+call over all its 132 programs, the default one 1891 MiB). TPU and GPU runtimes hand out device memory from a pool they
 reserved up front, so the steady heap is the closer CPU stand-in for them; the micro-kernel rates and
 the timed programs of one run share the same allocator either way. Ignored by a non-glibc libc
 (the per-call fault column of the report shows whether it took effect). A control, not the default:
