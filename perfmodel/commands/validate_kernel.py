@@ -23,7 +23,7 @@ def register(cli) -> None:
     p.add_argument("--malloc", default="default", choices=("default", "steady"),
                    help="CPU heap control: default keeps glibc's heap (large temporaries fault fresh pages at every "
                         "call); steady re-runs the command in a child process whose heap reuses freed blocks "
-                        "(GLIBC_TUNABLES; no page faults, like a TPU runtime's memory pool)")
+                        "(GLIBC_TUNABLES; few page faults, like a TPU runtime's memory pool)")
     p.set_defaults(func=_validate_kernel)
 
 

@@ -152,7 +152,8 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
     except ValueError:
         n_a2 = None
     return HeldOut(
-        budget_flops=float(top), fitted_budgets=int(train.budgets.size), n_runs=len(test), runs_loss_mape_percent=mape, best_loss_observed=best_obs,
+        budget_flops=float(top), fitted_budgets=int(train.budgets.size), n_runs=len(test),
+        runs_loss_mape_percent=mape, best_loss_observed=best_obs,
         best_loss_predicted=float(opt.loss), best_loss_error_percent=_pct(float(opt.loss), best_obs),
         params_opt_observed=n_obs, params_opt_observed_from=n_from,
         params_opt_predicted_approach3=float(opt.params), params_opt_predicted_approach2=n_a2,
