@@ -97,6 +97,10 @@ class Chip:
     ici_bytes_per_s_per_link: float | None
     grid_step_overhead_s: float | None
     launch_overhead_s: float
+    # Host only: rate at which the OS maps fresh pages on first touch (bytes / s). A runtime that
+    # takes a buffer from the OS at every call pays it; accelerator runtimes reserve device memory
+    # up front, so None there.
+    page_fault_bytes_per_s: float | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict)
     alternatives: Mapping[str, str] = attrs.field(factory=dict)
 
@@ -360,8 +364,10 @@ class CpuCalibration:
     bf16_flops_per_s: float
     hbm_bytes_per_s: float
     launch_overhead_s: float
+    page_fault_bytes_per_s: float
     matmul_n: int
     copy_bytes: int
+    page_fault_bytes: int
     repeats: int
     cpu_count: int
     measured_at: str
@@ -379,13 +385,44 @@ def _median_time_s(fn, repeats: int) -> float:
     return times[len(times) // 2]
 
 
+def measure_page_fault_bytes_per_s(n_bytes: int, repeats: int = 5) -> float:
+    """First-touch rate of fresh anonymous memory: ``n_bytes / t``, median over ``repeats``.
+
+    ``t`` is the time to map ``n_bytes`` anonymous bytes (``mmap``) and write one byte per page,
+    so every page takes a minor fault and is zeroed by the kernel: the cost a program pays for a
+    buffer its allocator takes from the OS at every call (glibc does so for blocks above its mmap
+    threshold). Independent of the process's malloc settings.
+    """
+    import mmap
+
+    import numpy as np
+
+    if n_bytes <= 0 or repeats <= 0:
+        raise ValueError(f"sizes must be positive, got {n_bytes=}, {repeats=}")
+    page = mmap.PAGESIZE
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        m = mmap.mmap(-1, n_bytes)
+        a = np.frombuffer(m, dtype=np.uint8)
+        a[::page] = 1
+        times.append(time.perf_counter() - t0)
+        del a
+        m.close()
+    times.sort()
+    return n_bytes / times[len(times) // 2]
+
+
 def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) -> CpuCalibration:
-    """Measure the host's matmul peak and memory bandwidth with jax on CPU.
+    """Measure the host's matmul peak, memory bandwidth and page-fault rate with jax on CPU.
 
     * FLOP/s: median time of an ``n x n x n`` jitted ``jnp.dot`` -> ``2 n^3 / t``
       (f32 and bf16 separately).
-    * Bandwidth: median time of a jitted ``x + 1`` on ``copy_mib`` MiB of f32,
-      which reads and writes every byte -> ``2 * bytes / t``.
+    * Bandwidth: median time of a jitted, *donated* ``x + 1`` on ``copy_mib`` MiB of f32,
+      which reads and writes every byte in place -> ``2 * bytes / t``. Donation keeps the output
+      in the input's buffer: a fresh output of this size would be a new mmap under glibc's
+      default heap, and its page faults (not memory traffic) would set the time.
+    * Page-fault rate: :func:`measure_page_fault_bytes_per_s` on the same size.
     * Launch overhead: median time of a jitted op on 8 floats.
     """
     import datetime
@@ -405,15 +442,23 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) 
         t = _median_time_s(lambda: f(a, a).block_until_ready(), repeats)
         peaks[dt] = 2 * matmul_n**3 / t
     n_el = copy_mib * _MIB // 4
-    x = jnp.zeros((n_el,), jnp.float32)
-    g = jax.jit(lambda v: v + 1.0)
-    t = _median_time_s(lambda: g(x).block_until_ready(), repeats)
+    state = [jnp.zeros((n_el,), jnp.float32)]
+    g = jax.jit(lambda v: v + 1.0, donate_argnums=0)
+
+    def step():
+        state[0] = g(state[0])
+        state[0].block_until_ready()
+
+    t = _median_time_s(step, repeats)
     bw = 2 * n_el * 4 / t
+    fault_rate = measure_page_fault_bytes_per_s(n_el * 4, repeats)
+    h = jax.jit(lambda v: v + 1.0)
     small = jnp.zeros((8,), jnp.float32)
-    t_launch = _median_time_s(lambda: g(small).block_until_ready(), max(repeats, 21))
+    t_launch = _median_time_s(lambda: h(small).block_until_ready(), max(repeats, 21))
     return CpuCalibration(
         f32_flops_per_s=peaks["f32"], bf16_flops_per_s=peaks["bf16"], hbm_bytes_per_s=bw,
-        launch_overhead_s=t_launch, matmul_n=matmul_n, copy_bytes=n_el * 4,
+        launch_overhead_s=t_launch, page_fault_bytes_per_s=fault_rate, matmul_n=matmul_n,
+        copy_bytes=n_el * 4, page_fault_bytes=n_el * 4,
         repeats=repeats, cpu_count=os.cpu_count() or 1,
         measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         jax_version=jax.__version__,
@@ -431,6 +476,11 @@ def save_cpu_calibration(cal: CpuCalibration, path: pathlib.Path | None = None) 
 
 
 def load_cpu_calibration(path: pathlib.Path | None = None) -> CpuCalibration | None:
+    """The saved calibration, or None if there is none or it lacks a field of the current format.
+
+    (A file from before the page-fault field measured bandwidth with a fresh output buffer, i.e. mostly
+    the page-fault rate; it is treated as missing, so the next use re-measures.)
+    """
     path = path or _calibration_path()
     if not path.exists():
         return None
@@ -460,10 +510,12 @@ def cpu_chip(calibration: CpuCalibration | None = None) -> Chip:
         tensor_cores_per_chip=1, megacore=False, vmem_bytes_per_core=None,
         mxu_shape=None, mxus_per_core=None, ici_bytes_per_s_per_link=None,
         grid_step_overhead_s=None, launch_overhead_s=cal.launch_overhead_s,
+        page_fault_bytes_per_s=cal.page_fault_bytes_per_s,
         sources={
             "bf16_flops_per_s": src + f": {cal.matmul_n}^3 bf16 jnp.dot",
             "f32_flops_per_s": src + f": {cal.matmul_n}^3 f32 jnp.dot",
-            "hbm_bytes_per_s": src + f": x+1 over {cal.copy_bytes} bytes (read+write)",
+            "hbm_bytes_per_s": src + f": donated (in-place) x+1 over {cal.copy_bytes} bytes (read+write)",
+            "page_fault_bytes_per_s": src + f": first touch of {cal.page_fault_bytes} freshly mmapped bytes",
             "launch_overhead_s": src + ": jitted op on 8 floats",
             "hbm_bytes": "os.sysconf physical pages x page size",
             "tensor_cores_per_chip": "one jax CPU device",

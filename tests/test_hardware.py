@@ -1,4 +1,7 @@
+import json
 import math
+
+import attrs
 
 import pytest
 
@@ -83,6 +86,29 @@ def test_cpu_chip_from_a_saved_calibration(tmp_path, monkeypatch):
     assert chip.f32_flops_per_s == cal.f32_flops_per_s
     assert "perfmodel calibrate cpu" in chip.sources["f32_flops_per_s"]
     assert math.isfinite(chip.ridge_flops_per_byte("f32"))
+    assert chip.page_fault_bytes_per_s == cal.page_fault_bytes_per_s > 1e6
+    assert "freshly mmapped" in chip.sources["page_fault_bytes_per_s"]
+    assert "donated" in chip.sources["hbm_bytes_per_s"]
+
+
+def test_a_calibration_file_of_the_old_format_is_measured_again(tmp_path, monkeypatch):
+    # files written before the page-fault field timed x+1 into a fresh buffer (mostly page faults)
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(tmp_path))
+    cal = hardware.measure_cpu(matmul_n=64, copy_mib=2, repeats=3)
+    old = {k: v for k, v in attrs.asdict(cal).items() if k not in ("page_fault_bytes_per_s", "page_fault_bytes")}
+    (tmp_path / "cpu_calibration.json").write_text(json.dumps(old))
+    assert hardware.load_cpu_calibration() is None
+
+
+def test_in_place_bandwidth_is_not_slowed_by_page_faults():
+    # the calibrated bandwidth uses a donated buffer: no fresh pages, so it beats the first-touch rate
+    cal = hardware.measure_cpu(matmul_n=64, copy_mib=64, repeats=3)
+    assert cal.hbm_bytes_per_s > cal.page_fault_bytes_per_s
+
+
+def test_bad_page_fault_sizes_name_the_argument():
+    with pytest.raises(ValueError, match="n_bytes=0"):
+        hardware.measure_page_fault_bytes_per_s(0)
 
 
 def test_bad_calibration_sizes_name_the_argument():

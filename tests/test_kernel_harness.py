@@ -163,6 +163,38 @@ def test_chip_roofline_rates():
     assert r.flops_per_s == 1.97e14 and r.bytes_per_s("expand_interleaved", 5e8) == 8.19e11
 
 
+def test_page_fault_term_charges_large_temp_blocks_only_when_the_heap_mmaps_them():
+    mib, rate = 2**20, 2e9
+    thr = cpu_moe.MMAP_THRESHOLD_MAX_BYTES
+    assert cpu_moe.page_fault_s(thr - 1, page_fault_bytes_per_s=rate, mmaps_large_blocks=True) == 0.0
+    assert cpu_moe.page_fault_s(64 * mib, page_fault_bytes_per_s=rate, mmaps_large_blocks=True) == 64 * mib / rate
+    assert cpu_moe.page_fault_s(64 * mib, page_fault_bytes_per_s=rate, mmaps_large_blocks=False) == 0.0
+    with pytest.raises(ValueError, match="page_fault_bytes_per_s=0"):
+        cpu_moe.page_fault_s(64 * mib, page_fault_bytes_per_s=0, mmaps_large_blocks=True)
+    assert cpu_moe.heap_mmaps_large_blocks(None) and cpu_moe.heap_mmaps_large_blocks("glibc.malloc.arena_max=1")
+    assert not cpu_moe.heap_mmaps_large_blocks(kh.STEADY_MALLOC_TUNABLES)
+
+
+def _record(**kw):
+    base = dict(point=kh.CpuPoint(T=64, D=16, F=64, E=4, glu=False, note="x"), tf=32, pred_ragged_s=1.0,
+                pred_chunked_s=1.0, roofline_ragged_s=1.0, roofline_chunked_s=1.2, ragged_bound="memory",
+                chunked_bound="memory", executed_flops=1.0, useful_flops=1.0, ragged_bytes=1.0, chunked_bytes=1.0,
+                ragged_samples_s=(2.0, 2.0, 2.0), chunked_samples_s=(1.0, 1.0, 1.0), max_abs_diff=0.0,
+                max_rel_diff=0.0)
+    return kh.CpuRecord(**{**base, **kw})
+
+
+def test_chip_verdict_includes_the_page_faults_and_old_runs_fall_back_to_the_roofline():
+    # the roofline alone names ragged_dot (1.0 s < 1.2 s); its temp block's faults (0.5 s) flip the verdict
+    new = _record(ragged_fault_pred_s=0.5, chunked_fault_pred_s=0.0)
+    assert new.roofline_speedup < 1 < new.chip_speedup and new.chip_winner_agrees
+    assert not new.roofline_winner_agrees
+    old = _record()  # a run from before the page-fault term
+    assert not old.has_fault_model and old.chip_speedup == old.roofline_speedup
+    ex = dict(kh.summarize_cpu([new, old]).extra)
+    assert (ex["chip_winner_correct"], ex["roofline_winner_correct"], ex["fault_model_points"]) == (1, 0, 1)
+
+
 def test_quick_cpu_sweep_spans_both_verdicts():
     preds = []
     for p in kh.cpu_points("quick"):
@@ -200,7 +232,13 @@ def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
     js = json.loads((tmp_path / "results.json").read_text())
     assert js["summary_cpu"]["points"] == 2 and len(js["derived_cpu"]) == 2
     assert all(r.ragged_temp_bytes > 0 and r.chunked_temp_bytes > 0 for r in res.cpu)
-    assert "fresh pages per call" in md
+    assert "Fresh pages per call" in md
+    # the calibrated chip's prediction adds the page-fault term of each program's temp block
+    assert all(r.has_fault_model for r in res.cpu) and res.chip_rates.page_fault_bytes_per_s > 0
+    for r in res.cpu:
+        assert r.chip_ragged_s == pytest.approx(r.roofline_ragged_s + r.ragged_fault_pred_s)
+    assert "calibrated cpu chip, roofline + page faults (issue target >= 90%)" in md
+    assert [d["chip_winner_agrees"] for d in js["derived_cpu"]] == [r.chip_winner_agrees for r in res.cpu]
     assert "measurement reliability" in md and dict(js["summary_cpu"]["extra"])["split_half_agree"] in (0, 1, 2)
     extra = dict(js["summary_cpu"]["extra"])
     assert 0 <= extra["measured_decided_winner_correct"] <= extra["measured_decided_points"] <= 2

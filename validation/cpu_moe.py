@@ -50,16 +50,27 @@ at a few working-set sizes (:func:`measure_rates`), interpolated in log-log.
 Elementwise FLOPs (masks, selects, activation) are not counted in ``flops``:
 those passes are memory- or overhead-bound.
 
+Page faults (:func:`page_fault_s`, added to the calibrated ``cpu`` chip's roofline
+only): XLA on CPU allocates a program's temporaries as one block per call
+(``compiled.memory_analysis().temp_size_in_bytes``), and under glibc's default
+heap a block of at least :data:`MMAP_THRESHOLD_MAX_BYTES` is a fresh mmap whose
+pages fault on first touch at every call::
+
+    t_fault = temp_bytes / R_fault   if the heap mmaps large blocks and temp_bytes >= 32 MiB, else 0
+
+``R_fault`` is the chip's measured first-touch rate (``perfmodel calibrate cpu``).
+Assumptions: the whole temp block is touched each call (seen: faulted bytes /
+temp bytes = 1.00 above the threshold), smaller blocks are reused from the heap
+after the first call (glibc raises its dynamic mmap threshold to the largest
+freed block), and outputs are small. With ``GLIBC_TUNABLES`` setting
+``glibc.malloc.mmap_max=0`` nothing is mmapped and the term is 0. The
+micro-kernel rates of :func:`measure_rates` already pay those faults on their
+64 MiB outputs, so no separate term is added to them.
+
 Not modelled (seen here): dots run at one peak whatever their shape, and at
 small in-cache shapes the ragged_dot path's expansion + dot pair runs ~1.2-1.5x
 slower inside the full program than the same ops timed alone, so the model
-calls near-ties there where the chunked formulation measurably wins. Nor are
-page faults: XLA allocates a program's temporaries as one block per call, and
-a block above glibc's 32 MiB mmap threshold is fresh memory that faults on
-every call (``perfmodel validate kernel`` on CPU measures temp size and faults
-per program and tabulates them next to the model's error). The isolated
-micro-kernels of :func:`measure_rates` at 64 MiB pay those faults on their
-output, so the large-size rates carry them implicitly.
+calls near-ties there where the chunked formulation measurably wins.
 """
 
 from __future__ import annotations
@@ -72,6 +83,31 @@ import numpy as np
 
 CHUNK_CANDIDATES = (32, 64, 128, 256, 512, 1024)
 """F chunks :func:`best_chunk` chooses from (those dividing F)."""
+
+MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20
+"""glibc's largest mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX`` = 4 MiB x sizeof(long), malloc.c
+and mallopt(3)): under the default heap a block of at least this size is always a fresh mmap, so its pages
+fault on first touch at every call."""
+
+
+def heap_mmaps_large_blocks(glibc_tunables: str | None) -> bool:
+    """Whether glibc with these ``GLIBC_TUNABLES`` serves large blocks by mmap (True unless ``mmap_max=0``)."""
+    settings = dict(kv.split("=", 1) for kv in (glibc_tunables or "").split(":") if "=" in kv)
+    return settings.get("glibc.malloc.mmap_max", "").strip() != "0"
+
+
+def page_fault_s(temp_bytes: float, *, page_fault_bytes_per_s: float, mmaps_large_blocks: bool) -> float:
+    """Per-call first-touch cost of a program's temp block (module docstring, *Page faults*).
+
+    ``temp_bytes / page_fault_bytes_per_s`` if ``mmaps_large_blocks`` and ``temp_bytes >=``
+    :data:`MMAP_THRESHOLD_MAX_BYTES`, else 0.
+    """
+    if temp_bytes < 0 or not page_fault_bytes_per_s > 0:
+        raise ValueError(f"need temp_bytes >= 0 and page_fault_bytes_per_s > 0, got {temp_bytes=}, "
+                         f"{page_fault_bytes_per_s=}")
+    if not mmaps_large_blocks or temp_bytes < MMAP_THRESHOLD_MAX_BYTES:
+        return 0.0
+    return temp_bytes / page_fault_bytes_per_s
 
 
 # -- the two formulations ------------------------------------------------------
@@ -309,7 +345,9 @@ class CpuRates:
       innermost (``[T, K, E]``: each output line gathers from ``E`` rows);
     * ``op_overhead_s``: fixed cost per op execution (each loop iteration
       runs every op of its body);
-    * ``call_overhead_s``: fixed cost per call of a jitted function (dispatch).
+    * ``call_overhead_s``: fixed cost per call of a jitted function (dispatch);
+    * ``page_fault_bytes_per_s``: first-touch rate of fresh pages for :func:`page_fault_s`
+      (set for the calibrated chip only; the micro-kernel rates carry faults implicitly).
 
     Byte rates are ``((working_set_bytes, bytes_per_s), ...)`` ascending in
     working set, interpolated in log-log and clamped at the ends.
@@ -322,17 +360,22 @@ class CpuRates:
     op_overhead_s: float
     call_overhead_s: float
     source: str
+    page_fault_bytes_per_s: float | None = None
 
     @classmethod
     def from_chip(cls, chip, dtype: str = "f32") -> "CpuRates":
-        """The plain roofline of ``chip``: every byte at its HBM (here: DRAM) bandwidth, launch overhead per op."""
+        """The roofline of ``chip``: every byte at its HBM (here: DRAM) bandwidth, launch overhead per op,
+        and the chip's page-fault rate (None on accelerators) for :func:`page_fault_s`."""
         from perfmodel.hardware import get_chip
 
         c = get_chip(chip)
         bw = ((1.0, c.hbm_bytes_per_s),)
         return cls(flops_per_s=c.peak_flops_per_s(dtype), copy=bw, expand_blocked=bw, expand_interleaved=bw,
                    op_overhead_s=c.launch_overhead_s, call_overhead_s=0.0,
-                   source=f"calibrated '{c.name}' chip: {c.sources.get('hbm_bytes_per_s', '')}")
+                   page_fault_bytes_per_s=c.page_fault_bytes_per_s,
+                   source=f"calibrated '{c.name}' chip: {c.sources.get('hbm_bytes_per_s', '')}"
+                   + (f"; page faults: {c.sources['page_fault_bytes_per_s']}"
+                      if c.page_fault_bytes_per_s is not None and "page_fault_bytes_per_s" in c.sources else ""))
 
     def bytes_per_s(self, kind: str, working_set_bytes: float) -> float:
         table = {"dot": self.copy, "copy": self.copy, "expand_blocked": self.expand_blocked,

@@ -34,6 +34,7 @@ class HeapRun:
     winner_correct: int
     points: int
     roofline_winner_correct: int
+    chip_winner_correct: int | None  # roofline + page faults; None for runs made before that term
     measured_decided_correct: int
     measured_decided_points: int
     near_ties_measured: int  # points whose measured speedup is within 10% of 1
@@ -58,6 +59,7 @@ def _score(label: str, res: kh.Results) -> HeapRun:
     ex = dict(s.extra)
     return HeapRun(label=label, winner_correct=s.winner_correct, points=s.points,
                    roofline_winner_correct=int(ex["roofline_winner_correct"]),
+                   chip_winner_correct=int(ex["chip_winner_correct"]) if ex.get("fault_model_points") else None,
                    measured_decided_correct=int(ex["measured_decided_winner_correct"]),
                    measured_decided_points=int(ex["measured_decided_points"]),
                    near_ties_measured=sum(abs(r.meas_speedup - 1) < 0.1 for r in res.cpu),
@@ -91,15 +93,17 @@ def compare(default_dir: str | pathlib.Path, steady_dir: str | pathlib.Path) -> 
 def to_markdown(h: HeapControl, default_dir, steady_dir, host: str) -> str:
     from perfmodel.tables import markdown_table
 
-    rows = [[r.label, f"{r.winner_correct}/{r.points}", f"{r.roofline_winner_correct}/{r.points}",
+    rows = [[r.label, "-" if r.chip_winner_correct is None else f"{r.chip_winner_correct}/{r.points}",
+             f"{r.roofline_winner_correct}/{r.points}", f"{r.winner_correct}/{r.points}",
              f"{r.measured_decided_correct}/{r.measured_decided_points}", f"{r.near_ties_measured}/{r.points}",
              f"{r.faulted_bytes_per_call / 2**20:.0f}"] for r in (h.default, h.steady)]
     return "\n".join([
         "# CPU kernel validation: glibc's default heap vs the steady heap", "",
         f"Runs: `{default_dir}` (default heap) and `{steady_dir}` (steady heap), same sweep, {host}. "
         f"Made by `python -m validation.heap_control {default_dir} {steady_dir}`.", "",
-        markdown_table(["heap", "winner right (measured rates)", "winner right (cpu chip roofline)",
-                        "right where the measurement decides", "measured near-ties (within 10%)",
+        markdown_table(["heap", "winner right (cpu chip: roofline + page faults)",
+                        "winner right (cpu chip roofline, no page faults)", "winner right (measured rates)",
+                        "measured rates right where the measurement decides", "measured near-ties (within 10%)",
                         "faulted MiB per call, all programs"], rows), "",
         f"At the {h.fault_driven_points} points whose ragged_dot program faults a temporary of "
         f">= {kh.MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB at every call under the default heap, the measured "

@@ -47,6 +47,8 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
+from validation.cpu_moe import MMAP_THRESHOLD_MAX_BYTES  # the CPU model's constant, used by the fault table
+
 SWEEPS = ("quick", "full")
 
 
@@ -355,7 +357,7 @@ class CpuRecord(_PairedRounds):
     tf: int
     pred_ragged_s: float  # op-kind rates measured at run start
     pred_chunked_s: float
-    roofline_ragged_s: float  # plain roofline of the calibrated cpu chip
+    roofline_ragged_s: float  # plain roofline of the calibrated cpu chip (no page faults)
     roofline_chunked_s: float
     ragged_bound: str
     chunked_bound: str
@@ -374,6 +376,10 @@ class CpuRecord(_PairedRounds):
     chunked_temp_bytes: float | None = None
     ragged_fault_bytes: float | None = None
     chunked_fault_bytes: float | None = None
+    # The cpu chip model's page-fault term (cpu_moe.page_fault_s of the temp block, s per call);
+    # None in runs made before it existed (their chip model is the plain roofline).
+    ragged_fault_pred_s: float | None = None
+    chunked_fault_pred_s: float | None = None
 
     @property
     def meas_ragged_s(self) -> float:
@@ -391,6 +397,27 @@ class CpuRecord(_PairedRounds):
     @property
     def roofline_speedup(self) -> float:
         return self.roofline_ragged_s / self.roofline_chunked_s
+
+    @property
+    def has_fault_model(self) -> bool:
+        return self.ragged_fault_pred_s is not None and self.chunked_fault_pred_s is not None
+
+    @property
+    def chip_ragged_s(self) -> float:
+        """The calibrated cpu chip's prediction: roofline + page faults of the temp block."""
+        return self.roofline_ragged_s + (self.ragged_fault_pred_s or 0.0)
+
+    @property
+    def chip_chunked_s(self) -> float:
+        return self.roofline_chunked_s + (self.chunked_fault_pred_s or 0.0)
+
+    @property
+    def chip_speedup(self) -> float:
+        return self.chip_ragged_s / self.chip_chunked_s
+
+    @property
+    def chip_winner_agrees(self) -> bool:
+        return (self.chip_speedup > 1) == (self.meas_speedup > 1)
 
     @property
     def meas_speedup(self) -> float:
@@ -482,10 +509,14 @@ def summarize_cpu(records) -> Summary:
            ("chunked (measured rates)", median([_abs_rel(r.pred_chunked_s, r.meas_chunked_s) for r in recs])),
            ("ragged_dot (cpu chip roofline)", median([_abs_rel(r.roofline_ragged_s, r.meas_ragged_s) for r in recs])),
            ("chunked (cpu chip roofline)", median([_abs_rel(r.roofline_chunked_s, r.meas_chunked_s) for r in recs])),
+           ("ragged_dot (cpu chip + page faults)", median([_abs_rel(r.chip_ragged_s, r.meas_ragged_s) for r in recs])),
+           ("chunked (cpu chip + page faults)", median([_abs_rel(r.chip_chunked_s, r.meas_chunked_s) for r in recs])),
            ("speedup (measured rates)", median([_abs_rel(r.pred_speedup, r.meas_speedup) for r in recs])))
     decided = [r for r in recs if abs(r.pred_speedup - 1) >= TIE]
     return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs),
                    extra=(("roofline_winner_correct", float(sum(r.roofline_winner_agrees for r in recs))),
+                          ("chip_winner_correct", float(sum(r.chip_winner_agrees for r in recs))),
+                          ("fault_model_points", float(sum(r.has_fault_model for r in recs))),
                           ("decided_points", float(len(decided))),
                           ("split_half_agree", float(sum(r.split_half_agrees for r in recs))),
                           ("decided_winner_correct", float(sum(r.winner_agrees for r in decided))))
@@ -495,8 +526,11 @@ def summarize_cpu(records) -> Summary:
 def _measured_decided(recs) -> tuple[tuple[str, float], ...]:
     """Points whose measured winner is beyond the run's noise, and how many of them the model gets right."""
     dec = [r for r in recs if r.measurement_decides]
-    return (("measured_decided_points", float(len(dec))),
-            ("measured_decided_winner_correct", float(sum(r.winner_agrees for r in dec))))
+    out = (("measured_decided_points", float(len(dec))),
+           ("measured_decided_winner_correct", float(sum(r.winner_agrees for r in dec))))
+    if all(hasattr(r, "chip_winner_agrees") for r in dec):  # CPU records: the calibrated chip model too
+        out += (("measured_decided_chip_winner_correct", float(sum(r.chip_winner_agrees for r in dec))),)
+    return out
 
 
 def summarize_tpu(records) -> Summary:
@@ -568,9 +602,6 @@ def run_correctness(shapes=CORRECTNESS_SHAPES, *, progress: Callable[[str], None
     return out
 
 
-MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20
-"""glibc's largest mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``, mallopt(3)): blocks above it
-are always fresh mmaps, so their pages fault on first touch at every call."""
 
 
 STEADY_MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
@@ -627,7 +658,12 @@ def fault_bytes_per_call(fn: Callable[[], object], calls: int = 3) -> float | No
 
 
 def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf_counter) -> CpuRecord:
-    """Predict and time both XLA formulations at ``point`` (f32) and check their outputs agree."""
+    """Predict and time both XLA formulations at ``point`` (f32) and check their outputs agree.
+
+    Three predictions: the measured micro-kernel ``rates``; the calibrated ``chip``'s plain roofline; and
+    that roofline plus :func:`validation.cpu_moe.page_fault_s` of each program's temp block (XLA's compiled
+    memory analysis, known before timing; the heap setting is this process's ``GLIBC_TUNABLES``).
+    """
     import jax
 
     from validation import cpu_moe
@@ -645,7 +681,12 @@ def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf
     samples = time_round_robin({n: (lambda f=f: f(*args)) for n, f in fs.items()}, repeats=repeats, timer=timer)
     temp = {n: f.lower(*args).compile().memory_analysis().temp_size_in_bytes for n, f in fs.items()}
     faults = {n: fault_bytes_per_call(lambda f=f: f(*args)) for n, f in fs.items()}
+    fault_rate = cpu_moe.CpuRates.from_chip(chip).page_fault_bytes_per_s
+    mmaps = cpu_moe.heap_mmaps_large_blocks(os.environ.get("GLIBC_TUNABLES"))
+    fault_pred = {n: None if fault_rate is None else cpu_moe.page_fault_s(
+        float(t), page_fault_bytes_per_s=fault_rate, mmaps_large_blocks=mmaps) for n, t in temp.items()}
     return CpuRecord(ragged_temp_bytes=float(temp["ragged_dot"]), chunked_temp_bytes=float(temp["chunked"]),
+                     ragged_fault_pred_s=fault_pred["ragged_dot"], chunked_fault_pred_s=fault_pred["chunked"],
                      ragged_fault_bytes=faults["ragged_dot"], chunked_fault_bytes=faults["chunked"],
                      point=point, tf=tf, pred_ragged_s=pr.time_s, pred_chunked_s=pc.time_s,
                      roofline_ragged_s=rr.time_s, roofline_chunked_s=rc.time_s, ragged_bound=pr.bound,
@@ -886,7 +927,8 @@ def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0, corr
         state["cpu"] = tuple(recs)
         progress(f"{_elapsed(t0)} [{i + 1}/{len(points)}] {p.label} tf={rec.tf}: ragged_dot {rec.meas_ragged_s * 1e3:.2f} ms"
                  f" (pred {rec.pred_ragged_s * 1e3:.2f}), chunked {rec.meas_chunked_s * 1e3:.2f} ms "
-                 f"(pred {rec.pred_chunked_s * 1e3:.2f}); speedup meas {rec.meas_speedup:.2f}x pred "
+                 f"(pred {rec.pred_chunked_s * 1e3:.2f}); speedup meas {rec.meas_speedup:.2f}x, pred cpu chip "
+                 f"{rec.chip_speedup:.2f}x {'ok' if rec.chip_winner_agrees else 'WRONG WINNER'}, measured rates "
                  f"{rec.pred_speedup:.2f}x {'ok' if rec.winner_agrees else 'WRONG WINNER'}")
 
 
@@ -992,7 +1034,9 @@ def write_outputs(results: Results, outdir: pathlib.Path, *, rendered: str = "")
                                    meas_speedup=r.meas_speedup, pred_speedup=r.pred_speedup,
                                    meas_speedup_interval=r.meas_speedup_interval,
                                    measurement_decides=r.measurement_decides,
-                                   winner_agrees=r.winner_agrees) for r in results.cpu]
+                                   winner_agrees=r.winner_agrees, chip_ragged_s=r.chip_ragged_s,
+                                   chip_chunked_s=r.chip_chunked_s, chip_speedup=r.chip_speedup,
+                                   chip_winner_agrees=r.chip_winner_agrees) for r in results.cpu]
     payload["derived_tpu"] = [dict(meas_fused_s=r.meas_fused_s, meas_ragged_s=r.meas_ragged_s,
                                    meas_speedup=r.meas_speedup, pred_speedup=r.pred_speedup,
                                    meas_speedup_interval=r.meas_speedup_interval,
@@ -1025,10 +1069,13 @@ def plot_results(results: Results, outdir: pathlib.Path) -> list[pathlib.Path]:
         sp = [(r.point.tokens_per_expert, r.pred_speedup, r.meas_speedup, r.point.glu) for r in results.tpu]
         what, ylab = f"{results.info.chip}: fused kernel vs ragged_dot (forward, bf16)", "ragged_dot time / fused time"
     elif results.cpu:
-        series = {"ragged_dot path": [(r.pred_ragged_s, r.meas_ragged_s) for r in results.cpu],
-                  "chunked (no [T,F] round trip)": [(r.pred_chunked_s, r.meas_chunked_s) for r in results.cpu]}
-        sp = [(r.point.tokens_per_expert, r.pred_speedup, r.meas_speedup, r.point.glu) for r in results.cpu]
-        what, ylab = "CPU: XLA ragged_dot path vs F-chunked scan (f32)", "ragged_dot path time / chunked time"
+        series = {"ragged_dot path": [(r.chip_ragged_s, r.meas_ragged_s) for r in results.cpu],
+                  "chunked (no [T,F] round trip)": [(r.chip_chunked_s, r.meas_chunked_s) for r in results.cpu]}
+        sp = [(r.point.tokens_per_expert, r.chip_speedup, r.meas_speedup, r.point.glu) for r in results.cpu]
+        model = "cpu chip: roofline + page faults" if all(r.has_fault_model for r in results.cpu) else \
+            "cpu chip roofline"
+        what = f"CPU, XLA ragged_dot path vs F-chunked scan (f32)\npredicted by the calibrated {model}"
+        ylab = "ragged_dot path time / chunked time"
     else:
         return []
     plt = _pyplot()
@@ -1165,7 +1212,8 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   "`t = c + sum over op executions of (max(dot FLOPs / P, bytes / BW_kind(W)) + o)`, where `BW_kind(W)` "
                   "is the rate of the op's kind (copy, blocked expansion, XLA's interleaved expansion; dots "
                   "stream at the copy rate) at its working set `W` (sum of the tensors it touches), "
-                  "interpolated log-log between micro-kernel sizes. Two sets of rates (the measured ones are "
+                  "interpolated log-log between micro-kernel sizes; the cpu chip model adds the page-fault term "
+                  "`t_fault` of each program's temp block (below). Two sets of rates (the measured ones are "
                   f"re-measured every {RATES_MAX_AGE_S:.0f} s of the run, {len(results.rates_history)} time(s) "
                   "here; each point is predicted with the latest; the first set is shown, all are in "
                   "results.json):", ""]
@@ -1177,25 +1225,32 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
 
         lines.append(markdown_table(
             ["rates", "dot GFLOP/s", "copy GB/s", "expand blocked GB/s", "expand interleaved GB/s",
-             "op / call overhead", "source"],
+             "op / call overhead", "page faults GB/s", "source"],
             [[name, f"{x.flops_per_s / 1e9:.0f}", tab(x.copy), tab(x.expand_blocked), tab(x.expand_interleaved),
-              f"{x.op_overhead_s * 1e6:.2f} / {x.call_overhead_s * 1e6:.1f} us", x.source]
-             for name, x in (("measured at run start (primary)", r), ("cpu chip roofline", c)) if x is not None]))
+              f"{x.op_overhead_s * 1e6:.2f} / {x.call_overhead_s * 1e6:.1f} us",
+              "-" if x.page_fault_bytes_per_s is None else f"{x.page_fault_bytes_per_s / 1e9:.2f}", x.source]
+             for name, x in (("measured micro-kernels at run start", r), ("calibrated cpu chip", c))
+             if x is not None]))
+        heap = "steady (no mmapped blocks: no page-fault term)" if not _mmaps(results) else \
+            "default (blocks >= 32 MiB are fresh mmaps: page-fault term on)"
+        lines += ["", f"Heap of this run: {heap}."]
         lines.append("")
     if results.cpu:
         lines += ["### Per point (times in ms; speedup = ragged_dot path / chunked)", ""]
         lines.append(markdown_table(
             ["point", "tf", "why", "pred ragged", "meas ragged", "pred chunked", "meas chunked", "pred speedup",
-             "meas speedup [95% CI]", "winner", "roofline speedup", "bound (ragged / chunked)", "max rel diff"],
+             "meas speedup [95% CI]", "winner", "cpu chip speedup", "chip winner", "roofline speedup",
+             "bound (ragged / chunked)", "max rel diff"],
             [[r.point.label, r.tf, r.point.note, _ms(r.pred_ragged_s), _ms(r.meas_ragged_s), _ms(r.pred_chunked_s),
               _ms(r.meas_chunked_s), f"{r.pred_speedup:.2f}", _speedup_cell(r),
-              "ok" if r.winner_agrees else "**wrong**", f"{r.roofline_speedup:.2f}",
+              "ok" if r.winner_agrees else "**wrong**", f"{r.chip_speedup:.2f}",
+              "ok" if r.chip_winner_agrees else "**wrong**", f"{r.roofline_speedup:.2f}",
               f"{r.ragged_bound} / {r.chunked_bound}", f"{r.max_rel_diff:.1e}"] for r in results.cpu]))
         lines += ["", "### Summary", ""]
         lines += [f"- {name}: median |pred/meas - 1| = {v:.2f}" for name, v in s.median_abs_rel_err]
-        lines += [f"- predicted winner correct: **{s.winner_correct}/{s.points} ({100 * s.winner_fraction:.0f}%)** "
-                  f"with the measured rates (issue target >= 90%); with the cpu chip roofline: "
-                  f"{int(dict(s.extra)['roofline_winner_correct'])}/{s.points}",
+        lines += [_chip_winner_line(s),
+                  f"- with the measured micro-kernel rates: {s.winner_correct}/{s.points} "
+                  f"({100 * s.winner_fraction:.0f}%)",
                   f"- excluding predicted near-ties (|pred speedup - 1| < {TIE:.0%}): "
                   f"{int(dict(s.extra)['decided_winner_correct'])}/{int(dict(s.extra)['decided_points'])} correct",
                   f"- measurement reliability: the first and second halves of the rounds name the same winner at "
@@ -1220,35 +1275,41 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
 
 
 def _fault_markdown(records, markdown_table) -> list[str]:
-    """Diagnostic table: XLA temp allocation and page faults per call vs the model's error (not modelled)."""
+    """Diagnostic table: XLA temp allocation and page faults per call vs the measured-rates model's error."""
     rows, big, small = [], [], []
     for r in records:
-        for name, temp, fault, pred, meas in (
-                ("ragged_dot", r.ragged_temp_bytes, r.ragged_fault_bytes, r.pred_ragged_s, r.meas_ragged_s),
-                ("chunked", r.chunked_temp_bytes, r.chunked_fault_bytes, r.pred_chunked_s, r.meas_chunked_s)):
+        for name, temp, fault, pred, chip, meas in (
+                ("ragged_dot", r.ragged_temp_bytes, r.ragged_fault_bytes, r.pred_ragged_s, r.chip_ragged_s,
+                 r.meas_ragged_s),
+                ("chunked", r.chunked_temp_bytes, r.chunked_fault_bytes, r.pred_chunked_s, r.chip_chunked_s,
+                 r.meas_chunked_s)):
             if temp is None or fault is None:
                 continue
-            (big if temp >= MMAP_THRESHOLD_MAX_BYTES else small).append((fault, temp, pred / meas))
+            (big if temp >= MMAP_THRESHOLD_MAX_BYTES else small).append((fault, temp, pred / meas, chip / meas))
             if temp >= MMAP_THRESHOLD_MAX_BYTES or fault >= 2**20:
                 rows.append([f"{r.point.label} tf={r.tf}", name, f"{temp / 2**20:.1f}", f"{fault / 2**20:.1f}",
-                             f"{pred / meas:.2f}"])
+                             f"{chip / meas:.2f}", f"{pred / meas:.2f}"])
     if not (big or small):
         return []
-    lines = ["### Runtime effects the model leaves out: fresh pages per call", "",
+    lines = ["### Fresh pages per call: what the page-fault term charges", "",
              "XLA on CPU allocates a program's temporaries as one block per call (`temp` = "
              "`compiled.memory_analysis().temp_size_in_bytes`); glibc serves blocks above its largest mmap "
              f"threshold ({MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB on 64-bit) with fresh pages, which fault on "
              "first touch at every call (`faulted` = minor page faults of one call x 4 KiB, from getrusage). "
-             "The time model does not charge these faults. Under the steady heap (`--malloc steady`) freed "
+             "The cpu chip model charges them (`t_fault = temp / R_fault` for temp >= the threshold, 0 under the "
+             "steady heap: `validation/cpu_moe.py`, *Page faults*); the measured-rates model does not (its 64 MiB "
+             "micro-kernels pay faults implicitly). Under the steady heap (`--malloc steady`) freed "
              "blocks are mostly reused and `faulted` should be near 0.", ""]
     for label, group in ((f"temp >= {MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB", big),
                          (f"temp < {MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB", small)):
         if group:
             lines.append(f"- {label}: {len(group)} programs, median faulted / temp "
-                         f"{median([f / t if t else 0.0 for f, t, _ in group]):.2f}, "
-                         f"median pred / meas time {median([e for _, _, e in group]):.2f}")
+                         f"{median([f / t if t else 0.0 for f, t, _, _ in group]):.2f}, "
+                         f"median pred / meas time: cpu chip {median([c for _, _, _, c in group]):.2f}, "
+                         f"measured rates {median([e for _, _, e, _ in group]):.2f}")
     lines += ["", "Programs with temp above the threshold or more than 1 MiB faulted per call:", ""]
-    lines.append(markdown_table(["point", "formulation", "temp MiB", "faulted MiB / call", "pred / meas"], rows)
+    lines.append(markdown_table(["point", "formulation", "temp MiB", "faulted MiB / call",
+                                 "pred / meas (cpu chip)", "pred / meas (measured rates)"], rows)
                  if rows else "none")
     return lines + [""]
 
@@ -1259,13 +1320,34 @@ def _speedup_cell(r) -> str:
     return f"{r.meas_speedup:.2f} [{lo:.2f}, {hi:.2f}]" + ("" if r.measurement_decides else " tie")
 
 
+def _mmaps(results: Results) -> bool:
+    from validation.cpu_moe import heap_mmaps_large_blocks
+
+    return heap_mmaps_large_blocks(results.info.malloc_tunables)
+
+
+def _chip_winner_line(s: Summary) -> str:
+    """The issue's target line: the calibrated cpu chip model's winner score (roofline + page faults)."""
+    x = dict(s.extra)
+    chip, plain, nf = int(x["chip_winner_correct"]), int(x["roofline_winner_correct"]), int(x["fault_model_points"])
+    if nf == 0:
+        return (f"- predicted winner correct with the calibrated cpu chip roofline (issue target >= 90%): "
+                f"**{plain}/{s.points} ({100 * plain / s.points:.0f}%)**; this run predates the page-fault term")
+    return (f"- predicted winner correct with the calibrated cpu chip, roofline + page faults (issue target >= 90%): "
+            f"**{chip}/{s.points} ({100 * chip / s.points:.0f}%)**; its plain roofline without the page-fault "
+            f"term: {plain}/{s.points}" + ("" if nf == s.points else f" (page-fault term at {nf} points only)"))
+
+
 def _measured_decided_line(s: Summary) -> str:
     x = dict(s.extra)
     n, ok = int(x["measured_decided_points"]), int(x["measured_decided_winner_correct"])
+    chip = x.get("measured_decided_chip_winner_correct")
     return (f"- where the measurement decides the winner ({SPEEDUP_CI_LEVEL:.0%} bootstrap interval of the median "
-            f"per-round speedup, {SPEEDUP_CI_RESAMPLES} resamples of the rounds, excludes 1): **{ok}/{n}** correct"
-            + (f" ({100 * ok / n:.0f}%)" if n else "") + f"; the other {s.points - n} points are ties within this "
-            f"run's noise (marked `tie` in the table)")
+            f"per-round speedup, {SPEEDUP_CI_RESAMPLES} resamples of the rounds, excludes 1): "
+            + ("" if chip is None else f"cpu chip **{int(chip)}/{n}**, measured rates ")
+            + f"**{ok}/{n}** correct"
+            + (f" ({100 * ok / n:.0f}%)" if n and chip is None else "") + f"; the other {s.points - n} points are "
+            f"ties within this run's noise (marked `tie` in the table)")
 
 
 def _tpu_markdown(results: Results, markdown_table) -> list[str]:

@@ -29,7 +29,7 @@ def register(cli) -> None:
     p.add_argument("--latex", action="store_true", help="LaTeX instead of pretty text")
     p.set_defaults(func=_formula)
 
-    p = cli.subcommand("calibrate", "cpu", "measure this machine's matmul FLOP/s and memory bandwidth")
+    p = cli.subcommand("calibrate", "cpu", "measure this machine's matmul FLOP/s, memory bandwidth and page-fault rate")
     p.add_argument("--matmul-n", type=int, default=1024)
     p.add_argument("--copy-mib", type=int, default=256)
     p.add_argument("--repeats", type=int, default=7)
@@ -167,13 +167,14 @@ def _formula(args) -> int:
 def _calibrate_cpu(args) -> int:
     from perfmodel.hardware import measure_cpu, save_cpu_calibration
 
-    print(f"measuring: {args.matmul_n}^3 matmul (f32, bf16) and x+1 over {args.copy_mib} MiB, "
-          f"median of {args.repeats} runs ...", flush=True)
+    print(f"measuring: {args.matmul_n}^3 matmul (f32, bf16) donated x+1 and first-touch page faults over "
+          f"{args.copy_mib} MiB, median of {args.repeats} runs ...", flush=True)
     cal = measure_cpu(matmul_n=args.matmul_n, copy_mib=args.copy_mib, repeats=args.repeats)
     path = save_cpu_calibration(cal)
     print(f"f32 matmul   {_fmt(cal.f32_flops_per_s, 'FLOP/s')}")
     print(f"bf16 matmul  {_fmt(cal.bf16_flops_per_s, 'FLOP/s')}")
     print(f"memory       {_fmt(cal.hbm_bytes_per_s, 'B/s')}")
+    print(f"page faults  {_fmt(cal.page_fault_bytes_per_s, 'B/s')} (first touch of fresh pages)")
     print(f"launch       {_fmt(cal.launch_overhead_s, 's')}")
     print(f"saved to {path}")
     return 0

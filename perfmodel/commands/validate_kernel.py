@@ -68,7 +68,9 @@ def _validate_kernel(args) -> int:
                                         command=command, recalibrate=not args.no_recalibrate)
     if results.cpu:
         s = kernel_harness.summarize_cpu(results.cpu)
-        print(f"CPU XLA paths: predicted winner correct {s.winner_correct}/{s.points}; "
+        x = dict(s.extra)
+        print(f"CPU XLA paths: predicted winner correct, calibrated cpu chip (roofline + page faults) "
+              f"{int(x['chip_winner_correct'])}/{s.points}, measured rates {s.winner_correct}/{s.points}; "
               + "; ".join(f"median |pred/meas-1| {n} {v:.2f}" for n, v in s.median_abs_rel_err))
     if results.tpu:
         s = kernel_harness.summarize_tpu(results.tpu)
