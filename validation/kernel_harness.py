@@ -669,7 +669,7 @@ def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf
     from validation import cpu_moe
 
     shape = dict(T=point.T, D=point.D, F=point.F, E=point.E, glu=point.glu, activation=point.activation)
-    tf = point.tf or cpu_moe.best_chunk(rates, **shape)
+    tf = point.tf or cpu_moe.best_chunk(cpu_moe.CpuRates.from_chip(chip), **shape)  # the scored model's choice
     pr = cpu_moe.predict_ragged_path(rates, **shape)
     pc = cpu_moe.predict_chunked(rates, **shape, tf=tf)
     rr = cpu_moe.predict_ragged_path(chip, **shape)
@@ -790,6 +790,8 @@ class RunInfo:
     jax_version: str
     command: str
     malloc_tunables: str = ""  # GLIBC_TUNABLES of the run ("": glibc's default heap; see STEADY_MALLOC_TUNABLES)
+    # CPU: the rates that chose each unforced F chunk tf (runs before 2026-12-02 used the measured ones)
+    chunk_chosen_by: str = "measured micro-kernel rates"
 
 
 def _json_default(o):
@@ -860,7 +862,8 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
                    repeats=repeats, started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    host=f"{platform.machine()} {_cpu_model()}", cpu_count=os.cpu_count() or 1,
                    load_average=tuple(round(x, 2) for x in os.getloadavg()), jax_version=jax.__version__,
-                   command=command, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
+                   command=command, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                   chunk_chosen_by="-" if on_tpu else "calibrated cpu chip roofline")
     sink.write("info", info)
     state = dict(info=info)
     t_start = time.perf_counter()
@@ -1193,7 +1196,7 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
              "chunked formulation moves the weights twice and pays per-iteration overhead, so the ragged_dot "
              "path should win; and a many-rows point with tf forced small, where the chunked formulation "
              "re-reads `x_m` once per chunk (the analog of the fused kernel's weight re-reads). tf is the "
-             "model's best chunk unless forced.", ""]
+             f"best chunk of the {results.info.chunk_chosen_by} (without a page-fault term) unless forced.", ""]
     if results.cost_check:
         lines += ["### Cost model vs XLA's `cost_analysis()`", "",
                   "Model bytes are the sum over the ops of the optimized HLO of every tensor read or written; "
