@@ -158,6 +158,56 @@ def _load(rel: str):
     return json.loads(path.read_text()), _committed_date(path)
 
 
+CPU_REPEAT_RUNS = ("kernel_cpu/heap_control/default", "kernel_cpu/heap_control/steady")
+"""Full CPU sweeps besides ``kernel_cpu/full`` whose scores the validation row also quotes (repeats of the test)."""
+
+
+def _cpu_kernel_row(kc: dict, date) -> tuple:
+    """The CPU validation row: the calibrated cpu chip's winner score in every committed full sweep.
+
+    The check passes only if every run with the page-fault term meets the 90% target (one run's score
+    is not the model's: repeats on the same machine differ by a few points).
+    """
+    sm = kc["summary_cpu"]
+    med = dict(sm["median_abs_rel_err"])
+    ex = dict(sm.get("extra", ()))
+    main = "kernel_cpu/full" if kc["info"]["sweep"] == "full" else "kernel_cpu"
+    runs = [(main, kc)]
+    if kc["info"]["sweep"] == "full":
+        for rel in CPU_REPEAT_RUNS:
+            other, _ = _load(f"{rel}/results.json")
+            if other and other.get("summary_cpu", {}).get("points") and other["info"]["sweep"] == "full":
+                runs.append((rel, other))
+    scored = []  # (run, right, points, decided right, decided points)
+    for rel, r in runs:
+        x = dict(r["summary_cpu"].get("extra", ()))
+        chip = _chip_winner_correct(x)
+        if chip is not None:
+            scored.append((rel, chip, r["summary_cpu"]["points"], x.get("measured_decided_chip_winner_correct"),
+                           x.get("measured_decided_points")))
+    if scored:
+        heap = {rel: ("steady heap" if r["info"].get("malloc_tunables") else "default heap") for rel, r in runs}
+        result = ("winner right with the calibrated cpu chip (roofline + page faults): "
+                  + ", ".join(f"{ok}/{n} (`{rel}`, {heap[rel]})" for rel, ok, n, _, _ in scored)
+                  + f"; with the measured micro-kernel rates {sm['winner_correct']}/{sm['points']} (`{main}`)"
+                  + ("; cpu chip right at " + ", ".join(f"{int(d)}/{int(dn)}" for _, _, _, d, dn in scored)
+                     + " points whose measured winner is beyond the run's noise (95% bootstrap interval excludes 1)"
+                     if all(d is not None for *_, d, _ in scored) else ""))
+        ok = all(right >= 0.9 * n for _, right, n, _, _ in scored)
+    else:
+        result = f"winner right {sm['winner_correct']}/{sm['points']} (measured rates)"
+        ok = sm["winner_correct"] >= 0.9 * sm["points"]
+    result += (f"; median |pred/meas-1| ragged_dot "
+               f"{_pct(med.get('ragged_dot (cpu chip + page faults)', med.get('ragged_dot (measured rates)', float('nan'))))}"
+               f", chunked {_pct(med.get('chunked (cpu chip + page faults)', med.get('chunked (measured rates)', float('nan'))))}"
+               + (f"; `{main}`'s own halves agree on the winner at {int(ex['split_half_agree'])}/{sm['points']}"
+                  if "split_half_agree" in ex else ""))
+    return ("CPU: ragged_dot path vs F-chunked XLA formulation", "timed here (median of rounds)",
+            f"validation/results/kernel_cpu ({kc['info']['sweep']} sweep, {kc['info']['host']}, "
+            f"{kc['info']['cpu_count']} cores)", result, "winner >= 90% in every run", date,
+            f"perfmodel validate kernel --sweep {kc['info']['sweep']} [--malloc steady]", ok)
+
+
 def _chip_winner_correct(extra: dict) -> int | None:
     """The calibrated cpu chip model's winner score, if the run has its page-fault term (else None)."""
     if extra.get("fault_model_points") and "chip_winner_correct" in extra:
@@ -239,26 +289,7 @@ def validation_rows() -> list[dict]:
     if kc is None:
         kc, date = _load("kernel_cpu/results.json")
     if kc and kc.get("summary_cpu", {}).get("points"):
-        sm = kc["summary_cpu"]
-        med = dict(sm["median_abs_rel_err"])
-        add("CPU: ragged_dot path vs F-chunked XLA formulation", "timed here (median of rounds)",
-            f"validation/results/kernel_cpu ({kc['info']['sweep']} sweep, {kc['info']['host']}, "
-            f"{kc['info']['cpu_count']} cores)",
-            (f"winner right with the calibrated cpu chip (roofline + page faults) "
-             f"{chip_ok}/{sm['points']}, with the measured micro-kernel rates {sm['winner_correct']}/{sm['points']}; "
-             if (chip_ok := _chip_winner_correct(ex := dict(sm.get("extra", ())))) is not None else
-             f"winner right {sm['winner_correct']}/{sm['points']} (measured rates); ")
-            + f"median |pred/meas-1| ragged_dot "
-            f"{_pct(med.get('ragged_dot (cpu chip + page faults)', med.get('ragged_dot (measured rates)', float('nan'))))}, chunked "
-            f"{_pct(med.get('chunked (cpu chip + page faults)', med.get('chunked (measured rates)', float('nan'))))}"
-            + (f"; the run's own halves agree on the winner at {int(ex['split_half_agree'])}/{sm['points']}"
-               if "split_half_agree" in ex else "")
-            + (f"; cpu chip right at {int(ex['measured_decided_chip_winner_correct'])}/"
-               f"{int(ex['measured_decided_points'])} points whose measured winner is beyond the run's noise "
-               f"(95% bootstrap interval excludes 1)"
-               if "measured_decided_chip_winner_correct" in ex else ""), "winner >= 90%", date,
-            f"perfmodel validate kernel --sweep {kc['info']['sweep']}",
-            (sm["winner_correct"] if chip_ok is None else chip_ok) >= 0.9 * sm["points"])
+        add(*_cpu_kernel_row(kc, date))
         corr = kc.get("correctness", [])
         if corr:
             add("fused Pallas kernel correctness (interpret mode)", "per-expert reference",
