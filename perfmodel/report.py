@@ -395,7 +395,10 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                         f"({h.best_loss_error_percent:+.1f}%, fitted on {h.fitted_budgets} budgets); per-run loss "
                         f"MAPE {h.runs_loss_mape_percent:.1f}%"
                         + "".join(f"; {e.budget_flops:.0e} from the {e.fitted_budgets} below it "
-                                  f"{e.best_loss_error_percent:+.1f}%" for e in g.heldout_earlier)),
+                                  f"{e.best_loss_error_percent:+.1f}%" for e in g.heldout_earlier)
+                        + ("; the same law vs the best run at its fitted budgets (in-sample): "
+                           + ", ".join(f"{v:+.1f}%" for _, v in h.insample_best_loss_error_percent)
+                           if h.insample_best_loss_error_percent else "")),
                 target="best loss within 5%", date=_committed_date(TRAINING_RESULTS),
                 command="perfmodel scaling fit validation/results/arith_full.jsonl",
                 ok=abs(h.best_loss_error_percent) <= 5))

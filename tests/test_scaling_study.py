@@ -51,6 +51,21 @@ def test_heldout_prediction_of_largest_budget(fitted):
         assert abs(h.best_loss_error_percent) < 5
         assert abs(h.params_opt_error_percent_approach3) < 30
         assert h.runs_loss_mape_percent < 2
+        # the same law against the best run at each budget it was fitted on: one entry per fitted budget
+        assert [c for c, _ in h.insample_best_loss_error_percent] == list(BUDGETS[:-1])
+        assert all(abs(v) < 5 for _, v in h.insample_best_loss_error_percent)  # low-noise synthetic sweep
+
+
+def test_insample_best_loss_error_grows_with_run_noise(tmp_path):
+    # with noisy runs the best run of a budget sits below the smooth law's L*(C) even in-sample
+    law = JOINT.at_experts(1)
+    quiet = results.write_synthetic(tmp_path / "q.jsonl", {("dense", 1, 1): law}, BUDGETS, noise=0.002, seed=1)
+    noisy = results.write_synthetic(tmp_path / "n.jsonl", {("dense", 1, 1): law}, BUDGETS, noise=0.08, seed=1)
+    err = {}
+    for name, path in (("quiet", quiet), ("noisy", noisy)):
+        h = study.heldout_check(results.read_runs(path), grid=F.TINY_GRID)
+        err[name] = max(abs(v) for _, v in h.insample_best_loss_error_percent)
+    assert err["noisy"] > 2 * err["quiet"]
 
 
 def test_fewer_than_three_budgets_is_an_error(tmp_path):
