@@ -7,9 +7,9 @@ def register(cli) -> None:
     p = cli.subcommand(
         "validate", "kernel",
         "time fused vs ragged_dot MoE FFN on this device and compare with the model (on CPU: fused kernel "
-        "correctness only, plus the XLA ragged_dot path vs an F-chunked formulation against the cpu chip)",
+        "correctness only, plus the XLA ragged_dot path vs an F-chunked formulation against the calibrated cpu chip: roofline + page faults)",
         epilog="example: perfmodel validate kernel --sweep quick --out validation/results/kernel_cpu")
-    p.add_argument("--sweep", default="quick", help="quick (~15 s on a quiet 2-core CPU) or full (~1 min quiet; much longer on a loaded machine)")
+    p.add_argument("--sweep", default="quick", help="quick (~25 s on the quiet 2-core Intel Xeon) or full (~2.5 min there; longer on a loaded machine)")
     p.add_argument("--out", default=None,
                    help="directory for results.jsonl/json, report.md and plots "
                         "(default validation/results/kernel_<chip>, e.g. kernel_cpu, kernel_v5e)")
