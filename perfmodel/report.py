@@ -186,7 +186,7 @@ def _cpu_kernel_row(kc: dict, date) -> tuple:
             scored.append((rel, chip, r["summary_cpu"]["points"], x.get("measured_decided_chip_winner_correct"),
                            x.get("measured_decided_points")))
     if scored:
-        heap = {rel: ("steady heap" if r["info"].get("malloc_tunables") else "default heap") for rel, r in runs}
+        heap = {rel: f"{r.get('heap') or 'unrecorded'} heap" for rel, r in runs}  # the harness's verdict
         result = ("winner right with the calibrated cpu chip (roofline + page faults): "
                   + ", ".join(f"{ok}/{n} (`{rel}`, {heap[rel]})" for rel, ok, n, _, _ in scored)
                   + f"; with the measured micro-kernel rates {sm['winner_correct']}/{sm['points']} (`{main}`)"

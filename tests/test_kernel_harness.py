@@ -193,6 +193,9 @@ def test_chip_verdict_includes_the_page_faults_and_old_runs_fall_back_to_the_roo
     assert not old.has_fault_model and old.chip_speedup == old.roofline_speedup
     ex = dict(kh.summarize_cpu([new, old]).extra)
     assert (ex["chip_winner_correct"], ex["roofline_winner_correct"], ex["fault_model_points"]) == (1, 0, 1)
+    assert ex["measured_decided_chip_winner_correct"] == 1  # both decide (2.0 vs 1.0 every round)
+    # predicted near-ties (within 10%) are left out of the decided score: 1.0 / 1.2 and 1.5 / 1.2 both count
+    assert (ex["chip_decided_points"], ex["chip_decided_winner_correct"]) == (2, 1)
 
 
 def test_quick_cpu_sweep_spans_both_verdicts():
@@ -309,6 +312,7 @@ def test_tpu_path_on_a_fake_device(tmp_path):
     assert res.info.chip == "v5e" and len(res.tpu) == 2 and not res.cpu
     s = kh.summarize_tpu(res.tpu)
     assert dict(s.median_abs_rel_err)["fused"] == pytest.approx(0.1 / 1.1)
+    assert "measured_decided_chip_winner_correct" not in dict(s.extra)  # the cpu chip model is CPU-only
     assert dict(s.median_abs_rel_err)["ragged_dot"] == pytest.approx(0.1 / 0.9)
     assert res.tpu[1].pred_speedup < 1  # forced-large row tile: the model predicts a loss
     for r in res.tpu:

@@ -108,8 +108,8 @@ def test_cpu_validation_row_passes_only_if_every_committed_full_sweep_meets_the_
                    "extra": [["chip_winner_correct", chip_right], ["fault_model_points", 66],
                              ["split_half_agree", 54], ["measured_decided_points", 41],
                              ["measured_decided_chip_winner_correct", 40]]}
-        js = {"info": {"sweep": "full", "host": "x86_64 test", "cpu_count": 2,
-                       "malloc_tunables": "glibc.malloc.mmap_max=0" if steady else ""}, "summary_cpu": summary}
+        js = {"info": {"sweep": "full", "host": "x86_64 test", "cpu_count": 2}, "summary_cpu": summary,
+              "heap": "steady" if steady else "default"}
         (d / "results.json").write_text(json.dumps(js))
         return js
 

@@ -47,7 +47,7 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
-from validation.cpu_moe import MMAP_THRESHOLD_MAX_BYTES  # the CPU model's constant, used by the fault table
+from validation.cpu_moe import MMAP_THRESHOLD_MAX_BYTES, heap_mmaps_large_blocks
 
 SWEEPS = ("quick", "full")
 
@@ -513,6 +513,7 @@ def summarize_cpu(records) -> Summary:
            ("chunked (cpu chip + page faults)", median([_abs_rel(r.chip_chunked_s, r.meas_chunked_s) for r in recs])),
            ("speedup (measured rates)", median([_abs_rel(r.pred_speedup, r.meas_speedup) for r in recs])))
     decided = [r for r in recs if abs(r.pred_speedup - 1) >= TIE]
+    chip_decided = [r for r in recs if abs(r.chip_speedup - 1) >= TIE]
     return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs),
                    extra=(("roofline_winner_correct", float(sum(r.roofline_winner_agrees for r in recs))),
                           ("chip_winner_correct", float(sum(r.chip_winner_agrees for r in recs))),
@@ -520,17 +521,18 @@ def summarize_cpu(records) -> Summary:
                           ("decided_points", float(len(decided))),
                           ("split_half_agree", float(sum(r.split_half_agrees for r in recs))),
                           ("decided_winner_correct", float(sum(r.winner_agrees for r in decided))))
-                   + _measured_decided(recs))
+                   + _measured_decided(recs)
+                   + (("measured_decided_chip_winner_correct",
+                       float(sum(r.chip_winner_agrees for r in recs if r.measurement_decides))),
+                      ("chip_decided_points", float(len(chip_decided))),
+                      ("chip_decided_winner_correct", float(sum(r.chip_winner_agrees for r in chip_decided)))))
 
 
 def _measured_decided(recs) -> tuple[tuple[str, float], ...]:
     """Points whose measured winner is beyond the run's noise, and how many of them the model gets right."""
     dec = [r for r in recs if r.measurement_decides]
-    out = (("measured_decided_points", float(len(dec))),
-           ("measured_decided_winner_correct", float(sum(r.winner_agrees for r in dec))))
-    if all(hasattr(r, "chip_winner_agrees") for r in dec):  # CPU records: the calibrated chip model too
-        out += (("measured_decided_chip_winner_correct", float(sum(r.chip_winner_agrees for r in dec))),)
-    return out
+    return (("measured_decided_points", float(len(dec))),
+            ("measured_decided_winner_correct", float(sum(r.winner_agrees for r in dec))))
 
 
 def summarize_tpu(records) -> Summary:
@@ -602,8 +604,6 @@ def run_correctness(shapes=CORRECTNESS_SHAPES, *, progress: Callable[[str], None
     return out
 
 
-
-
 STEADY_MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                           "glibc.malloc.trim_threshold=17179869184")
 """glibc tunables (environment variable ``GLIBC_TUNABLES``, read at process start) for a *steady* heap.
@@ -669,11 +669,12 @@ def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf
     from validation import cpu_moe
 
     shape = dict(T=point.T, D=point.D, F=point.F, E=point.E, glu=point.glu, activation=point.activation)
-    tf = point.tf or cpu_moe.best_chunk(cpu_moe.CpuRates.from_chip(chip), **shape)  # the scored model's choice
+    chip_rates = cpu_moe.CpuRates.from_chip(chip)
+    tf = point.tf or cpu_moe.best_chunk(chip_rates, **shape)  # the scored model's choice
     pr = cpu_moe.predict_ragged_path(rates, **shape)
     pc = cpu_moe.predict_chunked(rates, **shape, tf=tf)
-    rr = cpu_moe.predict_ragged_path(chip, **shape)
-    rc = cpu_moe.predict_chunked(chip, **shape, tf=tf)
+    rr = cpu_moe.predict_ragged_path(chip_rates, **shape)
+    rc = cpu_moe.predict_chunked(chip_rates, **shape, tf=tf)
     args = make_inputs(T=point.T, D=point.D, F=point.F, E=point.E, glu=point.glu, dtype="f32",
                        distribution=point.distribution)
     fs = {name: jax.jit(f) for name, f in cpu_moe.formulations(activation=point.activation, tf=tf).items()}
@@ -681,8 +682,8 @@ def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf
     samples = time_round_robin({n: (lambda f=f: f(*args)) for n, f in fs.items()}, repeats=repeats, timer=timer)
     temp = {n: f.lower(*args).compile().memory_analysis().temp_size_in_bytes for n, f in fs.items()}
     faults = {n: fault_bytes_per_call(lambda f=f: f(*args)) for n, f in fs.items()}
-    fault_rate = cpu_moe.CpuRates.from_chip(chip).page_fault_bytes_per_s
-    mmaps = cpu_moe.heap_mmaps_large_blocks(os.environ.get("GLIBC_TUNABLES"))
+    fault_rate = chip_rates.page_fault_bytes_per_s
+    mmaps = heap_mmaps_large_blocks(os.environ.get("GLIBC_TUNABLES"))
     fault_pred = {n: None if fault_rate is None else cpu_moe.page_fault_s(
         float(t), page_fault_bytes_per_s=fault_rate, mmaps_large_blocks=mmaps) for n, t in temp.items()}
     return CpuRecord(ragged_temp_bytes=float(temp["ragged_dot"]), chunked_temp_bytes=float(temp["chunked"]),
@@ -1033,6 +1034,7 @@ def write_outputs(results: Results, outdir: pathlib.Path, *, rendered: str = "")
     payload = attrs.asdict(results, recurse=True)
     payload["summary_cpu"] = attrs.asdict(summarize_cpu(results.cpu))
     payload["summary_tpu"] = attrs.asdict(summarize_tpu(results.tpu))
+    payload["heap"] = ("default" if _mmaps(results) else "steady") if results.cpu else None
     payload["derived_cpu"] = [dict(meas_ragged_s=r.meas_ragged_s, meas_chunked_s=r.meas_chunked_s,
                                    meas_speedup=r.meas_speedup, pred_speedup=r.pred_speedup,
                                    meas_speedup_interval=r.meas_speedup_interval,
@@ -1235,7 +1237,7 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
              for name, x in (("measured micro-kernels at run start", r), ("calibrated cpu chip", c))
              if x is not None]))
         heap = "steady (no mmapped blocks: no page-fault term)" if not _mmaps(results) else \
-            "default (blocks >= 32 MiB are fresh mmaps: page-fault term on)"
+            f"default (blocks >= {MMAP_THRESHOLD_MAX_BYTES // 2**20} MiB are fresh mmaps: page-fault term on)"
         lines += ["", f"Heap of this run: {heap}."]
         lines.append("")
     if results.cpu:
@@ -1254,13 +1256,18 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
         lines += [_chip_winner_line(s),
                   f"- with the measured micro-kernel rates: {s.winner_correct}/{s.points} "
                   f"({100 * s.winner_fraction:.0f}%)",
-                  f"- excluding predicted near-ties (|pred speedup - 1| < {TIE:.0%}): "
+                  f"- excluding predicted near-ties (|pred speedup - 1| < {TIE:.0%}): cpu chip "
+                  f"{int(dict(s.extra)['chip_decided_winner_correct'])}/{int(dict(s.extra)['chip_decided_points'])}, "
+                  f"measured rates "
                   f"{int(dict(s.extra)['decided_winner_correct'])}/{int(dict(s.extra)['decided_points'])} correct",
                   f"- measurement reliability: the first and second halves of the rounds name the same winner at "
                   f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points (where they disagree, noise decides "
                   f"the winner)",
                   _measured_decided_line(s),
-                  f"- wrong winners (pred / meas speedup): " + (", ".join(
+                  f"- cpu chip's wrong winners (pred / meas speedup): " + (", ".join(
+                      f"{r.point.label} tf={r.tf} ({r.chip_speedup:.2f} / {r.meas_speedup:.2f})"
+                      for r in results.cpu if not r.chip_winner_agrees) or "none"),
+                  f"- measured rates' wrong winners (pred / meas speedup): " + (", ".join(
                       f"{r.point.label} tf={r.tf} ({r.pred_speedup:.2f} / {r.meas_speedup:.2f})"
                       for r in results.cpu if not r.winner_agrees) or "none"),
                   f"- outputs of the two formulations agree: max rel diff "
@@ -1324,8 +1331,6 @@ def _speedup_cell(r) -> str:
 
 
 def _mmaps(results: Results) -> bool:
-    from validation.cpu_moe import heap_mmaps_large_blocks
-
     return heap_mmaps_large_blocks(results.info.malloc_tunables)
 
 
