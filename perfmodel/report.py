@@ -398,7 +398,9 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                                   f"{e.best_loss_error_percent:+.1f}%" for e in g.heldout_earlier)
                         + ("; the same law vs the best run at its fitted budgets (in-sample): "
                            + ", ".join(f"{v:+.1f}%" for _, v in h.insample_best_loss_error_percent)
-                           if h.insample_best_loss_error_percent else "")),
+                           if h.insample_best_loss_error_percent else "")
+                        + ("" if h.best_loss_error_percent_frontier is None else
+                           f"; baseline power law through the best runs {h.best_loss_error_percent_frontier:+.1f}%")),
                 target="best loss within 5%", date=_committed_date(TRAINING_RESULTS),
                 command="perfmodel scaling fit validation/results/arith_full.jsonl",
                 ok=abs(h.best_loss_error_percent) <= 5))

@@ -36,6 +36,35 @@ def test_round_robin_excludes_warmup_and_alternates_order():
     assert samples == {"a": (1.0, 1.0, 1.0), "b": (1.0, 1.0, 1.0)}
 
 
+def test_min_time_adds_rounds_for_short_programs_only():
+    # A probe call of each function sets the rounds: ceil(min_time / fastest probe), at least repeats,
+    # at most max_rounds; the probe itself is not a sample.
+    def clocked(dt_s):
+        now = [0.0]
+
+        def timer():
+            return now[0]
+
+        def fn(name):
+            def call():
+                now[0] += dt_s[name]
+                return name
+            return call
+
+        return timer, {n: fn(n) for n in dt_s}
+
+    timer, fns = clocked({"a": 0.01, "b": 0.03})
+    s = kh.time_round_robin(fns, repeats=5, min_time_s=1.0, timer=timer, block=lambda out: None)
+    assert len(s["a"]) == len(s["b"]) == 100 and s["a"][0] == pytest.approx(0.01)
+    timer, fns = clocked({"a": 0.5, "b": 0.5})
+    assert len(kh.time_round_robin(fns, repeats=5, min_time_s=1.0, timer=timer, block=lambda o: None)["a"]) == 5
+    timer, fns = clocked({"a": 1e-4, "b": 1e-4})
+    s = kh.time_round_robin(fns, repeats=5, min_time_s=1.0, max_rounds=40, timer=timer, block=lambda o: None)
+    assert len(s["a"]) == 40
+    with pytest.raises(ValueError, match="min_time_s"):
+        kh.time_round_robin(fns, repeats=5, min_time_s=-1.0, timer=timer, block=lambda o: None)
+
+
 def test_paired_speedup_is_median_of_round_ratios():
     assert kh.paired_speedup((2.0, 9.0, 4.0), (1.0, 3.0, 1.0)) == 3.0
 
@@ -219,7 +248,7 @@ def test_cpu_run_writes_incremental_results_report_and_plots(tmp_path):
            kh.CpuPoint(T=32, D=16, F=64, E=4, glu=True, tf=32, note="tiny")]
     shapes = ((64, 128, 256, 2, False, "uniform", "f32", None),)
     msgs = []
-    res, paths = kh.run(sweep="quick", out=tmp_path, repeats=2, points=pts, recalibrate=False,
+    res, paths = kh.run(sweep="quick", out=tmp_path, repeats=2, min_time_s=0, points=pts, recalibrate=False,
                         correctness_shapes=shapes, cost_check_shapes=((64, 16, 64, 4, True, 32),),
                         progress=msgs.append)
     assert [r.ok for r in res.correctness] == [True]
@@ -274,7 +303,7 @@ def test_cpu_rates_are_remeasured_when_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu_moe, "measure_rates", fake_measure)
     monkeypatch.setattr(kh, "RATES_MAX_AGE_S", 0.0)  # every point sees stale rates
     pts = [kh.CpuPoint(T=32, D=16, F=64, E=4, glu=False)] * 2
-    res, _ = kh.run(sweep="quick", out=tmp_path, repeats=1, points=pts, correctness_shapes=(),
+    res, _ = kh.run(sweep="quick", out=tmp_path, repeats=1, min_time_s=0, points=pts, correctness_shapes=(),
                     cost_check_shapes=(), progress=lambda s: None)
     assert len(calls) == 2 and [r.rates_index for r in res.cpu] == [0, 1]
     assert [r.source for r in res.rates_history] == ["fake 1", "fake 2"]
@@ -291,7 +320,7 @@ class FakeDevice:
 def _fake_tpu_timer(fused_factor, ragged_factor, stop_after=None):
     calls = []
 
-    def time_fns(point, pred, gs, *, repeats, timer):
+    def time_fns(point, pred, gs, *, repeats, min_time_s, timer):
         calls.append(point)
         if stop_after is not None and len(calls) > stop_after:
             raise KeyboardInterrupt
@@ -348,6 +377,8 @@ def test_bad_sweep_and_repeats(tmp_path):
         kh.run(sweep="quick", out=tmp_path, repeats=0, device=FakeDevice(), points=TPU_POINTS)
     with pytest.raises(ValueError, match="repeats=0"):
         kh.time_round_robin({"a": lambda: 0}, repeats=0)
+    with pytest.raises(ValueError, match="min_time_s=nan"):
+        kh.run(sweep="quick", out=tmp_path, min_time_s=float("nan"), device=FakeDevice(), points=TPU_POINTS)
 
 
 def test_cli_rejects_bad_sweep(capsys):
@@ -382,9 +413,9 @@ def test_cli_reruns_a_cpu_sweep_in_a_child_with_the_steady_heap(tmp_path, monkey
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(subprocess, "run", fake_run)
     assert main(["validate", "kernel", "--sweep", "quick", "--out", str(tmp_path), "--repeats", "3",
-                 "--malloc", "steady"]) == 3
+                 "--min-time", "0.25", "--malloc", "steady"]) == 3
     assert seen["argv"][1:] == ["-m", "perfmodel", "validate", "kernel", "--sweep", "quick", "--out", str(tmp_path),
-                                "--malloc", "steady", "--repeats", "3"]
+                                "--malloc", "steady", "--repeats", "3", "--min-time", "0.25"]
     assert seen["env"]["GLIBC_TUNABLES"] == kh.STEADY_MALLOC_TUNABLES
 
 

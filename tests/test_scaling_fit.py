@@ -122,3 +122,17 @@ def test_approach2_skips_a_budget_without_a_minimum():
     assert len(f.skipped) == 1 and "do not bracket a minimum" in f.skipped[0]
     with pytest.raises(ValueError, match="do not bracket a minimum"):
         F.fit_approach2(c, n, d, l, strict=True)
+
+
+def test_best_loss_frontier_uses_the_lowest_run_per_budget():
+    # two runs per budget: the frontier must go through the lower one, exactly a power law here
+    c = np.array([1e10, 1e10, 1e11, 1e11, 1e12, 1e12])
+    best = 3.0 * c ** -0.1
+    loss = np.where(np.arange(c.size) % 2 == 0, best, best * 1.3)
+    law = F.fit_best_loss_frontier(c, loss)
+    assert law.exponent == pytest.approx(-0.1) and law.coef == pytest.approx(3.0)
+    assert law(1e13) == pytest.approx(3.0 * 1e13 ** -0.1)
+    with pytest.raises(ValueError, match="at least 2 budgets"):
+        F.fit_best_loss_frontier(c[:2], loss[:2])
+    with pytest.raises(ValueError, match="positive and finite"):
+        F.fit_best_loss_frontier(c, np.where(c > 1e11, np.nan, loss))

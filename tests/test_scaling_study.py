@@ -54,6 +54,10 @@ def test_heldout_prediction_of_largest_budget(fitted):
         # the same law against the best run at each budget it was fitted on: one entry per fitted budget
         assert [c for c, _ in h.insample_best_loss_error_percent] == list(BUDGETS[:-1])
         assert all(abs(v) < 5 for _, v in h.insample_best_loss_error_percent)  # low-noise synthetic sweep
+        # the baseline through the best runs extrapolates too (no floor: it errs on the low side of a law with E > 0)
+        assert h.best_loss_error_percent_frontier == pytest.approx(
+            100 * (h.best_loss_predicted_frontier / h.best_loss_observed - 1))
+        assert -25 < h.best_loss_error_percent_frontier < 5
 
 
 def test_insample_best_loss_error_grows_with_run_noise(tmp_path):

@@ -4,7 +4,7 @@
 D, F/D 2..8, GLU or not, uniform/skewed groups, a few points with the fused
 row tile forced too large so that the model predicts a loss), time the
 forward of ``kernels.moe_ffn(implementation="fused")`` against
-``implementation="ragged_dot"`` (jit, warm-up, round-robin repeats,
+``implementation="ragged_dot"`` (jit, warm-up, round-robin rounds,
 ``block_until_ready``, medians) and compare with
 :func:`perfmodel.fusion.predict_fusion` on the device's chip: ``|pred/meas - 1|``
 per path and whether the predicted winner wins.
@@ -22,8 +22,9 @@ per path and whether the predicted winner wins.
    (:func:`validation.cpu_moe.measure_rates`). Both outputs are checked equal.
 
 Timing protocol (both devices): every function is compiled and run once
-(warm-up), then ``repeats`` rounds each call every function once, the order
-alternating between rounds, so that all formulations share the machine's load
+(warm-up), then rounds each call every function once, the order
+alternating between rounds (at least ``repeats`` rounds, more for short programs
+until each function has ``min_time_s`` of timed calls), so that all formulations share the machine's load
 (this 2-core machine is shared by several processes); reported times are
 medians, the measured speedup is the median of the per-round ratios.
 
@@ -231,23 +232,52 @@ def _block(out) -> None:
     jax.block_until_ready(out)
 
 
+DEFAULT_REPEATS = {"quick": 11, "full": 21}
+"""Fewest timed rounds per point of each sweep."""
+
+DEFAULT_MIN_TIME_S = {"quick": 0.5, "full": 1.0}
+"""Timed seconds per path and point each sweep asks for (more rounds for short programs, see
+:func:`time_round_robin`)."""
+
+MAX_ROUNDS = 201
+"""Cap on the timed rounds of one point when ``min_time_s`` asks for more than ``repeats``."""
+
+
 def time_round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
+                     min_time_s: float = 0.0, max_rounds: int = MAX_ROUNDS,
                      timer: Callable[[], float] = time.perf_counter,
                      block: Callable[[object], None] = _block) -> dict[str, tuple[float, ...]]:
-    """Samples (seconds) of each zero-argument ``fns[name]`` over ``repeats`` rounds.
+    """Samples (seconds) of each zero-argument ``fns[name]`` over ``n`` rounds.
 
-    ``warmup`` untimed calls each first (compilation). Round ``i`` calls every
-    function once, in the given order for even ``i`` and reversed for odd ``i``;
-    each call is timed up to ``block(result)`` (``jax.block_until_ready``).
+    ``warmup`` untimed calls each first (compilation). With ``min_time_s > 0``
+    one more call of each is timed as a probe (discarded) and the number of
+    rounds is ``n = min(max_rounds, max(repeats, ceil(min_time_s / t_fastest)))``:
+    every function gets at least ``min_time_s`` of timed calls (a short program's
+    per-call noise from the scheduler is then averaged over more rounds), but
+    never fewer than ``repeats`` rounds; ``min_time_s = 0`` gives exactly
+    ``repeats``. Round ``i`` calls every function once, in the given order for
+    even ``i`` and reversed for odd ``i``; each call is timed up to
+    ``block(result)`` (``jax.block_until_ready``).
     """
-    if repeats <= 0:
+    if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got repeats={repeats!r}")
+    if not min_time_s >= 0:
+        raise ValueError(f"min_time_s must be >= 0 seconds, got min_time_s={min_time_s!r}")
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
     names = list(fns)
+    rounds = repeats
+    if min_time_s > 0:
+        probes = []
+        for name in names:
+            t0 = timer()
+            block(fns[name]())
+            probes.append(timer() - t0)
+        fastest = max(min(probes), 1e-9)
+        rounds = min(max(max_rounds, repeats), max(repeats, math.ceil(min_time_s / fastest)))
     samples: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(repeats):
+    for i in range(rounds):
         for name in (names if i % 2 == 0 else names[::-1]):
             t0 = timer()
             block(fns[name]())
@@ -657,7 +687,8 @@ def fault_bytes_per_call(fn: Callable[[], object], calls: int = 3) -> float | No
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls * 4096.0
 
 
-def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf_counter) -> CpuRecord:
+def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, min_time_s: float = 0.0,
+                  timer=time.perf_counter) -> CpuRecord:
     """Predict and time both XLA formulations at ``point`` (f32) and check their outputs agree.
 
     Three predictions: the measured micro-kernel ``rates``; the calibrated ``chip``'s plain roofline; and
@@ -679,7 +710,8 @@ def run_cpu_point(point: CpuPoint, *, rates, chip, repeats: int, timer=time.perf
                        distribution=point.distribution)
     fs = {name: jax.jit(f) for name, f in cpu_moe.formulations(activation=point.activation, tf=tf).items()}
     d, rel = _rel_diff(fs["chunked"](*args), fs["ragged_dot"](*args))
-    samples = time_round_robin({n: (lambda f=f: f(*args)) for n, f in fs.items()}, repeats=repeats, timer=timer)
+    samples = time_round_robin({n: (lambda f=f: f(*args)) for n, f in fs.items()}, repeats=repeats,
+                               min_time_s=min_time_s, timer=timer)
     temp = {n: f.lower(*args).compile().memory_analysis().temp_size_in_bytes for n, f in fs.items()}
     faults = {n: fault_bytes_per_call(lambda f=f: f(*args)) for n, f in fs.items()}
     fault_rate = chip_rates.page_fault_bytes_per_s
@@ -742,22 +774,24 @@ def predict_tpu_point(point: TpuPoint, chip: str):
                           glu=point.glu, dtype="bf16", tiles=point.tiles, sizes=gs), gs
 
 
-def run_tpu_point(point: TpuPoint, *, chip: str, repeats: int, timer=time.perf_counter,
+def run_tpu_point(point: TpuPoint, *, chip: str, repeats: int, min_time_s: float = 0.0, timer=time.perf_counter,
                   time_fns: Callable | None = None) -> TpuRecord:
     """Predict and time the fused kernel vs the ragged_dot path at ``point`` (bf16 forward).
 
-    ``time_fns(point, prediction, group_sizes) -> (fused_samples, ragged_samples, max_rel_diff)``
+    ``time_fns(point, prediction, group_sizes, *, repeats, min_time_s, timer) -> (fused_samples,
+    ragged_samples, max_rel_diff)``
     replaces the real timing (tests inject one; the default compiles and times
     ``kernels.moe_ffn`` on the default device).
     """
     pred, gs = predict_tpu_point(point, chip)
-    fused_s, ragged_s, rel = (time_fns or _time_tpu)(point, pred, gs, repeats=repeats, timer=timer)
+    fused_s, ragged_s, rel = (time_fns or _time_tpu)(point, pred, gs, repeats=repeats, min_time_s=min_time_s,
+                                                     timer=timer)
     return TpuRecord(point=point, chip=chip, fused_tiles=tuple(pred.fused_tiles), pred_fused_s=pred.fused_time_s,
                      pred_ragged_s=pred.unfused_time_s, sentence=pred.sentence, fused_samples_s=tuple(fused_s),
                      ragged_samples_s=tuple(ragged_s), max_rel_diff=rel)
 
 
-def _time_tpu(point: TpuPoint, pred, gs, *, repeats: int, timer):
+def _time_tpu(point: TpuPoint, pred, gs, *, repeats: int, min_time_s: float, timer):
     import jax
 
     from kernels import FusedTiles, moe_ffn
@@ -769,7 +803,7 @@ def _time_tpu(point: TpuPoint, pred, gs, *, repeats: int, timer):
     ragged = jax.jit(lambda *a: moe_ffn(*a, activation=pred.activation, implementation="ragged_dot"))
     _, rel = _rel_diff(fused(*args), ragged(*args))
     s = time_round_robin({"fused": lambda: fused(*args), "ragged_dot": lambda: ragged(*args)},
-                         repeats=repeats, timer=timer)
+                         repeats=repeats, min_time_s=min_time_s, timer=timer)
     return s["fused"], s["ragged_dot"], rel
 
 
@@ -793,6 +827,8 @@ class RunInfo:
     malloc_tunables: str = ""  # GLIBC_TUNABLES of the run ("": glibc's default heap; see STEADY_MALLOC_TUNABLES)
     # CPU: the rates that chose each unforced F chunk tf (runs before 2026-12-02 used the measured ones)
     chunk_chosen_by: str = "measured micro-kernel rates"
+    # more rounds than ``repeats`` until each path has this much timed (time_round_robin); 0 before 2026-12-02
+    min_time_s: float = 0.0
 
 
 def _json_default(o):
@@ -834,7 +870,7 @@ class Results:
 
 
 def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/kernel", repeats: int | None = None,
-        device=None, progress: Callable[[str], None] = print, command: str = "perfmodel validate kernel",
+        min_time_s: float | None = None, device=None, progress: Callable[[str], None] = print, command: str = "perfmodel validate kernel",
         recalibrate: bool = True, points=None, time_fns: Callable | None = None,
         correctness_shapes=CORRECTNESS_SHAPES, cost_check_shapes=COST_CHECK_SHAPES) -> tuple[Results, list[pathlib.Path]]:
     """Run the harness on ``device`` (default ``jax.devices()[0]``), write the outputs to ``out``.
@@ -843,7 +879,10 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
     :class:`TpuPoint`); ``device`` may be any object with ``platform`` and
     ``device_kind`` (tests use a fake TPU with ``time_fns``). On CPU,
     ``recalibrate=False`` uses the saved ``cpu`` chip roofline as the primary
-    rates instead of timing micro-kernels first.
+    rates instead of timing micro-kernels first. Each point is timed over at
+    least ``repeats`` rounds and until each path has ``min_time_s`` of timed
+    calls (:func:`time_round_robin`; defaults :data:`DEFAULT_REPEATS` and
+    :data:`DEFAULT_MIN_TIME_S` of the sweep).
     """
     import jax
 
@@ -853,9 +892,13 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
     device = device or jax.devices()[0]
     on_tpu = device.platform == "tpu"
     if repeats is None:
-        repeats = 11 if sweep == "quick" else 21
+        repeats = DEFAULT_REPEATS[sweep]
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got repeats={repeats!r}")
+    if min_time_s is None:
+        min_time_s = DEFAULT_MIN_TIME_S[sweep]
+    if not (isinstance(min_time_s, (int, float)) and math.isfinite(min_time_s) and min_time_s >= 0):
+        raise ValueError(f"min_time_s must be a finite number of seconds >= 0, got min_time_s={min_time_s!r}")
     chip = get_chip(device.device_kind) if on_tpu else chip_for_device(device)
     outdir = pathlib.Path(out)
     sink = _Sink(outdir / "results.jsonl")
@@ -864,15 +907,16 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
                    host=f"{platform.machine()} {_cpu_model()}", cpu_count=os.cpu_count() or 1,
                    load_average=tuple(round(x, 2) for x in os.getloadavg()), jax_version=jax.__version__,
                    command=command, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
-                   chunk_chosen_by="-" if on_tpu else "calibrated cpu chip roofline")
+                   chunk_chosen_by="-" if on_tpu else "calibrated cpu chip roofline", min_time_s=float(min_time_s))
     sink.write("info", info)
     state = dict(info=info)
     t_start = time.perf_counter()
     try:
         if on_tpu:
-            _run_tpu(state, sink, points or tpu_points(sweep), chip.name, repeats, progress, time_fns, t_start)
+            _run_tpu(state, sink, points or tpu_points(sweep), chip.name, (repeats, min_time_s), progress, time_fns,
+                     t_start)
         else:
-            _run_cpu(state, sink, points or cpu_points(sweep), chip, repeats, progress, recalibrate, t_start,
+            _run_cpu(state, sink, points or cpu_points(sweep), chip, (repeats, min_time_s), progress, recalibrate, t_start,
                      correctness_shapes, cost_check_shapes)
     except KeyboardInterrupt:
         progress("interrupted: writing the report from the finished points")
@@ -888,10 +932,11 @@ def _elapsed(t0: float) -> str:
     return f"[{time.perf_counter() - t0:6.1f} s]"
 
 
-def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0, correctness_shapes,
+def _run_cpu(state, sink, points, chip, timing, progress, recalibrate, t0, correctness_shapes,
              cost_check_shapes) -> None:
     from validation import cpu_moe
 
+    repeats, min_time_s = timing
     progress(f"{_elapsed(t0)} device cpu: fused kernel = correctness only (interpret mode timings are meaningless)")
     corr = []
     for rec in run_correctness(correctness_shapes, progress=lambda s: progress(f"{_elapsed(t0)} {s}")):
@@ -925,7 +970,8 @@ def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0, corr
     recs = []
     for i, p in enumerate(points):
         rates, k = current_rates()
-        rec = attrs.evolve(run_cpu_point(p, rates=rates, chip=chip, repeats=repeats), rates_index=k)
+        rec = attrs.evolve(run_cpu_point(p, rates=rates, chip=chip, repeats=repeats, min_time_s=min_time_s),
+                           rates_index=k)
         recs.append(rec)
         sink.write("cpu", rec)
         state["cpu"] = tuple(recs)
@@ -936,11 +982,12 @@ def _run_cpu(state, sink, points, chip, repeats, progress, recalibrate, t0, corr
                  f"{rec.pred_speedup:.2f}x {'ok' if rec.winner_agrees else 'WRONG WINNER'}")
 
 
-def _run_tpu(state, sink, points, chip, repeats, progress, time_fns, t0) -> None:
+def _run_tpu(state, sink, points, chip, timing, progress, time_fns, t0) -> None:
+    repeats, min_time_s = timing
     recs, errors = [], []
     for i, p in enumerate(points):
         try:
-            rec = run_tpu_point(p, chip=chip, repeats=repeats, time_fns=time_fns)
+            rec = run_tpu_point(p, chip=chip, repeats=repeats, min_time_s=min_time_s, time_fns=time_fns)
         except ValueError as err:  # e.g. forced tiles that do not fit VMEM
             errors.append(f"{p.label}: {err}")
             state["errors"] = tuple(errors)
@@ -1140,6 +1187,16 @@ def _us(x: float) -> str:
     return f"{x * 1e6:.1f}"
 
 
+def _rounds_text(results: Results) -> str:
+    i = results.info
+    if not i.min_time_s:
+        return f"{i.repeats} round-robin rounds"
+    n = [len(r.ragged_samples_s) for r in (*results.cpu, *results.tpu)]
+    got = f" ({min(n)}-{max(n)} per point)" if n else ""
+    return (f"round-robin rounds: at least {i.repeats}, more until each path has {i.min_time_s:g} s timed, "
+            f"at most {max(MAX_ROUNDS, i.repeats)}{got}")
+
+
 def to_markdown(results: Results, *, plots=(), rendered: str = "") -> str:
     """The report: how it ran, correctness, cost-model check, per-point table, summary, what it cannot show."""
     from perfmodel.tables import markdown_table
@@ -1149,7 +1206,7 @@ def to_markdown(results: Results, *, plots=(), rendered: str = "") -> str:
              f"- device: {i.device_platform} ({i.device_kind}); model chip: `{i.chip}`",
              f"- machine: {i.host}, {i.cpu_count} cores, load average at start {i.load_average} "
              f"(shared by several processes: timings are noisy)",
-             f"- jax {i.jax_version}; sweep `{i.sweep}`; {i.repeats} round-robin repeats after one warm-up "
+             f"- jax {i.jax_version}; sweep `{i.sweep}`; {_rounds_text(results)} after one warm-up "
              f"per function; times are medians, speedups the median of per-round ratios",
              f"- started {i.started_at}" + ("" if results.complete else "; **interrupted: partial results**")]
     if i.device_platform == "cpu":

@@ -14,7 +14,10 @@ def register(cli) -> None:
                    help="directory for results.jsonl/json, report.md and plots "
                         "(default validation/results/kernel_<chip>, e.g. kernel_cpu, kernel_v5e)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed rounds per point after one warm-up (default 11 quick, 21 full)")
+                   help="fewest timed rounds per point after one warm-up (default 11 quick, 21 full)")
+    p.add_argument("--min-time", type=float, default=None, metavar="SECONDS",
+                   help="more rounds (up to 201) until each path has this much timed per point, so short programs "
+                        "are not decided by scheduler noise (default 0.5 quick, 1 full; 0: exactly --repeats)")
     p.add_argument("--no-recalibrate", action="store_true",
                    help="CPU: use the saved cpu chip calibration only, skip the micro-kernel rates at run start")
     p.add_argument("--render", metavar="DIR", default=None,
@@ -32,12 +35,16 @@ def _argv(args, out: str) -> list[str]:
     argv = ["validate", "kernel", "--sweep", args.sweep, "--out", out, "--malloc", args.malloc]
     if args.repeats is not None:
         argv += ["--repeats", str(args.repeats)]
+    if args.min_time is not None:
+        argv += ["--min-time", repr(args.min_time)]
     if args.no_recalibrate:
         argv.append("--no-recalibrate")
     return argv
 
 
 def _validate_kernel(args) -> int:
+    import math
+
     import jax
 
     from perfmodel.hardware import chip_for_device, get_chip
@@ -50,6 +57,8 @@ def _validate_kernel(args) -> int:
     kernel_harness._check_sweep(args.sweep)
     if args.repeats is not None and args.repeats <= 0:
         raise ValueError(f"--repeats must be a positive integer, got repeats={args.repeats}")
+    if args.min_time is not None and not (math.isfinite(args.min_time) and args.min_time >= 0):
+        raise ValueError(f"--min-time must be a finite number of seconds >= 0, got min_time={args.min_time}")
     device = jax.devices()[0]
     chip = get_chip(device.device_kind) if device.platform == "tpu" else chip_for_device(device)
     out = args.out or f"validation/results/kernel_{chip.name}"
@@ -63,8 +72,10 @@ def _validate_kernel(args) -> int:
         return subprocess.run([sys.executable, "-m", "perfmodel", *_argv(args, out)], env=env).returncode
     command = f"perfmodel validate kernel --sweep {args.sweep} --out {out}" + (
         f" --repeats {args.repeats}" if args.repeats else "") + (
+        f" --min-time {args.min_time:g}" if args.min_time is not None else "") + (
         " --malloc steady" if args.malloc == "steady" and device.platform == "cpu" else "")
-    results, paths = kernel_harness.run(sweep=args.sweep, out=out, repeats=args.repeats, device=device,
+    results, paths = kernel_harness.run(sweep=args.sweep, out=out, repeats=args.repeats,
+                                        min_time_s=args.min_time, device=device,
                                         command=command, recalibrate=not args.no_recalibrate)
     if results.cpu:
         s = kernel_harness.summarize_cpu(results.cpu)

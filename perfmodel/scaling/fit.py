@@ -238,6 +238,26 @@ def _power_law(c, y) -> PowerLaw:
     return PowerLaw(coef=float(math.exp(intercept)), exponent=float(slope))
 
 
+def fit_best_loss_frontier(budget_flops, loss) -> PowerLaw:
+    """``L_best(C) = coef * C^exponent`` through the lowest loss at each distinct budget (least squares in log-log).
+
+    The simplest extrapolation of the loss frontier, a baseline beside Approach 3's ``L*(C)``: it uses only the
+    best run per budget, so the runs far from the optimum (which Approach 3 also fits) cannot bend it. Assumptions:
+    no irreducible floor (``E`` = 0: the loss stays far above it over the budgets; the arithmetic fits give
+    E ~ 0); the best of a few noisy runs is a minimum, biased low by about their spread. Needs >= 2 budgets and
+    positive, finite losses.
+    """
+    c, l = np.asarray(budget_flops, float), np.asarray(loss, float)
+    if c.shape != l.shape or c.ndim != 1:
+        raise ValueError(f"budget_flops and loss must be 1-d of one length, got shapes {c.shape} and {l.shape}")
+    if not (np.all(np.isfinite(l)) and np.all(l > 0) and np.all(np.isfinite(c)) and np.all(c > 0)):
+        raise ValueError("budget_flops and loss must be positive and finite")
+    budgets = np.unique(c)
+    if budgets.size < 2:
+        raise ValueError(f"a loss frontier needs at least 2 budgets, got {budgets.size}")
+    return _power_law(budgets, np.array([l[c == b].min() for b in budgets]))
+
+
 def fit_approach2(budget_flops, params, tokens, loss, compute_flops=None, *, strict: bool = False) -> Approach2Fit:
     """IsoFLOP parabolas per distinct ``budget_flops`` value, then power laws in C.
 
