@@ -235,7 +235,7 @@ def _block(out) -> None:
 DEFAULT_REPEATS = {"quick": 11, "full": 21}
 """Fewest timed rounds per point of each sweep."""
 
-DEFAULT_MIN_TIME_S = {"quick": 0.5, "full": 1.0}
+DEFAULT_MIN_TIME_S = {"quick": 0.5, "full": 3.0}
 """Timed seconds per path and point each sweep asks for (more rounds for short programs, see
 :func:`time_round_robin`)."""
 

@@ -9,7 +9,7 @@ def register(cli) -> None:
         "time fused vs ragged_dot MoE FFN on this device and compare with the model (on CPU: fused kernel "
         "correctness only, plus the XLA ragged_dot path vs an F-chunked formulation against the calibrated cpu chip: roofline + page faults)",
         epilog="example: perfmodel validate kernel --sweep quick --out validation/results/kernel_cpu")
-    p.add_argument("--sweep", default="quick", help="quick (~25 s on the quiet 2-core Intel Xeon) or full (~2.5 min there; longer on a loaded machine)")
+    p.add_argument("--sweep", default="quick", help="quick (~30 s on the quiet 2-core Intel Xeon) or full (~5.5-6 min there; longer on a loaded machine)")
     p.add_argument("--out", default=None,
                    help="directory for results.jsonl/json, report.md and plots "
                         "(default validation/results/kernel_<chip>, e.g. kernel_cpu, kernel_v5e)")
@@ -17,7 +17,7 @@ def register(cli) -> None:
                    help="fewest timed rounds per point after one warm-up (default 11 quick, 21 full)")
     p.add_argument("--min-time", type=float, default=None, metavar="SECONDS",
                    help="more rounds (up to 201) until each path has this much timed per point, so short programs "
-                        "are not decided by scheduler noise (default 0.5 quick, 1 full; 0: exactly --repeats)")
+                        "are not decided by scheduler noise (default 0.5 quick, 3 full; 0: exactly --repeats)")
     p.add_argument("--no-recalibrate", action="store_true",
                    help="CPU: use the saved cpu chip calibration only, skip the micro-kernel rates at run start")
     p.add_argument("--render", metavar="DIR", default=None,
