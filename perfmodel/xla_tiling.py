@@ -320,8 +320,15 @@ def tiling_from_hlo(hlo_text, chip, m, k, n, num_groups, dtype, variant, xla=(No
 # -- caches ---------------------------------------------------------------------------
 
 def user_cache_path() -> pathlib.Path:
-    root = os.environ.get("PERFMODEL_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "perfmodel")
+    """``$PERFMODEL_CACHE_DIR`` or ``$XDG_CACHE_HOME/perfmodel`` or ``~/.cache/perfmodel``, + the table's name."""
+    env = os.environ
+    return _user_cache_path(env.get("PERFMODEL_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+
+
+@functools.lru_cache(maxsize=16)
+def _user_cache_path(cache_dir: str | None, xdg_cache_home: str | None, home: str | None) -> pathlib.Path:
+    # keyed on the environment it reads (HOME through expanduser): maps look it up once per cell
+    root = cache_dir or os.path.join(xdg_cache_home or os.path.expanduser("~/.cache"), "perfmodel")
     return pathlib.Path(root) / "xla_ragged_dot_tilings.json"
 
 
@@ -482,8 +489,13 @@ def rule_tiles(chip, m, k, n, num_groups, dtype="bf16") -> tuple[int, int, int] 
     tm = rule.tm_max
     while m % tm:
         tm //= 2
+    return (tm, *_rule_tk_tn(chip, tm, int(k), int(n), dtype_bytes(dtype)))
 
-    q = dtype_bytes(dtype)
+
+@functools.lru_cache(maxsize=65536)
+def _rule_tk_tn(chip: str, tm: int, k: int, n: int, q: int) -> tuple[int, int]:
+    """Steps 3-4 of :func:`rule_tiles`: they depend on ``m`` only through ``tm`` (cached: maps reuse them)."""
+    rule = RULES[chip]
 
     def fits(tk, tn):
         return _estimate_bytes(q, tm, tk, tn) < rule.budget_bytes
@@ -506,7 +518,7 @@ def rule_tiles(chip, m, k, n, num_groups, dtype="bf16") -> tuple[int, int, int] 
 
     tk = largest(k, lambda t: fits(t, min(n, rule.step)))
     tn = largest(n, lambda t: fits(tk, t))
-    return tm, tk, tn
+    return tk, tn
 
 
 @attrs.frozen(kw_only=True)
