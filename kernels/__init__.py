@@ -22,77 +22,32 @@ All take ``x [T, D]`` with rows sorted by expert, ``group_sizes [G]`` (int),
 ``h = act(x W_gate) * (x W_up)``; SwiGLU with ``activation="silu"``), and
 return ``[T, D]`` in ``x.dtype`` with zero rows past ``sum(group_sizes)``.
 ``activation=None`` means ``"silu"`` for GLU and ``"gelu"`` otherwise.
+
+Importing the package does not import jax: the kernel's description
+(:mod:`kernels.fused_spec`: tiles, ``fused_moe_spec``, default tiles) is loaded
+eagerly for the cost model, ``moe_ffn`` and the implementations on first use
+(:mod:`kernels.api`).
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 
-import jax
-
-from kernels.activations import ACTIVATIONS, resolve_activation
-from kernels.fused_moe import (FusedTiles, default_tiles, fused_moe_ffn_forward, fused_moe_spec,
-                               make_group_metadata, resolve_chip)
-from kernels.ragged import moe_ffn_gmm, moe_ffn_ragged
-from kernels.reference import moe_ffn_reference
+from kernels.activations import ACTIVATIONS
+from kernels.fused_spec import FusedTiles, default_tiles, fused_moe_spec, make_group_metadata
 
 IMPLEMENTATIONS = ("fused", "ragged_dot", "reference", "gmm")
 
+_API = ("moe_ffn", "moe_ffn_fused", "moe_ffn_gmm", "moe_ffn_ragged", "moe_ffn_reference")
+
 __all__ = ["ACTIVATIONS", "IMPLEMENTATIONS", "FusedTiles", "default_tiles", "fused_moe_spec",
-           "make_group_metadata", "moe_ffn", "moe_ffn_fused", "moe_ffn_gmm", "moe_ffn_ragged",
-           "moe_ffn_reference"]
+           "make_group_metadata", *_API]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _fused(x, group_sizes, w_up, w_down, w_gate, activation, tiles, chip_name, interpret):
-    return fused_moe_ffn_forward(x, group_sizes, w_up, w_down, w_gate, activation=activation, tiles=tiles,
-                                 chip=chip_name, interpret=interpret)
-
-
-def _fused_fwd(x, group_sizes, w_up, w_down, w_gate, activation, tiles, chip_name, interpret):
-    y = _fused(x, group_sizes, w_up, w_down, w_gate, activation, tiles, chip_name, interpret)
-    return y, (x, group_sizes, w_up, w_down, w_gate)
-
-
-def _fused_bwd(activation, tiles, chip_name, interpret, residuals, dy):
-    # Backward = VJP of the ragged_dot formulation (recomputes up/gate/h; the
-    # forward's intermediates never existed in HBM to be saved).
-    x, group_sizes, w_up, w_down, w_gate = residuals
-
-    def f(x, w_up, w_down, w_gate):
-        return moe_ffn_ragged(x, group_sizes, w_up, w_down, w_gate, activation=activation)
-
-    _, vjp = jax.vjp(f, x, w_up, w_down, w_gate)
-    dx, dw_up, dw_down, dw_gate = vjp(dy)
-    return dx, None, dw_up, dw_down, dw_gate
-
-
-_fused.defvjp(_fused_fwd, _fused_bwd)
-
-
-def moe_ffn_fused(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None = None,
-                  tiles: FusedTiles | None = None, chip=None, interpret=None):
-    """Fused Pallas kernel with a ``custom_vjp`` (see the module docstring)."""
-    activation = resolve_activation(activation, glu=w_gate is not None)
-    return _fused(x, group_sizes, w_up, w_down, w_gate, activation, tiles, resolve_chip(chip).name, interpret)
-
-
-def moe_ffn(x, group_sizes, w_up, w_down, w_gate=None, *, activation: str | None = None,
-            implementation: str = "fused", tiles: FusedTiles | None = None, chip=None, interpret=None):
-    """MoE FFN over expert-sorted rows; ``implementation`` in :data:`IMPLEMENTATIONS`.
-
-    ``tiles`` and ``chip`` (default tiles, VMEM limit, cost estimate; default:
-    the TPU at hand or v5e) apply to ``"fused"``; ``interpret`` to ``"fused"``
-    and ``"gmm"``.
-    """
-    if implementation == "fused":
-        return moe_ffn_fused(x, group_sizes, w_up, w_down, w_gate, activation=activation, tiles=tiles,
-                             chip=chip, interpret=interpret)
-    if implementation == "ragged_dot":
-        return moe_ffn_ragged(x, group_sizes, w_up, w_down, w_gate, activation=activation)
-    if implementation == "reference":
-        return moe_ffn_reference(x, group_sizes, w_up, w_down, w_gate, activation=activation)
-    if implementation == "gmm":
-        return moe_ffn_gmm(x, group_sizes, w_up, w_down, w_gate, activation=activation,
-                           interpret=None if interpret is None else bool(interpret))
-    raise ValueError(f"implementation={implementation!r} should be one of {IMPLEMENTATIONS}")
+def __getattr__(name: str):
+    """``moe_ffn`` and friends, imported from :mod:`kernels.api` (and jax) on first access."""
+    if name in _API:
+        value = getattr(importlib.import_module("kernels.api"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

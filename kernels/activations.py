@@ -15,23 +15,29 @@ this is SwiGLU. Non-GLU form: ``h = act(x W_up)``.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 from perfmodel.ops import ACTIVATIONS as OP_COSTS
 
 ACTIVATIONS = ("gelu", "relu", "silu")
 
+# jax is imported inside the functions (already loaded whenever they run): the cost model imports
+# this module for the names and counts, without jax.
+
 
 def _gelu(u):
+    import jax
+
     return jax.nn.gelu(u, approximate=True)
 
 
 def _relu(u):
+    import jax.numpy as jnp
+
     return jnp.maximum(u, 0.0)
 
 
 def _silu(u):
+    import jax
+
     return u * jax.nn.sigmoid(u)
 
 

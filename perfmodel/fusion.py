@@ -168,7 +168,7 @@ def predict_fusion(*, chip: str = "v5e", tokens: int, D: int, F: int, E: int, k:
     shape is not in the table.
     """
     from kernels.activations import resolve_activation
-    from kernels.fused_moe import FusedTiles, default_tiles, fused_moe_spec
+    from kernels.fused_spec import FusedTiles, default_tiles, fused_moe_spec
     from perfmodel.tiling.predict import xla_ragged_dot_time
     from perfmodel.tiling.walker import walk
 

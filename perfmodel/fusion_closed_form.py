@@ -217,7 +217,7 @@ def vpu_ops_per_step(*, D: int, F: int, tm: int, tf: int, xla_up, xla_down, dtyp
     spec is built for one token tile and one group. Work charged once per
     output tile over ``k`` steps (the gmm store epilogue) is spread evenly.
     """
-    from kernels.fused_moe import FusedTiles, fused_moe_spec
+    from kernels.fused_spec import FusedTiles, fused_moe_spec
     from perfmodel.tiling.gmm import ragged_dot_spec
 
     spec = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,

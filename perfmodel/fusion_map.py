@@ -47,7 +47,7 @@ class SpeedupMap:
 @functools.lru_cache(maxsize=4096)
 def _fused_facts(D: int, tm: int, tf: int, dtype: str, glu: bool, activation: str) -> tuple[int, float, float]:
     """(VMEM bytes, VPU ops per step, row-mask VPU ops per straddling step) from the fused kernel's own spec."""
-    from kernels.fused_moe import FusedTiles, fused_moe_spec
+    from kernels.fused_spec import FusedTiles, fused_moe_spec
 
     spec = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
                           activation=activation)
@@ -78,7 +78,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
                 params: TimingParams = FITTED) -> SpeedupMap:
     """Evaluate the map (default 200 x 200: tokens per expert 8..16384, F/D 1..8)."""
     from kernels.activations import resolve_activation
-    from kernels.fused_moe import TF_CANDIDATES, TM_CANDIDATES
+    from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES
     from perfmodel.fusion_closed_form import evaluate_times
 
     c = get_chip(chip)
