@@ -168,6 +168,8 @@ def _cpu_kernel_row(kc: dict, date) -> tuple:
     The check passes only if every run with the page-fault term meets the 90% target (one run's score
     is not the model's: repeats on the same machine differ by a few points).
     """
+    from validation.kernel_harness import chip_winner_correct
+
     sm = kc["summary_cpu"]
     med = dict(sm["median_abs_rel_err"])
     ex = dict(sm.get("extra", ()))
@@ -181,7 +183,7 @@ def _cpu_kernel_row(kc: dict, date) -> tuple:
     scored = []  # (run, right, points, decided right, decided points)
     for rel, r in runs:
         x = dict(r["summary_cpu"].get("extra", ()))
-        chip = _chip_winner_correct(x)
+        chip = chip_winner_correct(x)
         if chip is not None:
             scored.append((rel, chip, r["summary_cpu"]["points"], x.get("measured_decided_chip_winner_correct"),
                            x.get("measured_decided_points")))
@@ -206,13 +208,6 @@ def _cpu_kernel_row(kc: dict, date) -> tuple:
             f"validation/results/kernel_cpu ({kc['info']['sweep']} sweep, {kc['info']['host']}, "
             f"{kc['info']['cpu_count']} cores)", result, "winner >= 90% in every run", date,
             f"perfmodel validate kernel --sweep {kc['info']['sweep']} [--malloc steady]", ok)
-
-
-def _chip_winner_correct(extra: dict) -> int | None:
-    """The calibrated cpu chip model's winner score, if the run has its page-fault term (else None)."""
-    if extra.get("fault_model_points") and "chip_winner_correct" in extra:
-        return int(extra["chip_winner_correct"])
-    return None
 
 
 def _pct(x: float) -> str:

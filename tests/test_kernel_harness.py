@@ -447,8 +447,8 @@ def test_steady_heap_stops_fresh_page_faults_of_large_temporaries():
 
     # fewest bytes faulted by one of 6 calls: glibc's default maps the temporary afresh at every call;
     # the steady heap serves it from the freed block (at most calls: now and then the heap grows once more).
-    # In about 1 process of 8 here the steady heap's layout keeps the freed block from fitting the next
-    # request and every call faults (seen 2026-12-02), so up to 3 fresh processes get a chance.
+    # In 2 of 11 processes here the steady heap's layout kept the freed block from fitting the next
+    # request and every call faulted (2026-12-02), so up to 3 fresh processes get a chance.
     assert faulted(None) > 30 * 2**20
     steady = []
     for _ in range(3):

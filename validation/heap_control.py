@@ -60,9 +60,9 @@ def _score(label: str, res: kh.Results) -> HeapRun:
     ex = dict(s.extra)
     return HeapRun(label=label, winner_correct=s.winner_correct, points=s.points,
                    roofline_winner_correct=int(ex["roofline_winner_correct"]),
-                   chip_winner_correct=int(ex["chip_winner_correct"]) if ex.get("fault_model_points") else None,
-                   chip_decided_correct=int(ex["measured_decided_chip_winner_correct"])
-                   if ex.get("fault_model_points") else None,
+                   chip_winner_correct=kh.chip_winner_correct(ex),
+                   chip_decided_correct=None if kh.chip_winner_correct(ex) is None
+                   else int(ex["measured_decided_chip_winner_correct"]),
                    measured_decided_correct=int(ex["measured_decided_winner_correct"]),
                    measured_decided_points=int(ex["measured_decided_points"]),
                    near_ties_measured=sum(abs(r.meas_speedup - 1) < 0.1 for r in res.cpu),

@@ -261,8 +261,8 @@ def time_round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warm
     """
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got repeats={repeats!r}")
-    if not min_time_s >= 0:
-        raise ValueError(f"min_time_s must be >= 0 seconds, got min_time_s={min_time_s!r}")
+    if not (math.isfinite(min_time_s) and min_time_s >= 0):
+        raise ValueError(f"min_time_s must be a finite number of seconds >= 0, got min_time_s={min_time_s!r}")
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -558,6 +558,14 @@ def summarize_cpu(records) -> Summary:
                       ("chip_decided_winner_correct", float(sum(r.chip_winner_agrees for r in chip_decided)))))
 
 
+def chip_winner_correct(extra: dict) -> int | None:
+    """The calibrated cpu chip model's winner score from :func:`summarize_cpu`'s ``extra`` (as a dict), or
+    None for a run made before the page-fault term (its chip model is the plain roofline)."""
+    if extra.get("fault_model_points") and "chip_winner_correct" in extra:
+        return int(extra["chip_winner_correct"])
+    return None
+
+
 def _measured_decided(recs) -> tuple[tuple[str, float], ...]:
     """Points whose measured winner is beyond the run's noise, and how many of them the model gets right."""
     dec = [r for r in recs if r.measurement_decides]
@@ -642,7 +650,7 @@ One arena for every thread, no mmapped blocks and no trimming below 16 GiB: a bl
 of one call stays in the heap and usually serves the same request at the next call, so XLA's per-call
 temporaries mostly stop faulting fresh pages. Not always: now and then fragmentation makes the heap grow
 and a call faults again (``tests/test_kernel_harness.py`` therefore checks the fewest faults of 6 calls, in up to 3 processes:
-in about 1 process of 8 every call faulted). The committed full sweeps
+in 2 of 11 processes here every call faulted, 2026-12-02). The committed full sweeps
 (``validation/results/kernel_cpu/heap_control``, 2026-12-02) faulted 0 MiB per call over all 132 programs
 with these tunables and 2902 MiB without (an earlier pair: 29 and 3080 MiB). TPU and GPU runtimes hand out device memory
 from a pool they reserved up front, so the steady heap is the closer CPU stand-in for them; the micro-kernel rates and
@@ -914,10 +922,10 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
     t_start = time.perf_counter()
     try:
         if on_tpu:
-            _run_tpu(state, sink, points or tpu_points(sweep), chip.name, (repeats, min_time_s), progress, time_fns,
+            _run_tpu(state, sink, points or tpu_points(sweep), chip.name, repeats, min_time_s, progress, time_fns,
                      t_start)
         else:
-            _run_cpu(state, sink, points or cpu_points(sweep), chip, (repeats, min_time_s), progress, recalibrate, t_start,
+            _run_cpu(state, sink, points or cpu_points(sweep), chip, repeats, min_time_s, progress, recalibrate, t_start,
                      correctness_shapes, cost_check_shapes)
     except KeyboardInterrupt:
         progress("interrupted: writing the report from the finished points")
@@ -933,11 +941,10 @@ def _elapsed(t0: float) -> str:
     return f"[{time.perf_counter() - t0:6.1f} s]"
 
 
-def _run_cpu(state, sink, points, chip, timing, progress, recalibrate, t0, correctness_shapes,
+def _run_cpu(state, sink, points, chip, repeats, min_time_s, progress, recalibrate, t0, correctness_shapes,
              cost_check_shapes) -> None:
     from validation import cpu_moe
 
-    repeats, min_time_s = timing
     progress(f"{_elapsed(t0)} device cpu: fused kernel = correctness only (interpret mode timings are meaningless)")
     corr = []
     for rec in run_correctness(correctness_shapes, progress=lambda s: progress(f"{_elapsed(t0)} {s}")):
@@ -983,8 +990,7 @@ def _run_cpu(state, sink, points, chip, timing, progress, recalibrate, t0, corre
                  f"{rec.pred_speedup:.2f}x {'ok' if rec.winner_agrees else 'WRONG WINNER'}")
 
 
-def _run_tpu(state, sink, points, chip, timing, progress, time_fns, t0) -> None:
-    repeats, min_time_s = timing
+def _run_tpu(state, sink, points, chip, repeats, min_time_s, progress, time_fns, t0) -> None:
     recs, errors = [], []
     for i, p in enumerate(points):
         try:
@@ -1322,10 +1328,10 @@ def _cpu_markdown(results: Results, markdown_table) -> list[str]:
                   f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points (where they disagree, noise decides "
                   f"the winner)",
                   _measured_decided_line(s),
-                  f"- cpu chip's wrong winners (pred / meas speedup): " + (", ".join(
+                  "- cpu chip's wrong winners (pred / meas speedup): " + (", ".join(
                       f"{r.point.label} tf={r.tf} ({r.chip_speedup:.2f} / {r.meas_speedup:.2f})"
                       for r in results.cpu if not r.chip_winner_agrees) or "none"),
-                  f"- measured rates' wrong winners (pred / meas speedup): " + (", ".join(
+                  "- measured rates' wrong winners (pred / meas speedup): " + (", ".join(
                       f"{r.point.label} tf={r.tf} ({r.pred_speedup:.2f} / {r.meas_speedup:.2f})"
                       for r in results.cpu if not r.winner_agrees) or "none"),
                   f"- outputs of the two formulations agree: max rel diff "
@@ -1395,8 +1401,8 @@ def _mmaps(results: Results) -> bool:
 def _chip_winner_line(s: Summary) -> str:
     """The issue's target line: the calibrated cpu chip model's winner score (roofline + page faults)."""
     x = dict(s.extra)
-    chip, plain, nf = int(x["chip_winner_correct"]), int(x["roofline_winner_correct"]), int(x["fault_model_points"])
-    if nf == 0:
+    chip, plain, nf = chip_winner_correct(x), int(x["roofline_winner_correct"]), int(x["fault_model_points"])
+    if chip is None:
         return (f"- predicted winner correct with the calibrated cpu chip roofline (issue target >= 90%): "
                 f"**{plain}/{s.points} ({100 * plain / s.points:.0f}%)**; this run predates the page-fault term")
     return (f"- predicted winner correct with the calibrated cpu chip, roofline + page faults (issue target >= 90%): "

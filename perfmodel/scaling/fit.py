@@ -252,10 +252,17 @@ def fit_best_loss_frontier(budget_flops, loss) -> PowerLaw:
         raise ValueError(f"budget_flops and loss must be 1-d of one length, got shapes {c.shape} and {l.shape}")
     if not (np.all(np.isfinite(l)) and np.all(l > 0) and np.all(np.isfinite(c)) and np.all(c > 0)):
         raise ValueError("budget_flops and loss must be positive and finite")
-    budgets = np.unique(c)
+    budgets, best = best_loss_per_budget(c, l)
     if budgets.size < 2:
         raise ValueError(f"a loss frontier needs at least 2 budgets, got {budgets.size}")
-    return _power_law(budgets, np.array([l[c == b].min() for b in budgets]))
+    return _power_law(budgets, best)
+
+
+def best_loss_per_budget(budget_flops, loss) -> tuple[np.ndarray, np.ndarray]:
+    """``(budgets, best)``: the distinct budgets, ascending, and the lowest loss of the runs at each."""
+    c, l = np.asarray(budget_flops, float), np.asarray(loss, float)
+    budgets = np.unique(c)
+    return budgets, np.array([l[c == b].min() for b in budgets])
 
 
 def fit_approach2(budget_flops, params, tokens, loss, compute_flops=None, *, strict: bool = False) -> Approach2Fit:

@@ -159,8 +159,8 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
         n_a2 = float(a2.params_law(top))
     except ValueError:
         n_a2 = None
-    insample = tuple((float(c), _pct(float(law.optimal(float(c)).loss),
-                                     float(train.loss[train.budget_flops == c].min()))) for c in train.budgets)
+    insample = tuple((float(c), _pct(float(law.optimal(float(c)).loss), float(best)))
+                     for c, best in zip(*F.best_loss_per_budget(train.budget_flops, train.loss)))
     frontier = float(F.fit_best_loss_frontier(train.budget_flops, train.loss)(top))
     return HeldOut(
         insample_best_loss_error_percent=insample,
