@@ -318,6 +318,26 @@ def recipe_check_rows(results_dir: pathlib.Path) -> list[dict]:
     return rows
 
 
+def heldout_variant_rows(results_dir: pathlib.Path) -> list[dict]:
+    """The held-out row of the committed variant check (``perfmodel scaling heldout-variants``), if any."""
+    path = results_dir / "heldout_variants.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    sel = data["selected"]
+    final = [s for s in data["final"] if s["variant"] == sel]
+    n = "N incl. embeddings" if sel["params_key"] == "active" else "N non-embedding"
+    fitted = "all widths" if sel["window"] is None else f"{sel['window']} widths nearest each budget's best"
+    errors = ", ".join(f"{s['group']} {'seed means' if s['averaged'] else 'every run'} "
+                       f"{s['best_loss_error_percent']:+.1f}%" for s in final)
+    return [dict(
+        check="held-out training budget, N and fitted widths chosen on earlier folds",
+        against="our own training runs (largest budget)", data=f"{data['source']}",
+        result=f"selected: {n}, {fitted}; best loss {errors}", target="best loss within 5%",
+        date=_committed_date(path), command=f"perfmodel scaling heldout-variants {data['source']}",
+        ok=all(abs(s["best_loss_error_percent"]) <= 5 for s in final))]
+
+
 def measured_kernel_rows(results_dir: pathlib.Path) -> list[dict]:
     """Rows for every ``perfmodel validate kernel`` run made on a TPU under ``results_dir``."""
     rows = []
@@ -400,6 +420,7 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                 command="perfmodel scaling fit validation/results/arith_full.jsonl",
                 ok=abs(h.best_loss_error_percent) <= 5))
     ctx.setdefault("validation_rows", []).extend(recipe_check_rows(RESULTS_DIR))
+    ctx["validation_rows"].extend(heldout_variant_rows(RESULTS_DIR))
     pngs = [p.name for p in paths if p.suffix == ".png"]
     md = (f"From `{TRAINING_RESULTS.relative_to(RESULTS_DIR.parent.parent)}` (seeds averaged, 100 bootstrap "
           "resamples; `perfmodel scaling fit` gives more).\n\n"

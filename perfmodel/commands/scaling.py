@@ -1,4 +1,4 @@
-"""Scaling-law commands: scaling fit, optimal, time-optimal, recipe-check; validate chinchilla."""
+"""Scaling-law commands: scaling fit, optimal, time-optimal, recipe-check, heldout-variants; validate chinchilla."""
 
 from __future__ import annotations
 
@@ -69,6 +69,16 @@ def register(cli) -> None:
     p.add_argument("--out", default=None, help="directory for recipe_check.md/.json (default: next to BASE)")
     p.set_defaults(func=_recipe_check)
 
+    p = cli.subcommand("scaling", "heldout-variants",
+                       "held-out check under other choices of N and of fitted widths, chosen on earlier folds",
+                       epilog="example: perfmodel scaling heldout-variants validation/results/arith_full.jsonl "
+                              "(about 3 min on 2 cores)")
+    p.add_argument("results", help="JSONL of the study (at least 4 compute budgets)")
+    p.add_argument("--window", type=int, default=3,
+                   help="widths kept per fitted budget, nearest its best seed-mean width (default 3)")
+    p.add_argument("--out", default=None, help="directory for heldout_variants.md/.json (default: next to RESULTS)")
+    p.set_defaults(func=_heldout_variants)
+
     p = cli.subcommand("validate", "chinchilla",
                        "refit Chinchilla's 245 points with Epoch AI's protocol and compare with their estimates")
     p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
@@ -108,6 +118,23 @@ def _recipe_check(args) -> int:
         f" --seeds {args.seeds}" if args.seeds != "0" else "")
     md, js = R.write_reports(r, out, command)
     print(R.report_markdown(r, command))
+    print(f"wrote {md} and {js}")
+    return 0
+
+
+def _heldout_variants(args) -> int:
+    import sys
+
+    from validation import heldout_variants as H
+
+    if args.window < 2:
+        raise ValueError(f"--window must be at least 2 widths per budget, got --window={args.window}")
+    r = H.run(args.results, window=args.window, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.results).parent
+    command = f"perfmodel scaling heldout-variants {args.results}" + (
+        f" --window {args.window}" if args.window != H.DEFAULT_WINDOW else "")
+    md, js = H.write_reports(r, out, command)
+    print(H.report_markdown(r, command))
     print(f"wrote {md} and {js}")
     return 0
 

@@ -238,13 +238,15 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
 
 def write_synthetic(path: str | pathlib.Path, laws_by_group: Mapping[tuple[str, int, int], object],
                     budgets: Iterable[float], *, per_budget: int = 7, span_decades: float = 1.0,
-                    noise: float = 0.0, seed: int = 0, flops_per_param_token: float = 6.0) -> pathlib.Path:
+                    noise: float = 0.0, seed: int = 0, flops_per_param_token: float = 6.0,
+                    embedding_params: float = 0.0) -> pathlib.Path:
     """Write IsoFLOP runs drawn from known laws, in the sweep's JSONL layout (for tests and demos).
 
     ``laws_by_group`` maps ``(arch, n_experts, top_k)`` to a law with
     ``loss(N, D)`` and ``optimal(C).params``; runs spread N over
     ``+-span_decades`` around each budget's optimum, ``D = C / (c_f N)``, and
-    multiply the loss by ``exp(noise * standard normal)``.
+    multiply the loss by ``exp(noise * standard normal)``. ``embedding_params`` is added to the
+    non-embedding count for the records' ``params_active`` and ``params_total``.
     """
     rng = np.random.default_rng(seed)
     path = pathlib.Path(path)
@@ -258,7 +260,8 @@ def write_synthetic(path: str | pathlib.Path, laws_by_group: Mapping[tuple[str, 
                 lines.append(json.dumps({  # the sweep's record layout (validation/arith/sweep.py)
                     "arch": "dense" if arch == "dense" else f"moe-E{e}k{k}", "budget_flops": c,
                     "config": {"model": {"n_experts": e, "top_k": k}},
-                    "params_active_non_embedding": n, "params_total": n * (e / k if arch == "moe" else 1),
+                    "params_active_non_embedding": n, "params_active": n + embedding_params,
+                    "params_total": n * (e / k if arch == "moe" else 1) + embedding_params,
                     "flops_per_token_train": flops_per_param_token * n, "tokens": d, "flops": c,
                     "train_loss": l, "held_out_loss": l}))
     path.write_text("\n".join(lines) + "\n")
