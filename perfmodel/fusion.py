@@ -24,8 +24,6 @@ weights once per row tile it visits), ``x`` re-reads per output column tile
 
 from __future__ import annotations
 
-import math
-
 import attrs
 import numpy as np
 

@@ -56,7 +56,6 @@ def _fused_facts(D: int, tm: int, tf: int, dtype: str, glu: bool, activation: st
 
 @functools.lru_cache(maxsize=65536)
 def _xla(chip: str, m: int, k: int, n: int, E: int, dtype: str) -> tuple[int, int, int, float]:
-    from perfmodel.tiling.gmm import ragged_dot_spec
     from perfmodel.xla_tiling import ragged_dot_tiling
 
     t = ragged_dot_tiling(chip, m, k, n, E, dtype, allow_compile=False)

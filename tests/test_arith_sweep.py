@@ -1,6 +1,5 @@
 """Sweep: study designs, atomic JSONL appends, resume, and a kill in the middle loses <= 1 run."""
 
-import json
 import math
 import os
 import signal

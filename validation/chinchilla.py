@@ -17,7 +17,6 @@ Targets: alpha and beta inside Epoch's 95% intervals, E within +-0.05.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import pathlib
 
@@ -170,8 +169,6 @@ def report_json(r: ChinchillaRefit) -> dict:
 
 
 def write_reports(r: ChinchillaRefit, out_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / "chinchilla_refit.md", out_dir / "chinchilla_refit.json"
-    md.write_text(report_markdown(r))
-    js.write_text(json.dumps(report_json(r), indent=2) + "\n")
-    return md, js
+    from validation import write_md_json
+
+    return write_md_json(out_dir, "chinchilla_refit", report_markdown(r), report_json(r))

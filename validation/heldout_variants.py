@@ -24,7 +24,6 @@ judged on the largest budget; every variant's largest-budget figure is reported 
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import attrs
@@ -185,9 +184,6 @@ def report_json(r: VariantCheck) -> dict:
 
 
 def write_reports(r: VariantCheck, out_dir, command: str) -> tuple[pathlib.Path, pathlib.Path]:
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "heldout_variants.md", out / "heldout_variants.json"
-    md.write_text(report_markdown(r, command) + "\n")
-    js.write_text(json.dumps(report_json(r), indent=2) + "\n")
-    return md, js
+    from validation import write_md_json
+
+    return write_md_json(out_dir, "heldout_variants", report_markdown(r, command) + "\n", report_json(r))

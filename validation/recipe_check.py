@@ -25,7 +25,6 @@ at every budget, so it shifts both sides of the comparison alike.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import attrs
@@ -228,9 +227,6 @@ def report_json(r: RecipeCheck) -> dict:
 
 
 def write_reports(r: RecipeCheck, out_dir: str | pathlib.Path, command: str) -> tuple[pathlib.Path, pathlib.Path]:
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "recipe_check.md", out / "recipe_check.json"
-    md.write_text(report_markdown(r, command) + "\n")
-    js.write_text(json.dumps(report_json(r), indent=2) + "\n")
-    return md, js
+    from validation import write_md_json
+
+    return write_md_json(out_dir, "recipe_check", report_markdown(r, command) + "\n", report_json(r))

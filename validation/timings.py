@@ -37,7 +37,6 @@ report shows the error before (``DEFAULT``) and after.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import re
 
