@@ -392,7 +392,7 @@ TRAINING_RESULTS = RESULTS_DIR / "arith_full.jsonl"
 
 
 def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
-    from perfmodel.scaling.study import report_json, report_markdown, run_study, write_outputs
+    from perfmodel.scaling.study import report_json, report_markdown, run_study, seed_ci_text, write_outputs
 
     if not TRAINING_RESULTS.exists():
         md = f"No committed training results at `{TRAINING_RESULTS}`; run `perfmodel train sweep --study full`."
@@ -407,7 +407,8 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                 check=f"held-out training budget ({g.label})", against="our own training runs",
                 data=f"validation/results/arith_full.jsonl (largest budget {h.budget_flops:.0e} FLOPs held out)",
                 result=(f"best loss predicted {h.best_loss_predicted:.4g} vs observed {h.best_loss_observed:.4g} "
-                        f"({h.best_loss_error_percent:+.1f}%, fitted on {h.fitted_budgets} budgets); per-run loss "
+                        f"({h.best_loss_error_percent:+.1f}%, fitted on {h.fitted_budgets} budgets"
+                        + seed_ci_text(h.best_loss_error_interval_percent) + "); per-run loss "
                         f"MAPE {h.runs_loss_mape_percent:.1f}%"
                         + "".join(f"; {e.budget_flops:.0e} from the {e.fitted_budgets} below it "
                                   f"{e.best_loss_error_percent:+.1f}%" for e in g.heldout_earlier)

@@ -136,3 +136,36 @@ def test_rolling_origin_checks_each_budget_from_the_budgets_below_it(tmp_path):
         study.heldout_check(runs, budget_flops=2e18)
     with pytest.raises(ValueError, match="budget_flops=3e\\+17 needs at least 2 budgets below it, got 1"):
         study.heldout_check(runs, budget_flops=3e17)
+
+
+def _seeds(tmp_path, name, noise, n_seeds=4):
+    """``n_seeds`` repeats of one synthetic grid (same configurations, independent noise) in one file."""
+    law = JOINT.at_experts(1)
+    text = "".join(results.write_synthetic(tmp_path / f"{name}{s}.jsonl", {("dense", 1, 1): law}, BUDGETS,
+                                           noise=noise, seed=10 + s).read_text() for s in range(n_seeds))
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(text)
+    return results.read_runs(path)
+
+
+def test_heldout_seed_interval_is_a_point_without_noise_and_widens_with_it(tmp_path):
+    widths = {}
+    for name, noise in (("exact", 0.0), ("quiet", 0.005), ("noisy", 0.05)):
+        runs = _seeds(tmp_path, name, noise)
+        iv = study.heldout_error_interval(runs, average_seeds=True, n_resamples=60, grid=F.TINY_GRID)
+        assert iv.low <= iv.point <= iv.high and iv.n_resamples == 60
+        widths[name] = iv.high - iv.low
+    assert widths["exact"] < 1e-6  # identical seeds: resampling them changes nothing
+    assert widths["noisy"] > 3 * widths["quiet"] > 0
+
+
+def test_study_reports_the_heldout_seed_interval_around_its_own_point(tmp_path):
+    runs = _seeds(tmp_path, "r", 0.02)
+    path = tmp_path / "r.jsonl"
+    s = study.run_study(path, n_resamples=20, grid=F.TINY_GRID, average_seeds=True)
+    h = s.groups[0].heldout
+    assert h.best_loss_error_interval_percent.point == pytest.approx(h.best_loss_error_percent)
+    assert all(e.best_loss_error_interval_percent is None for e in s.groups[0].heldout_earlier)
+    assert "seed CI" in study.report_markdown(s)
+    js = study.report_json(s)["groups"][0]["heldout"]["best_loss_error_interval_percent"]
+    assert js["low"] == h.best_loss_error_interval_percent.low and len(runs) == 4 * len(runs.average_repeats())

@@ -103,9 +103,21 @@ class Runs:
         return int(self.loss.size)
 
     def select(self, mask) -> "Runs":
-        m = np.asarray(mask, bool)
-        return attrs.evolve(self, **{f.name: getattr(self, f.name)[m] for f in attrs.fields(Runs)
+        return self.take(np.flatnonzero(np.asarray(mask, bool)))
+
+    def take(self, index) -> "Runs":
+        """The runs at integer positions ``index`` (repeats allowed: a resample)."""
+        ix = np.asarray(index, int)
+        return attrs.evolve(self, **{f.name: getattr(self, f.name)[ix] for f in attrs.fields(Runs)
                                      if isinstance(getattr(self, f.name), np.ndarray)})
+
+    def configurations(self) -> list[np.ndarray]:
+        """Positions of the runs of each configuration (arch, E, k, budget, N), in first-seen order."""
+        keys = list(zip(self.arch, self.n_experts, self.top_k, self.budget_flops, self.params))
+        where: dict = {}
+        for i, k in enumerate(keys):
+            where.setdefault(k, []).append(i)
+        return [np.array(v) for v in where.values()]
 
     def average_repeats(self) -> "Runs":
         """One run per (arch, E, k, budget, N): mean loss, tokens and compute over repeats (seeds).
@@ -113,9 +125,7 @@ class Runs:
         The best of several noisy seeds is biased low; averaging first makes a
         budget's observed best loss and the IsoFLOP curves less noisy.
         """
-        keys = list(zip(self.arch, self.n_experts, self.top_k, self.budget_flops, self.params))
-        uniq = list(dict.fromkeys(keys))
-        idx = [np.array([i for i, k in enumerate(keys) if k == u]) for u in uniq]
+        idx = self.configurations()
         first = np.array([ix[0] for ix in idx])
         out = {f.name: getattr(self, f.name)[first] for f in attrs.fields(Runs)
                if isinstance(getattr(self, f.name), np.ndarray)}

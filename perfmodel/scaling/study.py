@@ -64,6 +64,8 @@ class HeldOut:
     # extrapolated to the held-out budget; None for results made before it was added.
     best_loss_predicted_frontier: float | None = None
     best_loss_error_percent_frontier: float | None = None
+    # Seed-noise interval of best_loss_error_percent (heldout_error_interval); None where not computed.
+    best_loss_error_interval_percent: F.Interval | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -174,7 +176,51 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
         params_opt_error_percent_approach2=None if n_a2 is None else _pct(n_a2, n_obs))
 
 
-def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GRID, seed: int = 0) -> GroupFit:
+def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut | None = None,
+                           n_resamples: int = 200, level: float = 0.95, seed: int = 0,
+                           grid=F.SMALL_GRID) -> F.Interval:
+    """Seed-noise interval of the held-out best-loss error (%), by resampling every configuration's repeats.
+
+    ``repeats`` holds every run (seeds separate). Each resample draws, within every configuration
+    (arch, E, k, budget, N), as many of its runs as it has, with replacement; averages them per
+    configuration if ``average_seeds``; refits the law on the budgets below the held-out one
+    (``point.budget_flops``), BFGS started only from the optimum of the point fit (which starts from
+    ``grid``), as ``F.bootstrap_approach3`` does; and recomputes ``100 (L*(C) / best observed - 1)``.
+    The design stays fixed: what varies is the seed
+    noise, of the fitted runs and of the held-out budget's observed best alike. Percentile interval
+    around ``point`` (default: :func:`heldout_check` of the largest budget on the runs as given, seed
+    means if ``average_seeds``). Configurations with one run add no noise.
+    """
+    point_runs = repeats.average_repeats() if average_seeds else repeats
+    point = heldout_check(point_runs, grid=grid) if point is None else point
+    top = point.budget_flops
+    train = point_runs.select(point_runs.budget_flops < top)
+    start = F.fit_approach3(train.params, train.tokens, train.loss, grid=grid,
+                            flops_per_param_token=flops_per_param_token(train)).log_constants
+    cells = repeats.configurations()
+    rng = np.random.default_rng(seed)
+    errors = []
+    for _ in range(n_resamples):
+        sample = repeats.take(np.concatenate([c[rng.integers(0, c.size, c.size)] for c in cells]))
+        if average_seeds:
+            sample = sample.average_repeats()
+        tr, te = sample.select(sample.budget_flops < top), sample.select(sample.budget_flops == top)
+        try:
+            law = F.fit_approach3(tr.params, tr.tokens, tr.loss, grid=np.atleast_2d(start),
+                                  flops_per_param_token=flops_per_param_token(tr)).law
+        except (RuntimeError, ValueError):
+            continue
+        errors.append(_pct(float(law.optimal(top).loss), float(te.loss.min())))
+    return F._interval(point.best_loss_error_percent, errors, level)
+
+
+def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GRID, seed: int = 0,
+              repeats: Runs | None = None, average_seeds: bool = False) -> GroupFit:
+    """Fit one architecture group; ``runs`` as fitted (seed means if ``average_seeds``).
+
+    With ``repeats`` (the group's runs, seeds separate) the held-out check also gets its seed-noise
+    interval (:func:`heldout_error_interval`, ``n_resamples`` resamples).
+    """
     budgets = runs.budgets
     if budgets.size < MIN_BUDGETS:
         raise ValueError(f"{label}: need at least {MIN_BUDGETS} compute budgets to fit and hold one out, got "
@@ -195,6 +241,9 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
         ho, ho_err = heldout_check(runs, grid=grid), None
     except (ValueError, RuntimeError) as err:
         ho, ho_err = None, str(err)
+    if ho is not None and repeats is not None:
+        ho = attrs.evolve(ho, best_loss_error_interval_percent=heldout_error_interval(
+            repeats, average_seeds=average_seeds, point=ho, n_resamples=n_resamples, seed=seed, grid=grid))
     earlier = []
     for c in budgets[MIN_BUDGETS:-1]:  # each earlier budget with >= MIN_BUDGETS budgets below it
         try:
@@ -234,13 +283,14 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
     (:meth:`Runs.average_repeats`). Raises ``ValueError`` if no group has at
     least 3 compute budgets.
     """
-    runs = read_runs(path, loss=loss, params_key=params_key)
-    if average_seeds:
-        runs = runs.average_repeats()
+    repeats = read_runs(path, loss=loss, params_key=params_key)
+    runs = repeats.average_repeats() if average_seeds else repeats
+    by_label = repeats.groups()
     fits, skipped = [], []
     for label, group in runs.groups().items():
         try:
-            fits.append(fit_group(label, group, n_resamples=n_resamples, grid=grid, seed=seed))
+            fits.append(fit_group(label, group, n_resamples=n_resamples, grid=grid, seed=seed,
+                                  repeats=by_label[label], average_seeds=average_seeds))
         except (ValueError, RuntimeError) as err:  # too few budgets; a fit that lands on alpha or beta <= 0
             skipped.append(f"{label}: {err}" if not str(err).startswith(label) else str(err))
     if not fits:
@@ -347,7 +397,7 @@ def report_markdown(s: Study) -> str:
         for e in (*g.heldout_earlier, h):
             rows.append([g.label, f"{e.budget_flops:.3g}", str(e.fitted_budgets), f"{e.runs_loss_mape_percent:.2f}%",
                          f"{e.best_loss_predicted:.4g} vs {e.best_loss_observed:.4g} "
-                         f"({e.best_loss_error_percent:+.2f}%)",
+                         f"({e.best_loss_error_percent:+.2f}%{seed_ci_text(e.best_loss_error_interval_percent)})",
                          f"{_si(e.params_opt_predicted_approach3)} vs {_si(e.params_opt_observed)} "
                          f"({e.params_opt_error_percent_approach3:+.1f}%)",
                          "-" if e.params_opt_predicted_approach2 is None else
@@ -365,10 +415,17 @@ def report_markdown(s: Study) -> str:
             "it was fitted on: the observed best loss is the minimum over a few noisy runs, so even in-sample it "
             "differs from a smooth law by this much. *Baseline* is the simplest extrapolation, L_best(C) = k C^g "
             "through the best run of each fitted budget (no floor, no off-optimum runs); it is reported beside "
-            "the target's Approach 3 prediction, not instead of it.", ""]
+            "the target's Approach 3 prediction, not instead of it. *Seed CI* (largest budget): percentile "
+            "interval of the best-loss error over resamples of every configuration's seeds, refitted each time "
+            "(`heldout_error_interval`); where it excludes the target, the miss is not seed noise.", ""]
     if s.skipped:
         out += ["Skipped groups: " + "; ".join(s.skipped), ""]
     return "\n".join(out)
+
+
+def seed_ci_text(x: F.Interval | None) -> str:
+    """``"; 95% seed CI +a% to +b%"`` for a held-out error interval, ``""`` for None."""
+    return "" if x is None else f"; {x.level:.0%} seed CI {x.low:+.1f}% to {x.high:+.1f}%"
 
 
 def _ivd(x: F.Interval) -> dict:
