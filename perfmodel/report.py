@@ -323,17 +323,17 @@ def heldout_variant_rows(results_dir: pathlib.Path) -> list[dict]:
     path = results_dir / "heldout_variants.json"
     if not path.exists():
         return []
+    from validation.heldout_variants import Variant
+
     data = json.loads(path.read_text())
     sel = data["selected"]
     final = [s for s in data["final"] if s["variant"] == sel]
-    n = "N incl. embeddings" if sel["params_key"] == "active" else "N non-embedding"
-    fitted = "all widths" if sel["window"] is None else f"{sel['window']} widths nearest each budget's best"
     errors = ", ".join(f"{s['group']} {'seed means' if s['averaged'] else 'every run'} "
                        f"{s['best_loss_error_percent']:+.1f}%" for s in final)
     return [dict(
         check="held-out training budget, N and fitted widths chosen on earlier folds",
         against="our own training runs (largest budget)", data=f"{data['source']}",
-        result=f"selected: {n}, {fitted}; best loss {errors}", target="best loss within 5%",
+        result=f"selected: {Variant(**sel).name}; best loss {errors}", target="best loss within 5%",
         date=_committed_date(path), command=f"perfmodel scaling heldout-variants {data['source']}",
         ok=all(abs(s["best_loss_error_percent"]) <= 5 for s in final))]
 

@@ -243,6 +243,12 @@ MAX_ROUNDS = 201
 """Cap on the timed rounds of one point when ``min_time_s`` asks for more than ``repeats``."""
 
 
+def check_min_time_s(value, option: str = "min_time_s") -> None:
+    """Raise ``ValueError`` naming ``option`` and ``value`` unless it is a finite number of seconds >= 0."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{option} must be a finite number of seconds >= 0, got {option}={value!r}")
+
+
 def time_round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
                      min_time_s: float = 0.0, max_rounds: int = MAX_ROUNDS,
                      timer: Callable[[], float] = time.perf_counter,
@@ -261,8 +267,7 @@ def time_round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warm
     """
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got repeats={repeats!r}")
-    if not (math.isfinite(min_time_s) and min_time_s >= 0):
-        raise ValueError(f"min_time_s must be a finite number of seconds >= 0, got min_time_s={min_time_s!r}")
+    check_min_time_s(min_time_s)
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -906,8 +911,7 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
         raise ValueError(f"repeats must be a positive integer, got repeats={repeats!r}")
     if min_time_s is None:
         min_time_s = DEFAULT_MIN_TIME_S[sweep]
-    if not (isinstance(min_time_s, (int, float)) and math.isfinite(min_time_s) and min_time_s >= 0):
-        raise ValueError(f"min_time_s must be a finite number of seconds >= 0, got min_time_s={min_time_s!r}")
+    check_min_time_s(min_time_s)
     chip = get_chip(device.device_kind) if on_tpu else chip_for_device(device)
     outdir = pathlib.Path(out)
     sink = _Sink(outdir / "results.jsonl")

@@ -43,8 +43,6 @@ def _argv(args, out: str) -> list[str]:
 
 
 def _validate_kernel(args) -> int:
-    import math
-
     import jax
 
     from perfmodel.hardware import chip_for_device, get_chip
@@ -57,8 +55,8 @@ def _validate_kernel(args) -> int:
     kernel_harness._check_sweep(args.sweep)
     if args.repeats is not None and args.repeats <= 0:
         raise ValueError(f"--repeats must be a positive integer, got repeats={args.repeats}")
-    if args.min_time is not None and not (math.isfinite(args.min_time) and args.min_time >= 0):
-        raise ValueError(f"--min-time must be a finite number of seconds >= 0, got min_time={args.min_time}")
+    if args.min_time is not None:
+        kernel_harness.check_min_time_s(args.min_time, "--min-time")
     device = jax.devices()[0]
     chip = get_chip(device.device_kind) if device.platform == "tpu" else chip_for_device(device)
     out = args.out or f"validation/results/kernel_{chip.name}"

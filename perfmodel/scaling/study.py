@@ -66,6 +66,8 @@ class HeldOut:
     best_loss_error_percent_frontier: float | None = None
     # Seed-noise interval of best_loss_error_percent (heldout_error_interval); None where not computed.
     best_loss_error_interval_percent: F.Interval | None = None
+    # The fitted law's log constants (e, a, b, alpha, beta) as F.fit_approach3 returns them: resamples start there.
+    law_log_constants: tuple[float, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -143,8 +145,9 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
         raise ValueError(f"held-out check of budget_flops={top:.3g} needs at least {MIN_BUDGETS - 1} budgets "
                          f"below it, got {int(np.sum(budgets < top))}")
     train, test = runs.select(runs.budget_flops < top), runs.select(runs.budget_flops == top)
-    law = F.fit_approach3(train.params, train.tokens, train.loss, grid=grid,
-                          flops_per_param_token=flops_per_param_token(train)).law
+    fit3 = F.fit_approach3(train.params, train.tokens, train.loss, grid=grid,
+                           flops_per_param_token=flops_per_param_token(train))
+    law = fit3.law
     pred_runs = law.loss(test.params, test.tokens)
     mape = float(np.mean(np.abs(pred_runs / test.loss - 1.0)) * 100)
     best_obs = float(test.loss.min())
@@ -165,7 +168,7 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
                      for c, best in zip(*F.best_loss_per_budget(train.budget_flops, train.loss)))
     frontier = float(F.fit_best_loss_frontier(train.budget_flops, train.loss)(top))
     return HeldOut(
-        insample_best_loss_error_percent=insample,
+        law_log_constants=tuple(float(v) for v in fit3.log_constants), insample_best_loss_error_percent=insample,
         best_loss_predicted_frontier=frontier, best_loss_error_percent_frontier=_pct(frontier, best_obs),
         budget_flops=float(top), fitted_budgets=int(train.budgets.size), n_runs=len(test),
         runs_loss_mape_percent=mape, best_loss_observed=best_obs,
@@ -194,9 +197,7 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
     point_runs = repeats.average_repeats() if average_seeds else repeats
     point = heldout_check(point_runs, grid=grid) if point is None else point
     top = point.budget_flops
-    train = point_runs.select(point_runs.budget_flops < top)
-    start = F.fit_approach3(train.params, train.tokens, train.loss, grid=grid,
-                            flops_per_param_token=flops_per_param_token(train)).log_constants
+    start = point.law_log_constants
     cells = repeats.configurations()
     rng = np.random.default_rng(seed)
     errors = []
