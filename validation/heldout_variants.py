@@ -5,7 +5,8 @@ best loss; ``perfmodel.scaling.study.heldout_check``) misses the 5% target by 12
 (``scaling_fit*.md``). Two data choices a reader may suspect, each with a published precedent:
 
 * **N**: the law's parameter count. The study uses active *non-embedding* parameters; at these
-  tiny widths the embeddings are 10-20% of the model, and Pearce & Song 2024 ("Reconciling Kaplan
+  tiny widths the embeddings are 3-18% of the active parameters (18% at D = 8, 3% at D = 64: the
+  records' ``params_active`` vs ``params_active_non_embedding``), and Pearce & Song 2024 ("Reconciling Kaplan
   and Chinchilla") trace a scaling-law discrepancy to counting them or not. Variant: N = active
   parameters *including* embeddings (``params_active``).
 * **Which runs**: the Chinchilla form's IsoFLOP curves are broader than the measured ones (the
