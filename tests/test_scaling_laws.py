@@ -15,6 +15,28 @@ def test_derived_exponents_are_the_textbook_ones():
     assert sp.simplify(e.b - laws.alpha / (laws.alpha + laws.beta)) == 0
 
 
+def test_derived_frontier_exponent_is_minus_gamma_times_the_reducible_share():
+    # g(C) = d ln L* / d ln C = -gamma (L* - E) / L*, gamma = alpha beta / (alpha + beta)
+    e = laws.compute_optimal_exprs()
+    gamma = laws.alpha * laws.beta / (laws.alpha + laws.beta)
+    assert sp.simplify(e.loss_exponent + gamma * (e.loss - laws.E_irr) / e.loss) == 0
+
+
+@pytest.mark.parametrize("law", [laws.chinchilla_hoffmann(), laws.chinchilla_epoch(),
+                                 laws.ChinchillaLaw(E_irr=0.0, A=50.0, B=900.0, alpha=0.6, beta=0.2)])
+def test_frontier_exponent_matches_finite_differences_and_only_flattens(law):
+    c = np.logspace(12, 26, 57)
+    o = law.optimal(c)
+    h = 1e-4  # central difference in ln C
+    fd = (np.log(law.optimal(c * math.exp(h)).loss) - np.log(law.optimal(c * math.exp(-h)).loss)) / (2 * h)
+    np.testing.assert_allclose(o.loss_exponent, fd, rtol=1e-6, atol=1e-9)
+    gamma = law.alpha * law.beta / (law.alpha + law.beta)
+    assert np.all(o.loss_exponent < 0) and np.all(o.loss_exponent >= -gamma * (1 + 1e-12))
+    assert np.all(np.diff(o.loss_exponent) >= -1e-12)  # rises towards 0: a Chinchilla frontier never steepens
+    if law.E_irr == 0:
+        np.testing.assert_allclose(o.loss_exponent, -gamma, rtol=1e-10)
+
+
 def test_derived_params_match_facts_closed_form_numerically():
     # FACTS section 6: N_opt = G (C/6)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta))
     law = laws.chinchilla_hoffmann()

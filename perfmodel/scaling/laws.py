@@ -64,7 +64,13 @@ class ComputeOptimalExprs:
 
     ``params`` = N_opt(C), ``tokens`` = D_opt(C), ``loss`` = L(N_opt, D_opt),
     ``tokens_per_param`` = D_opt / N_opt, ``a`` and ``b`` the exponents of C
-    in N_opt and D_opt (d log N_opt / d log C).
+    in N_opt and D_opt (d log N_opt / d log C), ``loss_exponent`` the local
+    exponent of the loss frontier ``g(C) = d log L* / d log C``.
+
+    For this law ``g(C) = -gamma (L* - E_irr) / L*`` with ``gamma = alpha beta / (alpha + beta)``
+    (the tests check the derived form against it): between ``-gamma`` and 0, and rising towards 0
+    as C grows, since ``L* - E_irr ~ C^-gamma`` shrinks relative to ``L*``. A frontier of this
+    form can only flatten in log-log, never steepen.
     """
 
     params: sp.Expr
@@ -73,6 +79,7 @@ class ComputeOptimalExprs:
     tokens_per_param: sp.Expr
     a: sp.Expr
     b: sp.Expr
+    loss_exponent: sp.Expr
 
 
 @functools.cache
@@ -93,7 +100,9 @@ def compute_optimal_exprs() -> ComputeOptimalExprs:
     ratio = sp.powsimp(sp.simplify(d_opt / n_opt), force=True)
     a = sp.simplify(sp.expand_log(sp.log(n_opt), force=True).diff(C) * C)
     b = sp.simplify(sp.expand_log(sp.log(d_opt), force=True).diff(C) * C)
-    return ComputeOptimalExprs(params=n_opt, tokens=d_opt, loss=loss, tokens_per_param=ratio, a=a, b=b)
+    loss_exponent = sp.simplify(sp.diff(loss, C) * C / loss)
+    return ComputeOptimalExprs(params=n_opt, tokens=d_opt, loss=loss, tokens_per_param=ratio, a=a, b=b,
+                               loss_exponent=loss_exponent)
 
 
 _ARGS = (C, c_f, E_irr, A_coef, B_coef, alpha, beta)
@@ -103,7 +112,7 @@ _ARGS = (C, c_f, E_irr, A_coef, B_coef, alpha, beta)
 def _compiled():
     e = compute_optimal_exprs()
     f = {name: sp.lambdify(_ARGS, getattr(e, name), "numpy")
-         for name in ("params", "tokens", "loss", "tokens_per_param")}
+         for name in ("params", "tokens", "loss", "tokens_per_param", "loss_exponent")}
     f["a"] = sp.lambdify((alpha, beta), e.a, "numpy")
     f["b"] = sp.lambdify((alpha, beta), e.b, "numpy")
     f["law"] = sp.lambdify((N, D, E_irr, A_coef, B_coef, alpha, beta), chinchilla_loss_expr(), "numpy")
@@ -122,6 +131,7 @@ class ComputeOptimal:
     tokens_per_param: np.ndarray
     a: float
     b: float
+    loss_exponent: np.ndarray  # d log L* / d log C at compute_flops (ComputeOptimalExprs.loss_exponent)
 
 
 @attrs.frozen(kw_only=True)
@@ -172,10 +182,12 @@ class ChinchillaLaw:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             params, tokens = np.asarray(f["params"](*args)), np.asarray(f["tokens"](*args))
             loss = np.asarray(f["loss"](*args))
+            loss_exponent = np.asarray(f["loss_exponent"](*args))
             ratio = tokens / params  # = the derived tokens_per_param, better conditioned
         return ComputeOptimal(
             law=self.name, compute_flops=c, params=params, tokens=tokens, loss=loss, tokens_per_param=ratio,
-            a=float(f["a"](self.alpha, self.beta)), b=float(f["b"](self.alpha, self.beta)))
+            a=float(f["a"](self.alpha, self.beta)), b=float(f["b"](self.alpha, self.beta)),
+            loss_exponent=loss_exponent)
 
 
 def chinchilla_hoffmann() -> ChinchillaLaw:
