@@ -15,7 +15,6 @@ import math
 import pathlib
 import time
 
-import attrs
 
 from validation.arith import optim, sweep, task as task_lib, train
 
