@@ -136,3 +136,19 @@ def test_best_loss_frontier_uses_the_lowest_run_per_budget():
         F.fit_best_loss_frontier(c[:2], loss[:2])
     with pytest.raises(ValueError, match="positive and finite"):
         F.fit_best_loss_frontier(c, np.where(c > 1e11, np.nan, loss))
+
+
+def test_frontier_exponents_are_the_segment_slopes_of_the_lowest_runs():
+    # frontier 2 C^-0.1 up to 1e11, then 2 C^-0.3 (continuous): a steepening the segments must show
+    c = np.array([1e10, 1e10, 1e11, 1e11, 1e12, 1e12, 3e12])
+    best = np.where(c <= 1e11, 2.0 * c ** -0.1, 2.0 * 1e11 ** -0.1 * (c / 1e11) ** -0.3)
+    loss = np.where(np.arange(c.size) % 2 == 1, best * 1.2, best)  # second run of each budget is worse
+    budgets, g = F.frontier_exponents(c, loss)
+    np.testing.assert_allclose(budgets, [1e10, 1e11, 1e12, 3e12])
+    np.testing.assert_allclose(g, [-0.1, -0.3, -0.3], rtol=1e-12)
+    with pytest.raises(ValueError, match="at least 2 budgets, got 1"):
+        F.frontier_exponents(c[:2], loss[:2])
+    with pytest.raises(ValueError, match="positive and finite"):
+        F.frontier_exponents(c, -loss)
+    with pytest.raises(ValueError, match="1-d of one length"):
+        F.frontier_exponents(c, loss[:3])

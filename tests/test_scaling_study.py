@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from perfmodel.scaling import fit as F
@@ -169,3 +170,48 @@ def test_study_reports_the_heldout_seed_interval_around_its_own_point(tmp_path):
     assert "seed CI" in study.report_markdown(s)
     js = study.report_json(s)["groups"][0]["heldout"]["best_loss_error_interval_percent"]
     assert js["low"] == h.best_loss_error_interval_percent.low and len(runs) == 4 * len(runs.average_repeats())
+
+
+class _Steepening:
+    """A law whose loss frontier steepens: the Chinchilla loss times exp(-k ln(C / C0)^2), C = 6 N D."""
+
+    def __init__(self, base, k, c0=1e17):
+        self.base, self.k, self.c0 = base, k, c0
+
+    def optimal(self, compute_flops):
+        return self.base.optimal(compute_flops)
+
+    def loss(self, n, d):
+        return self.base.loss(n, d) * np.exp(-self.k * np.log(6.0 * n * d / self.c0) ** 2)
+
+
+def test_frontier_check_matches_a_chinchilla_law_and_collapses_without_seed_noise(tmp_path):
+    runs = _seeds(tmp_path, "exact", 0.0)
+    law = JOINT.at_experts(1)
+    f = study.frontier_check(runs.average_repeats(), runs, law, average_seeds=True, n_resamples=30)
+    true = law.optimal(np.array(f.budgets_flops)).loss
+    # each budget's sampled sizes are centred on the law's optimum, so the best run is L*(C) itself
+    np.testing.assert_allclose([x.point for x in f.exponents], np.diff(np.log(true)) / np.diff(np.log(BUDGETS)),
+                               rtol=1e-9)
+    np.testing.assert_allclose([x.point for x in f.exponents], f.law_exponents, rtol=1e-9)
+    assert all(x.high - x.low < 1e-12 for x in (*f.exponents, f.overall, f.curvature))
+    assert f.law_curvature >= 0 and f.curvature.point == pytest.approx(f.law_curvature, abs=1e-9)
+
+
+def test_frontier_check_finds_a_steepening_frontier_the_fitted_law_cannot_follow(tmp_path):
+    k = 0.02  # curvature d g / d ln C = -2k on top of the base law's (small, >= 0)
+    steep = _Steepening(JOINT.at_experts(1), k)
+    text = "".join(results.write_synthetic(tmp_path / f"s{s}.jsonl", {("dense", 1, 1): steep}, BUDGETS,
+                                           noise=0.003, seed=20 + s).read_text() for s in range(4))
+    path = tmp_path / "steep.jsonl"
+    path.write_text(text)
+    s = study.run_study(path, n_resamples=40, grid=F.TINY_GRID, average_seeds=True)
+    f = s.groups[0].frontier
+    assert f.curvature.high < 0 and study.bend_text(f.curvature) == "steepens"
+    assert f.curvature.point == pytest.approx(-2 * k, abs=0.01)
+    assert f.law_curvature >= -1e-9  # the Chinchilla fit's frontier cannot bend down
+    assert f.exponents[-1].point < f.exponents[0].point
+    md = study.report_markdown(s)
+    assert "## Loss frontier" in md and "| steepens |" in md
+    js = study.report_json(s)["groups"][0]["frontier"]
+    assert js["curvature"]["high"] == f.curvature.high and len(js["exponents"]) == len(BUDGETS) - 1

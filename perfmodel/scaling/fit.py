@@ -247,6 +247,18 @@ def fit_best_loss_frontier(budget_flops, loss) -> PowerLaw:
     E ~ 0); the best of a few noisy runs is a minimum, biased low by about their spread. Needs >= 2 budgets and
     positive, finite losses.
     """
+    return _power_law(*_frontier_points(budget_flops, loss))
+
+
+def best_loss_per_budget(budget_flops, loss) -> tuple[np.ndarray, np.ndarray]:
+    """``(budgets, best)``: the distinct budgets, ascending, and the lowest loss of the runs at each."""
+    c, l = np.asarray(budget_flops, float), np.asarray(loss, float)
+    budgets = np.unique(c)
+    return budgets, np.array([l[c == b].min() for b in budgets])
+
+
+def _frontier_points(budget_flops, loss) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_loss_per_budget` after checking the input a frontier needs (>= 2 budgets, positive, finite)."""
     c, l = np.asarray(budget_flops, float), np.asarray(loss, float)
     if c.shape != l.shape or c.ndim != 1:
         raise ValueError(f"budget_flops and loss must be 1-d of one length, got shapes {c.shape} and {l.shape}")
@@ -255,14 +267,21 @@ def fit_best_loss_frontier(budget_flops, loss) -> PowerLaw:
     budgets, best = best_loss_per_budget(c, l)
     if budgets.size < 2:
         raise ValueError(f"a loss frontier needs at least 2 budgets, got {budgets.size}")
-    return _power_law(budgets, best)
+    return budgets, best
 
 
-def best_loss_per_budget(budget_flops, loss) -> tuple[np.ndarray, np.ndarray]:
-    """``(budgets, best)``: the distinct budgets, ascending, and the lowest loss of the runs at each."""
-    c, l = np.asarray(budget_flops, float), np.asarray(loss, float)
-    budgets = np.unique(c)
-    return budgets, np.array([l[c == b].min() for b in budgets])
+def frontier_exponents(budget_flops, loss) -> tuple[np.ndarray, np.ndarray]:
+    """``(budgets, g)``: the local exponent of the observed loss frontier between consecutive budgets.
+
+    ``g_i = ln(L_best(C_{i+1}) / L_best(C_i)) / ln(C_{i+1} / C_i)`` with ``L_best`` the lowest loss at
+    each distinct budget (:func:`best_loss_per_budget`), so ``L_best ~ C^g`` on each segment; ``g`` has
+    one entry fewer than ``budgets``. A Chinchilla law's frontier has ``g`` between ``-gamma`` and 0,
+    rising with C (``laws.ComputeOptimalExprs.loss_exponent``); observed ``g`` that falls with C
+    (a frontier that steepens) is a shape such a law cannot extrapolate. Needs >= 2 budgets and
+    positive, finite losses and budgets.
+    """
+    budgets, best = _frontier_points(budget_flops, loss)
+    return budgets, np.diff(np.log(best)) / np.diff(np.log(budgets))
 
 
 def fit_approach2(budget_flops, params, tokens, loss, compute_flops=None, *, strict: bool = False) -> Approach2Fit:

@@ -71,6 +71,28 @@ class HeldOut:
 
 
 @attrs.frozen(kw_only=True)
+class Frontier:
+    """Shape of the observed loss frontier (best loss per budget) beside the fitted law's.
+
+    ``exponents[i]`` is the local exponent ``g`` of ``L_best ~ C^g`` between budgets ``i`` and ``i + 1``
+    (:func:`F.frontier_exponents`); ``overall`` the exponent of a power law through all of them
+    (:func:`F.fit_best_loss_frontier`); ``curvature`` is ``d g / d ln C`` = twice the quadratic coefficient of
+    a least-squares parabola of ``ln L_best`` in ``ln C`` (all budgets; < 0: the frontier steepens). Both
+    carry seed-noise intervals (:func:`frontier_check`). ``law_exponents`` and ``law_curvature`` are the
+    same quantities for the law fitted on all budgets, read off its ``L*(C)`` at the same budgets; for a
+    Chinchilla law the curvature is >= 0 (``laws.ComputeOptimalExprs.loss_exponent`` rises with C).
+    """
+
+    budgets_flops: tuple[float, ...]
+    exponents: tuple[F.Interval, ...]
+    overall: F.Interval
+    curvature: F.Interval | None  # None with fewer than 3 budgets
+    law_exponents: tuple[float, ...]
+    law_overall: float
+    law_curvature: float | None
+
+
+@attrs.frozen(kw_only=True)
 class GroupFit:
     label: str
     runs: Runs = attrs.field(repr=False)
@@ -81,6 +103,7 @@ class GroupFit:
     heldout: HeldOut | None  # the largest budget, fitted on all the others
     heldout_error: str | None
     heldout_earlier: tuple[HeldOut, ...] = ()  # rolling origin: earlier budgets with >= MIN_BUDGETS below them
+    frontier: Frontier | None = None  # shape of the observed frontier vs the law's (needs the repeats)
 
 
 @attrs.frozen(kw_only=True)
@@ -179,14 +202,58 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
         params_opt_error_percent_approach2=None if n_a2 is None else _pct(n_a2, n_obs))
 
 
+def seed_resamples(repeats: Runs, *, average_seeds: bool, n_resamples: int, seed: int = 0):
+    """Yield ``n_resamples`` resamples of ``repeats`` that vary only the seed noise.
+
+    Each draws, within every configuration (arch, E, k, budget, N), as many of its runs as it has, with
+    replacement, and averages them per configuration if ``average_seeds``. Configurations with one run
+    add no noise.
+    """
+    cells = repeats.configurations()
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        sample = repeats.take(np.concatenate([c[rng.integers(0, c.size, c.size)] for c in cells]))
+        yield sample.average_repeats() if average_seeds else sample
+
+
+def _frontier_shape(budget_flops, loss) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """``(budgets, exponents, overall, curvature)`` of the frontier of runs (curvature None below 3 budgets)."""
+    budgets, g = F.frontier_exponents(budget_flops, loss)
+    overall = F.fit_best_loss_frontier(budget_flops, loss).exponent
+    if budgets.size < 3:
+        return budgets, g, overall, None
+    _, best = F.best_loss_per_budget(budget_flops, loss)
+    return budgets, g, overall, float(2.0 * np.polyfit(np.log(budgets), np.log(best), 2)[0])
+
+
+def frontier_check(runs: Runs, repeats: Runs, law: laws.ChinchillaLaw, *, average_seeds: bool,
+                   n_resamples: int = 200, level: float = 0.95, seed: int = 0) -> Frontier:
+    """The observed frontier's exponents and curvature (``runs`` as fitted) with seed-noise intervals.
+
+    Intervals: percentiles over :func:`seed_resamples` of ``repeats`` (no refit: the frontier is read
+    off the runs). The law's values use its ``L*(C)`` at the runs' budgets in place of the best losses.
+    """
+    budgets, g, overall, curv = _frontier_shape(runs.budget_flops, runs.loss)
+    samples = [_frontier_shape(x.budget_flops, x.loss) for x in
+               seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed)]
+    samples_g = np.asarray([x[1] for x in samples]).reshape(-1, g.size)
+    _, lg, lo, lc = _frontier_shape(budgets, np.asarray(law.optimal(budgets).loss, float))
+    return Frontier(
+        budgets_flops=tuple(float(c) for c in budgets),
+        exponents=tuple(F._interval(v, samples_g[:, i], level) for i, v in enumerate(g)),
+        overall=F._interval(overall, [x[2] for x in samples], level),
+        curvature=None if curv is None else F._interval(curv, [x[3] for x in samples], level),
+        law_exponents=tuple(float(v) for v in lg), law_overall=float(lo), law_curvature=lc)
+
+
 def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut | None = None,
                            n_resamples: int = 200, level: float = 0.95, seed: int = 0,
                            grid=F.SMALL_GRID) -> F.Interval:
     """Seed-noise interval of the held-out best-loss error (%), by resampling every configuration's repeats.
 
-    ``repeats`` holds every run (seeds separate). Each resample draws, within every configuration
-    (arch, E, k, budget, N), as many of its runs as it has, with replacement; averages them per
-    configuration if ``average_seeds``; refits the law on the budgets below the held-out one
+    ``repeats`` holds every run (seeds separate). Each resample (:func:`seed_resamples`) draws, within
+    every configuration (arch, E, k, budget, N), as many of its runs as it has, with replacement;
+    averages them per configuration if ``average_seeds``; refits the law on the budgets below the held-out one
     (``point.budget_flops``), BFGS started only from the optimum of the point fit (which starts from
     ``grid``), as ``F.bootstrap_approach3`` does; and recomputes ``100 (L*(C) / best observed - 1)``.
     The design stays fixed: what varies is the seed
@@ -198,13 +265,8 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
     point = heldout_check(point_runs, grid=grid) if point is None else point
     top = point.budget_flops
     start = point.law_log_constants
-    cells = repeats.configurations()
-    rng = np.random.default_rng(seed)
     errors = []
-    for _ in range(n_resamples):
-        sample = repeats.take(np.concatenate([c[rng.integers(0, c.size, c.size)] for c in cells]))
-        if average_seeds:
-            sample = sample.average_repeats()
+    for sample in seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed):
         tr, te = sample.select(sample.budget_flops < top), sample.select(sample.budget_flops == top)
         try:
             law = F.fit_approach3(tr.params, tr.tokens, tr.loss, grid=np.atleast_2d(start),
@@ -242,6 +304,8 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
         ho, ho_err = heldout_check(runs, grid=grid), None
     except (ValueError, RuntimeError) as err:
         ho, ho_err = None, str(err)
+    frontier = None if repeats is None else frontier_check(
+        runs, repeats, fit3.law, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed)
     if ho is not None and repeats is not None:
         ho = attrs.evolve(ho, best_loss_error_interval_percent=heldout_error_interval(
             repeats, average_seeds=average_seeds, point=ho, n_resamples=n_resamples, seed=seed, grid=grid))
@@ -252,7 +316,8 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
         except (ValueError, RuntimeError):
             continue  # the main check's error (if any) is reported; an earlier one is extra
     return GroupFit(label=label, runs=runs, approach3=b3, approach2=b2, approach2_error=err2,
-                    tokens_per_param_a2=tpp, heldout=ho, heldout_error=ho_err, heldout_earlier=tuple(earlier))
+                    tokens_per_param_a2=tpp, heldout=ho, heldout_error=ho_err, heldout_earlier=tuple(earlier),
+                    frontier=frontier)
 
 
 def compare(dense: GroupFit, moe: GroupFit) -> Comparison:
@@ -386,6 +451,7 @@ def report_markdown(s: Study) -> str:
                 markdown_table(["C (FLOPs)"] + [f"E={e}: N_act / D" for e in s.joint.experts], rows), ""]
     elif s.joint_error:
         out += [f"Joint law in E not fitted: {s.joint_error}.", ""]
+    out += frontier_markdown(s)
     out += ["## Held-out check (fit on all budgets but the largest, predict the largest)", "",
             "Rows marked *earlier* repeat the check at a smaller budget from the budgets below it (rolling "
             "origin); the target applies to the largest budget.", ""]
@@ -424,6 +490,42 @@ def report_markdown(s: Study) -> str:
     return "\n".join(out)
 
 
+def bend_text(x: F.Interval) -> str:
+    """Verdict on a frontier curvature interval: steepens / flattens / no bend resolved."""
+    return "steepens" if x.high < 0 else "flattens" if x.low > 0 else "no bend resolved"
+
+
+def frontier_markdown(s: Study) -> list[str]:
+    """The frontier section of :func:`report_markdown` (empty when no group has a :class:`Frontier`)."""
+    from perfmodel.tables import markdown_table
+
+    groups = [g for g in s.groups if g.frontier is not None]
+    if not groups:
+        return []
+    seg, curv = [], []
+    for g in groups:
+        f = g.frontier
+        for lo, hi, x, law in zip(f.budgets_flops, f.budgets_flops[1:], f.exponents, f.law_exponents):
+            seg.append([g.label, f"{lo:.0e} to {hi:.0e}", _iv(x, lambda v: f"{v:.3f}"), f"{law:.3f}"])
+        seg.append([g.label, "all (one power law)", _iv(f.overall, lambda v: f"{v:.3f}"), f"{f.law_overall:.3f}"])
+        if f.curvature is not None:
+            law_curv = 0.0 if abs(f.law_curvature) < 1e-9 else f.law_curvature  # E = 0: zero up to rounding
+            curv.append([g.label, _iv(f.curvature, lambda v: f"{v:+.4f}"), f"{law_curv:+.4f}",
+                         bend_text(f.curvature)])
+    level, n = groups[0].frontier.exponents[0].level, groups[0].frontier.exponents[0].n_resamples
+    out = ["## Loss frontier: its observed shape vs the law's", "",
+           "Local exponent g of L_best ~ C^g between consecutive budgets (L_best: the lowest loss at each "
+           "budget), observed and read off the law fitted on all budgets (its L*(C)). Curvature: d g / d ln C "
+           "of a parabola through ln L_best vs ln C (negative: the frontier steepens). A Chinchilla law's g "
+           "lies in [-gamma, 0] and rises with C (gamma = alpha beta / (alpha + beta)), so its curvature is "
+           f">= 0 (0 when E = 0). Intervals: {level:.0%} over {n} resamples of every configuration's seeds "
+           "(`frontier_check`).", "",
+           markdown_table(["group", "budgets", "observed g", "law g"], seg), ""]
+    if curv:
+        out += [markdown_table(["group", "observed curvature", "law curvature", "observed frontier"], curv), ""]
+    return out
+
+
 def seed_ci_text(x: F.Interval | None) -> str:
     """``"; 95% seed CI +a% to +b%"`` for a held-out error interval, ``""`` for None."""
     return "" if x is None else f"; {x.level:.0%} seed CI {x.low:+.1f}% to {x.high:+.1f}%"
@@ -454,7 +556,8 @@ def report_json(s: Study) -> dict:
             "approach2_error": g.approach2_error,
             "approach2_skipped": [] if g.approach2 is None else list(g.approach2.fit.skipped),
             "heldout": None if g.heldout is None else attrs.asdict(g.heldout), "heldout_error": g.heldout_error,
-            "heldout_earlier": [attrs.asdict(e) for e in g.heldout_earlier]})
+            "heldout_earlier": [attrs.asdict(e) for e in g.heldout_earlier],
+            "frontier": None if g.frontier is None else attrs.asdict(g.frontier)})
     comps = [{"label": c.label, "budgets_flops": list(c.budgets_flops),
               "tokens_per_param_dense": [_ivd(x) for x in c.tokens_per_param_dense],
               "tokens_per_param_moe": [_ivd(x) for x in c.tokens_per_param_moe],
