@@ -32,7 +32,7 @@ def test_every_referenced_plot_exists_and_is_an_image(report):
         png = out / name
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     for name in ("roofline.png", "fusion_map_v5e.png", "fusion_map_v6e.png", "fusion_breakdown.png",
-                 "scaling_isoflops.png", "scaling_frontier.png"):
+                 "scaling_isoflops.png", "scaling_frontier.png", "scaling_loss_frontier.png"):
         assert (out / name).exists()
 
 

@@ -86,7 +86,8 @@ def test_cli_fit_writes_markdown_json_and_plots(sweep, tmp_path, capsys):
     data = json.loads((tmp_path / "scaling_fit.json").read_text())
     assert [g["label"] for g in data["groups"]] == ["dense", "moe E=8 k=1"]
     assert data["groups"][0]["heldout"]["budget_flops"] == BUDGETS[-1]
-    for name in ("scaling_isoflops.png", "scaling_law_vs_data.png", "scaling_frontier.png"):
+    for name in ("scaling_isoflops.png", "scaling_law_vs_data.png", "scaling_frontier.png",
+                 "scaling_loss_frontier.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     assert "Held-out check" in capsys.readouterr().out
 

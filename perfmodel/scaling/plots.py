@@ -1,4 +1,4 @@
-"""Plots of a scaling study: IsoFLOP curves, fitted law vs data, compute-optimal frontier.
+"""Plots of a scaling study: IsoFLOP curves, fitted law vs data, compute-optimal and loss frontiers.
 
 All functions take a :class:`perfmodel.scaling.study.Study` and write PNG files;
 matplotlib is imported lazily with the Agg backend (no display needed).
@@ -117,11 +117,63 @@ def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.
     return save(fig, path)
 
 
+def plot_loss_frontier(study, path: pathlib.Path) -> pathlib.Path:
+    """Best loss per budget vs C (log-log) beside the laws' L*(C): fitted on all budgets, and the held-out fit.
+
+    Grey dots: every run (seed means if the study averaged them). Black dots: the best run of each budget (the frontier the held-out check
+    predicts); the held-out budget's is ringed in red. Solid: L*(C) of the law fitted on all budgets;
+    dashed: L*(C) of the law fitted below the held-out budget, extended to it; dotted: the baseline power
+    law through the best runs below it. The title gives the observed frontier's exponent and curvature
+    (``study.Frontier``) against the all-budget law's.
+    """
+    from perfmodel.scaling import fit as F
+    from perfmodel.scaling import study as S
+
+    plt = _plt()
+    groups = study.groups
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    for ax, color, g in zip(axes[0], _colors(len(groups) + 1), groups):
+        budgets, best = F.best_loss_per_budget(g.runs.budget_flops, g.runs.loss)
+        cs = np.logspace(np.log10(budgets.min()), np.log10(budgets.max()), 60)
+        ax.scatter(g.runs.budget_flops, g.runs.loss, color="0.75", s=10,
+                   label="every configuration (seed mean)" if study.average_seeds else "every run")
+        ax.scatter(budgets, best, color="k", s=24, zorder=3, label="best run per budget")
+        ax.plot(cs, g.approach3.fit.law.optimal(cs).loss, color=color, lw=1.5, label="L*(C), law fitted on all")
+        h = g.heldout
+        if h is not None:
+            train = g.runs.select(g.runs.budget_flops < h.budget_flops)
+            e, a, b, al, be = h.law_log_constants
+            held = laws.ChinchillaLaw(E_irr=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=al, beta=be,
+                                      flops_per_param_token=S.flops_per_param_token(train))
+            ax.plot(cs, held.optimal(cs).loss, color=color, ls="--", lw=1.2,
+                    label=f"L*(C), law fitted below {h.budget_flops:.0e} ({h.best_loss_error_percent:+.1f}%)")
+            base = F.fit_best_loss_frontier(train.budget_flops, train.loss)
+            ax.plot(cs, base(cs), color="0.4", ls=":", lw=1.2,
+                    label=f"power law through the best runs below it ({h.best_loss_error_percent_frontier:+.1f}%)")
+            ax.scatter([h.budget_flops], [h.best_loss_observed], s=110, facecolor="none", edgecolor="tab:red",
+                       lw=1.5, zorder=4, label="held-out best")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("compute C (FLOPs)")
+        ax.set_ylabel(f"final {study.loss_key} loss")
+        f = g.frontier
+        title = g.label
+        if f is not None:
+            title += f": best ~ C^{f.overall.point:.3f}, law C^{f.law_overall:.3f}"
+            if f.curvature is not None:
+                title += f"; curvature {f.curvature.point:+.3f} ({S.bend_text(f.curvature)})"
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def plot_study(study, out_dir: pathlib.Path, *, suffix: str = "") -> list[pathlib.Path]:
     out_dir = pathlib.Path(out_dir)
     return [plot_isoflops(study, out_dir / f"scaling_isoflops{suffix}.png"),
             plot_law_vs_data(study, out_dir / f"scaling_law_vs_data{suffix}.png"),
-            plot_frontier(study, out_dir / f"scaling_frontier{suffix}.png")]
+            plot_frontier(study, out_dir / f"scaling_frontier{suffix}.png"),
+            plot_loss_frontier(study, out_dir / f"scaling_loss_frontier{suffix}.png")]
 
 
 def plot_time_budget(curves, allocations, path, *, ffn: str = "") -> pathlib.Path:
