@@ -1,0 +1,56 @@
+"""The README's Python API example runs, and what its comments say it returns is what it returns."""
+
+import pathlib
+import re
+
+import pytest
+import sympy as sp
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _api_block() -> str:
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _comment(block: str, code: str) -> str:
+    """The comment on the line of ``block`` whose code starts with ``code``."""
+    line = next(ln for ln in block.splitlines() if ln.startswith(code))
+    return line.split("#", 1)[1].strip()
+
+
+def _sympify(text: str, like: sp.Expr) -> sp.Expr:
+    """``text`` as a sympy expression in the symbols of ``like`` (so ``N`` is a symbol, not sympy's N)."""
+    return sp.sympify(text, locals={s.name: s for s in like.free_symbols})
+
+
+@pytest.fixture(scope="module")
+def api():
+    block = _api_block()
+    ns: dict = {}
+    exec(compile(block, str(README) + ":Python API", "exec"), ns)  # every line must run as written
+    return block, ns
+
+
+def test_matmul_roofline_is_as_the_readme_says(api):
+    block, ns = api
+    seconds, bound = re.fullmatch(r"([\d.]+) s, '(\w+)'", _comment(block, "p.roofline.lower_s")).groups()
+    decimals = len(seconds.split(".")[1])
+    assert f"{ns['p'].roofline.lower_s:.{decimals}f}" == seconds
+    assert ns["p"].roofline.bound == bound
+    flops = ns["p"].formula.flops
+    claimed = _comment(block, "p.formula.flops").split()[0]
+    assert sp.simplify(flops - _sympify(claimed, flops)) == 0
+
+
+def test_moe_parts_and_fused_formula_are_as_the_readme_says(api):
+    block, ns = api
+    names = [n.strip() for n in _comment(block, "[(name, r.bound)").split(":", 1)[1].split(",")]
+    assert [name for name, _ in ns["moe"].parts] == names
+    import perfmodel
+
+    total = perfmodel.get_op("moe_ffn_fused", glu=True).total("hbm_bytes")  # what .formula() prints
+    claimed = _comment(block, 'perfmodel.get_op("moe_ffn_fused"')
+    assert sp.simplify(total - _sympify(claimed, total)) == 0
