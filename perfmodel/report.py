@@ -430,10 +430,11 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
     ctx.setdefault("validation_rows", []).extend(recipe_check_rows(RESULTS_DIR))
     ctx["validation_rows"].extend(heldout_variant_rows(RESULTS_DIR))
     pngs = [p.name for p in paths if p.suffix == ".png"]
+    body = report_markdown(study).split("\n", 1)[1].replace("\n## ", "\n### ")
+    head, tables = body.split("\n### Fitted laws", 1)  # the answer first, then the plots, then the tables
     md = (f"From `{TRAINING_RESULTS.relative_to(RESULTS_DIR.parent.parent)}` (seeds averaged, 100 bootstrap "
-          "resamples; `perfmodel scaling fit` gives more).\n\n"
-          + "\n".join(f"![{n}]({n})" for n in pngs) + "\n\n"
-          + report_markdown(study).split("\n", 1)[1].replace("\n## ", "\n### "))
+          "resamples; `perfmodel scaling fit` gives more).\n" + head.rstrip("\n") + "\n\n"
+          + "\n".join(f"![{n}]({n})" for n in pngs) + "\n\n### Fitted laws" + tables)
     return Section("scaling", "Dense vs MoE scaling laws", md, data, tuple(p.name for p in paths))
 
 

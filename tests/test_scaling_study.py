@@ -216,3 +216,24 @@ def test_frontier_check_finds_a_steepening_frontier_the_fitted_law_cannot_follow
     assert "## Loss frontier" in md and "| steepens |" in md
     js = study.report_json(s)["groups"][0]["frontier"]
     assert js["curvature"]["high"] == f.curvature.high and len(js["exponents"]) == len(BUDGETS) - 1
+
+
+def test_answer_first_states_the_largest_budget_comparison_from_the_tables(fitted):
+    md = study.report_markdown(fitted)
+    answer = md[md.index("## Answer"):md.index("## Fitted laws")]
+    cmp = fitted.comparisons[0]
+    adv, tm, td = cmp.loss_advantage[-1], cmp.tokens_per_param_moe[-1], cmp.tokens_per_param_dense[-1]
+    assert f"{cmp.label} vs dense at {cmp.budgets_flops[-1]:.0e} FLOPs" in answer
+    assert f"{adv.point:.3f} [{adv.low:.3f}, {adv.high:.3f}] nats ({study.advantage_text(adv)})" in answer
+    assert f"({tm.point / td.point:.2g}x dense's)" in answer
+    moe = next(g for g in fitted.groups if g.label == cmp.label)
+    assert f"a = {moe.approach3.a.point:.2f} [{moe.approach3.a.low:.2f}, {moe.approach3.a.high:.2f}]" in answer
+    for g in fitted.groups:
+        assert f"{g.heldout.best_loss_error_percent:+.1f}% ({g.label})" in answer
+
+
+def test_advantage_verdict_follows_the_interval():
+    iv = lambda lo, hi: F.Interval(point=(lo + hi) / 2, low=lo, high=hi, level=0.95, n_resamples=10)  # noqa: E731
+    assert study.advantage_text(iv(0.01, 0.2)) == "MoE lower, resolved at 95%"
+    assert study.advantage_text(iv(-0.2, -0.01)) == "dense lower, resolved at 95%"
+    assert study.advantage_text(iv(-0.01, 0.2)) == "not resolved at 95%"

@@ -402,6 +402,7 @@ def report_markdown(s: Study) -> str:
            "Approach 2: IsoFLOP parabolas in ln N. Intervals: bootstrap percentile "
            f"({int(round(100 * s.groups[0].approach3.alpha.level))}%, "
            f"{s.groups[0].approach3.alpha.n_resamples} resamples).", ""]
+    out += answer_markdown(s)
     rows, notes = [], []
     for g in s.groups:
         b = g.approach3
@@ -488,6 +489,45 @@ def report_markdown(s: Study) -> str:
     if s.skipped:
         out += ["Skipped groups: " + "; ".join(s.skipped), ""]
     return "\n".join(out)
+
+
+def advantage_text(x: F.Interval) -> str:
+    """Verdict on a loss-advantage interval (L*_dense - L*_moe): which is lower, or not resolved."""
+    level = f"{x.level:.0%}"
+    return (f"MoE lower, resolved at {level}" if x.low > 0 else f"dense lower, resolved at {level}" if x.high < 0
+            else f"not resolved at {level}")
+
+
+def answer_markdown(s: Study) -> list[str]:
+    """The answer first: how each MoE group changes the compute-optimal allocation, at the largest common budget.
+
+    Every figure is one of the study's Approach 3 bootstrap intervals (the tables below give every budget);
+    the D/N ratio MoE / dense is the ratio of the two point estimates.
+    """
+    dense = next((g for g in s.groups if g.label == "dense"), None)
+    if dense is None or not s.comparisons:
+        return []
+    out = ["## Answer: how MoE changes the compute-optimal allocation", ""]
+    for cmp in s.comparisons:
+        moe = next(g for g in s.groups if g.label == cmp.label)
+        c, adv = cmp.budgets_flops[-1], cmp.loss_advantage[-1]
+        nd, nm, td, tm = (cmp.params_opt_dense[-1], cmp.params_opt_moe[-1], cmp.tokens_per_param_dense[-1],
+                          cmp.tokens_per_param_moe[-1])
+        out += [f"- **{cmp.label} vs dense at {c:.0e} FLOPs** (Approach 3, {adv.level:.0%} bootstrap intervals, "
+                f"{dense.approach3.alpha.n_resamples} resamples): "
+                f"N_opt {_iv(nm, _si)} active parameters vs {_iv(nd, _si)}; tokens per active parameter "
+                f"{_iv(tm, _si)} vs {_iv(td, _si)} ({tm.point / td.point:.2g}x dense's).",
+                f"- N_opt grows as C^a with a = {_iv(moe.approach3.a, lambda v: f'{v:.2f}')} ({cmp.label}) vs "
+                f"{_iv(dense.approach3.a, lambda v: f'{v:.2f}')} (dense); D_opt as C^b with b = "
+                f"{_iv(moe.approach3.b, lambda v: f'{v:.2f}')} vs {_iv(dense.approach3.b, lambda v: f'{v:.2f}')}.",
+                f"- Loss at equal compute, L*_dense - L*_moe = {_iv(adv, lambda v: f'{v:.3f}')} nats "
+                f"({advantage_text(adv)})."]
+    held = [g for g in s.groups if g.heldout is not None]
+    if held:
+        out.append("- How far to trust L*(C) beyond the fitted budgets: the law fitted below the largest budget "
+                   "predicts its best loss at " + ", ".join(f"{g.heldout.best_loss_error_percent:+.1f}% ({g.label})"
+                                                              for g in held) + " (held-out check below).")
+    return out + [""]
 
 
 def bend_text(x: F.Interval) -> str:
