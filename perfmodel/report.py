@@ -392,7 +392,7 @@ TRAINING_RESULTS = RESULTS_DIR / "arith_full.jsonl"
 
 
 def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
-    from perfmodel.scaling.study import (bend_text, report_json, report_markdown, run_study, seed_ci_text,
+    from perfmodel.scaling.study import (frontier_text, report_json, report_markdown, run_study, seed_ci_text,
                                          write_outputs)
 
     if not TRAINING_RESULTS.exists():
@@ -418,12 +418,7 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                            if h.insample_best_loss_error_percent else "")
                         + ("" if h.best_loss_error_percent_frontier is None else
                            f"; baseline power law through the best runs {h.best_loss_error_percent_frontier:+.1f}%")
-                        + ("" if g.frontier is None or g.frontier.curvature is None else
-                           f"; observed frontier exponent {g.frontier.overall.point:.3f} "
-                           f"[{g.frontier.overall.low:.3f}, {g.frontier.overall.high:.3f}] vs the all-budget law's "
-                           f"{g.frontier.law_overall:.3f}, curvature {g.frontier.curvature.point:+.3f} "
-                           f"[{g.frontier.curvature.low:+.3f}, {g.frontier.curvature.high:+.3f}] "
-                           f"({bend_text(g.frontier.curvature)}; a Chinchilla law's is >= 0)")),
+                        + frontier_text(g.frontier)),
                 target="best loss within 5%", date=_committed_date(TRAINING_RESULTS),
                 command="perfmodel scaling fit validation/results/arith_full.jsonl",
                 ok=abs(h.best_loss_error_percent) <= 5))

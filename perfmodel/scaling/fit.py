@@ -161,10 +161,17 @@ def fit_approach3(params, tokens, loss, *, grid: InitGrid | np.ndarray = SMALL_G
     if al <= 0 or be <= 0:
         raise RuntimeError(f"Approach 3 converged to non-positive exponents alpha={al:.4g}, beta={be:.4g}: "
                            "the runs do not constrain both N and D (vary N and D independently)")
-    law = ChinchillaLaw(name=name, E_irr=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=al, beta=be,
-                        flops_per_param_token=flops_per_param_token)
+    law = law_from_log_constants((e, a, b, al, be), flops_per_param_token=flops_per_param_token, name=name)
     return Approach3Fit(law=law, log_constants=(e, a, b, al, be), objective=best_val, n_points=n.size,
                         n_inits=len(starts), n_converged=converged, method=method)
+
+
+def law_from_log_constants(log_constants, *, flops_per_param_token: float = 6.0,
+                           name: str = "chinchilla") -> ChinchillaLaw:
+    """The law of Approach 3's parameters ``(e, a_, b_, alpha, beta)``: ``E, A, B = exp(e, a_, b_)``."""
+    e, a, b, al, be = (float(v) for v in log_constants)
+    return ChinchillaLaw(name=name, E_irr=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=al, beta=be,
+                         flops_per_param_token=flops_per_param_token)
 
 
 # ---------------------------------------------------------------- Approach 2

@@ -120,8 +120,8 @@ def plot_frontier(study, path: pathlib.Path, *, level: float = 0.95) -> pathlib.
 def plot_loss_frontier(study, path: pathlib.Path) -> pathlib.Path:
     """Best loss per budget vs C (log-log) beside the laws' L*(C): fitted on all budgets, and the held-out fit.
 
-    Grey dots: every run (seed means if the study averaged them). Black dots: the best run of each budget (the frontier the held-out check
-    predicts); the held-out budget's is ringed in red. Solid: L*(C) of the law fitted on all budgets;
+    Grey dots: every run (seed means if the study averaged them). Black dots: the best run of each
+    budget (the frontier the held-out check predicts); the held-out budget's is ringed in red. Solid: L*(C) of the law fitted on all budgets;
     dashed: L*(C) of the law fitted below the held-out budget, extended to it; dotted: the baseline power
     law through the best runs below it. The title gives the observed frontier's exponent and curvature
     (``study.Frontier``) against the all-budget law's.
@@ -142,9 +142,7 @@ def plot_loss_frontier(study, path: pathlib.Path) -> pathlib.Path:
         h = g.heldout
         if h is not None:
             train = g.runs.select(g.runs.budget_flops < h.budget_flops)
-            e, a, b, al, be = h.law_log_constants
-            held = laws.ChinchillaLaw(E_irr=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=al, beta=be,
-                                      flops_per_param_token=S.flops_per_param_token(train))
+            held = F.law_from_log_constants(h.law_log_constants, flops_per_param_token=S.flops_per_param_token(train))
             ax.plot(cs, held.optimal(cs).loss, color=color, ls="--", lw=1.2,
                     label=f"L*(C), law fitted below {h.budget_flops:.0e} ({h.best_loss_error_percent:+.1f}%)")
             base = F.fit_best_loss_frontier(train.budget_flops, train.loss)

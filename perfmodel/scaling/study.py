@@ -216,13 +216,13 @@ def seed_resamples(repeats: Runs, *, average_seeds: bool, n_resamples: int, seed
         yield sample.average_repeats() if average_seeds else sample
 
 
-def _frontier_shape(budget_flops, loss) -> tuple[np.ndarray, np.ndarray, float | None]:
+def _frontier_shape(budget_flops, loss) -> tuple[np.ndarray, np.ndarray, float, float | None]:
     """``(budgets, exponents, overall, curvature)`` of the frontier of runs (curvature None below 3 budgets)."""
     budgets, g = F.frontier_exponents(budget_flops, loss)
     overall = F.fit_best_loss_frontier(budget_flops, loss).exponent
     if budgets.size < 3:
         return budgets, g, overall, None
-    _, best = F.best_loss_per_budget(budget_flops, loss)
+    _, best = F.best_loss_per_budget(budget_flops, loss)  # checked by the two calls above
     return budgets, g, overall, float(2.0 * np.polyfit(np.log(budgets), np.log(best), 2)[0])
 
 
@@ -564,6 +564,15 @@ def frontier_markdown(s: Study) -> list[str]:
     if curv:
         out += [markdown_table(["group", "observed curvature", "law curvature", "observed frontier"], curv), ""]
     return out
+
+
+def frontier_text(f: Frontier | None) -> str:
+    """``"; observed frontier exponent g [lo, hi] vs the all-budget law's g_law, curvature ..."``; ``""`` if none."""
+    if f is None or f.curvature is None:
+        return ""
+    return (f"; observed frontier exponent {_iv(f.overall, lambda v: f'{v:.3f}')} vs the all-budget law's "
+            f"{f.law_overall:.3f}, curvature {_iv(f.curvature, lambda v: f'{v:+.3f}')} "
+            f"({bend_text(f.curvature)}; a Chinchilla law's is >= 0)")
 
 
 def seed_ci_text(x: F.Interval | None) -> str:
