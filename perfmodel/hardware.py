@@ -340,9 +340,10 @@ def get_chip(name: str | Chip) -> Chip:
 
 def chip_for_device(device=None) -> Chip:
     """The catalog chip of a jax device (default: ``jax.devices()[0]``); ``cpu`` on CPU."""
-    import jax
+    if device is None:
+        from perfmodel.tpu_compile import default_device
 
-    device = device or jax.devices()[0]
+        device = default_device()
     if device.platform == "cpu":
         return cpu_chip()
     return get_chip(device.device_kind)

@@ -361,9 +361,9 @@ def measured_kernel_rows(results_dir: pathlib.Path) -> list[dict]:
 
 def measure_on_tpu(out: pathlib.Path, *, log=print) -> list[dict]:
     """On a TPU, run ``perfmodel validate kernel --sweep quick`` into ``out`` and return its rows."""
-    import jax
+    from perfmodel.tpu_compile import default_device
 
-    device = jax.devices()[0]
+    device = default_device()
     if device.platform != "tpu":
         return []
     from validation import kernel_harness

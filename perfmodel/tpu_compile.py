@@ -129,21 +129,48 @@ def _quiet_stderr():
 
     They are written straight to file descriptor 2 when libtpu initialises and
     are harmless when compiling ahead of time. On an exception the captured
-    text is attached to it so nothing useful is lost.
+    text is attached to it so nothing useful is lost. Yields a function that
+    returns the text captured so far.
     """
     with tempfile.TemporaryFile(mode="w+b") as sink:
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
+
+        def captured() -> str:
+            sink.flush()
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+
         try:
-            yield
+            yield captured
         except Exception as err:
             os.dup2(saved, 2)
-            sink.seek(0)
-            err.add_note("libtpu stderr:\n" + sink.read().decode(errors="replace")[-4000:])
+            err.add_note("libtpu stderr:\n" + captured()[-4000:])
             raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def default_device():
+    """``jax.devices()[0]``, without libtpu's start-up noise on a machine that has no TPU.
+
+    With the ``tpu`` extra installed on a CPU-only host, jax's first backend
+    initialisation loads libtpu, which writes warnings and an ``INVALID_ARGUMENT``
+    line to file descriptor 2 before jax falls back to CPU. That text is
+    captured here and dropped when the device found is not a TPU; on a TPU it
+    is written back to stderr unchanged. Later ``jax.devices()`` calls reuse the
+    initialised backends and print nothing.
+    """
+    import jax
+
+    with _quiet_stderr() as captured:
+        device = jax.devices()[0]
+        text = captured()
+    if device.platform == "tpu" and text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    return device
 
 
 def _import_jax():

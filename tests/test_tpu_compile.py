@@ -77,3 +77,35 @@ def test_oversized_pallas_block_is_vmem_verdict():
         compile_for_tpu(f, [((2 * bm, 4096), "f32")], chip="v4")
     assert info.value.chip == "v4"
     assert info.value.used_bytes > info.value.limit_bytes
+
+
+_PROBE = ("import sys; sys.path.insert(0, {root!r}); {call}; "
+          "print('platform', d.platform)")
+
+
+def _probe(call: str) -> tuple[str, str]:
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", _PROBE.format(root=root, call=call)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr
+
+
+@needs_libtpu
+def test_default_device_keeps_libtpu_startup_noise_off_a_cpu_host():
+    # What a user of `perfmodel report` saw before: jax's first backend probe loads libtpu,
+    # which writes warnings and an INVALID_ARGUMENT line to fd 2, then jax falls back to CPU.
+    out, err = _probe("import jax; d = jax.devices()[0]")
+    if "platform tpu" in out:
+        pytest.skip("this host has a TPU")
+    if "TPU" not in err:
+        pytest.skip("this libtpu prints nothing when no TPU is found")
+    out, err = _probe("from perfmodel.tpu_compile import default_device; d = default_device()")
+    assert "platform cpu" in out
+    assert "TPU" not in err and "INVALID_ARGUMENT" not in err, err

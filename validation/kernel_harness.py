@@ -901,9 +901,10 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
     import jax
 
     from perfmodel.hardware import chip_for_device, get_chip
+    from perfmodel.tpu_compile import default_device
 
     _check_sweep(sweep)
-    device = device or jax.devices()[0]
+    device = device or default_device()
     on_tpu = device.platform == "tpu"
     if repeats is None:
         repeats = DEFAULT_REPEATS[sweep]

@@ -43,9 +43,8 @@ def _argv(args, out: str) -> list[str]:
 
 
 def _validate_kernel(args) -> int:
-    import jax
-
     from perfmodel.hardware import chip_for_device, get_chip
+    from perfmodel.tpu_compile import default_device
     from validation import kernel_harness
 
     if args.render is not None:
@@ -57,7 +56,7 @@ def _validate_kernel(args) -> int:
         raise ValueError(f"--repeats must be a positive integer, got repeats={args.repeats}")
     if args.min_time is not None:
         kernel_harness.check_min_time_s(args.min_time, "--min-time")
-    device = jax.devices()[0]
+    device = default_device()
     chip = get_chip(device.device_kind) if device.platform == "tpu" else chip_for_device(device)
     out = args.out or f"validation/results/kernel_{chip.name}"
     env = kernel_harness.malloc_env(args.malloc) if device.platform == "cpu" else None
