@@ -269,9 +269,9 @@ TPU7X = _tpu(
 
 
 def _gpu(*, name, device_kinds, bf16, int8, fp8, hbm_bytes, hbm_bw, source) -> Chip:
-    fields = ["bf16_flops_per_s", "hbm_bytes", "hbm_bytes_per_s"]
-    fields += [f for f, v in (("int8_ops_per_s", int8), ("fp8_flops_per_s", fp8)) if v]
-    src = {f: source + " (dense, no sparsity)" for f in fields}
+    compute = ["bf16_flops_per_s"] + [f for f, v in (("int8_ops_per_s", int8), ("fp8_flops_per_s", fp8)) if v]
+    src = {f: source + " (dense, no sparsity)" for f in compute}
+    src |= {f: source for f in ("hbm_bytes", "hbm_bytes_per_s")}
     src["f32_flops_per_s"] = "TF32 tensor-core dense peak = bf16 peak / 2 (" + source + ")"
     src["tensor_cores_per_chip"] = "one device per GPU (TensorCore notion does not apply)"
     src["launch_overhead_s"] = _GPU_LAUNCH_SOURCE
@@ -298,7 +298,7 @@ H200 = _gpu(name="h200", device_kinds=("NVIDIA H200",),
             source="NVIDIA H200 datasheet (SXM)")
 B200 = _gpu(name="b200", device_kinds=("NVIDIA B200",),
             bf16=2.25e15, int8=4.5e15, fp8=4.5e15, hbm_bytes=180e9, hbm_bw=8e12,
-            source="NVIDIA B200 / DGX B200 datasheet (dense)")
+            source="NVIDIA B200 / DGX B200 datasheet")
 
 CATALOG: Mapping[str, Chip] = {c.name: c for c in (V4, V5E, V5P, V6E, TPU7X, A100, H100, H200, B200)}
 """Every built-in chip by canonical name (``cpu`` is measured, see :func:`cpu_chip`)."""
