@@ -77,3 +77,23 @@ def test_several_seeds_pick_lr_per_seed_then_average(tmp_path):
     for b in g.budgets:
         assert b.best_loss_tuned / b.best_loss_x1 == pytest.approx((1 / 1.1 + 1 / 1.2) / 2)
         assert dict(b.wins) == {0.5: 7, 1.0: 0, 2.0: 7}  # 7 widths per budget and seed
+
+
+def test_configurations_without_every_lr_are_left_out_and_counted(tmp_path):
+    law = moe_laws.JointMoELaw().at_experts(1)
+    budgets = BUDGETS + (1e19,)
+    clean = results.write_synthetic(tmp_path / "clean.jsonl", {("dense", 1, 1): law}, budgets)
+    short = tmp_path / "short.jsonl"  # the lr-scaled runs stop one budget short
+    short.write_text("".join(line + "\n" for line in clean.read_text().splitlines()
+                             if json.loads(line)["budget_flops"] < 1e19))
+    base, lr = tmp_path / "base.jsonl", tmp_path / "lr.jsonl"
+    _tag(clean, base, scale=1, factor_by_budget={c: 1.0 for c in budgets})
+    for scale in (0.5, 2):
+        _tag(short, lr, scale=scale, factor_by_budget={c: 1.0 for c in budgets})
+    n_top = sum(json.loads(line)["budget_flops"] == 1e19 for line in clean.read_text().splitlines())
+    r = R.run(base, lr, grid=F.TINY_GRID, n_resamples=5)
+    assert len(r.missing) == n_top > 0 and all("C=1e+19" in m for m in r.missing)
+    assert {b.budget_flops for b in r.groups[0].budgets} == set(BUDGETS)
+    md, js = R.write_reports(r, tmp_path, "test")
+    assert f"{n_top} dense run(s) at C=1e+19 (seeds 0)" in md.read_text()
+    assert json.loads(js.read_text())["missing"] == list(r.missing)

@@ -152,3 +152,38 @@ def test_frontier_exponents_are_the_segment_slopes_of_the_lowest_runs():
         F.frontier_exponents(c, -loss)
     with pytest.raises(ValueError, match="1-d of one length"):
         F.frontier_exponents(c, loss[:3])
+
+
+def test_bootstrap_refits_can_leave_an_irreducible_loss_of_zero():
+    # The arithmetic study's dense seed means: the full-data fit drives E to ~0 (e ~ -34), where the objective
+    # is flat in e. Started from that optimum alone, no resample can move E; F.warm_starts also starts at the
+    # grid's e values, and must then find the same optima as a refit from the whole SMALL_GRID per resample.
+    import pathlib
+
+    from perfmodel.scaling import results
+    from perfmodel.scaling import study as S
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "validation" / "results" / "arith_full.jsonl"
+    r = results.read_runs(path).average_repeats().groups()["dense"]
+    fit = F.fit_approach3(r.params, r.tokens, r.loss, grid=F.SMALL_GRID, flops_per_param_token=S.flops_per_param_token(r))
+    assert fit.law.E_irr < 1e-10
+    kw = dict(fit=fit, n_resamples=6, seed=0)
+    warm = F.bootstrap_approach3(r.params, r.tokens, r.loss, **kw).samples
+    grid = F.bootstrap_approach3(r.params, r.tokens, r.loss, grid=F.SMALL_GRID, **kw).samples
+    assert warm.shape == grid.shape == (6, 5)
+    assert warm[:, 0].max() > 0.1  # some resample has a real floor ...
+    np.testing.assert_allclose(warm[:, 0], grid[:, 0], atol=1e-9)  # ... and the grid finds the same E
+    np.testing.assert_allclose(warm[:, 1:], grid[:, 1:], rtol=1e-6)
+    idx = np.random.default_rng(0).integers(0, r.params.size, (6, r.params.size))  # the bootstrap's draws
+    pinned = [F.fit_approach3(r.params[i], r.tokens[i], r.loss[i], grid=np.atleast_2d(fit.log_constants)).law.E_irr
+              for i in idx]
+    assert max(pinned) < 1e-10  # the optimum alone: E pinned at ~0 in every resample
+
+
+def test_warm_starts_replace_only_the_floor():
+    x = np.array([-34.0, 3.0, 3.0, 0.5, 0.2])
+    s = F.warm_starts(x, floor_starts=(-1.0, 0.5))
+    np.testing.assert_array_equal(s[0], x)
+    np.testing.assert_array_equal(s[1:, 0], [-1.0, 0.5])
+    np.testing.assert_array_equal(s[1:, 1:], np.tile(x[1:], (2, 1)))
+    assert F.warm_starts(np.arange(9.0), floor_index=8).shape == (3, 9)

@@ -165,6 +165,16 @@ def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), gr
     return RecipeCheck(base=str(base), lr_file=str(lr_file), seeds=seeds, groups=tuple(groups), missing=missing)
 
 
+
+def missing_summary(missing) -> str:
+    """``missing`` labels (``seed S ARCH C=... N=...``) counted per budget and architecture, with their seeds."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for m in missing:
+        _, seed, arch, budget, _n = m.split()
+        by.setdefault((budget, arch), []).append(seed)
+    return "; ".join(f"{len(seeds)} {arch} run(s) at {budget} (seeds {', '.join(sorted(set(seeds)))})"
+                     for (budget, arch), seeds in sorted(by.items()))
+
 def report_markdown(r: RecipeCheck, command: str) -> str:
     from perfmodel.tables import markdown_table
 
@@ -177,7 +187,7 @@ def report_markdown(r: RecipeCheck, command: str) -> str:
              + ("; losses are then averaged over the seeds (x1 and tuned alike)" if len(r.seeds) > 1 else "")
              + ". Widths won count every seed. Hypothesis and method: `validation/recipe_check.py`.", ""]
     if r.missing:
-        lines += [f"Left out (not run at every lr): {', '.join(r.missing)}", ""]
+        lines += [f"Left out (not run at every lr; listed in the JSON): {missing_summary(r.missing)}.", ""]
     for g in r.groups:
         lines += [f"## {g.label}", ""]
         lines.append(markdown_table(

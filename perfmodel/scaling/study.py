@@ -254,8 +254,8 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
     ``repeats`` holds every run (seeds separate). Each resample (:func:`seed_resamples`) draws, within
     every configuration (arch, E, k, budget, N), as many of its runs as it has, with replacement;
     averages them per configuration if ``average_seeds``; refits the law on the budgets below the held-out one
-    (``point.budget_flops``), BFGS started only from the optimum of the point fit (which starts from
-    ``grid``), as ``F.bootstrap_approach3`` does; and recomputes ``100 (L*(C) / best observed - 1)``.
+    (``point.budget_flops``), BFGS started from the optimum of the point fit (which starts from
+    ``grid``) and from it with ``e`` at the grid's values (``F.warm_starts``), as ``F.bootstrap_approach3`` does; and recomputes ``100 (L*(C) / best observed - 1)``.
     The design stays fixed: what varies is the seed
     noise, of the fitted runs and of the held-out budget's observed best alike. Percentile interval
     around ``point`` (default: :func:`heldout_check` of the largest budget on the runs as given, seed
@@ -269,7 +269,7 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
     for sample in seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed):
         tr, te = sample.select(sample.budget_flops < top), sample.select(sample.budget_flops == top)
         try:
-            law = F.fit_approach3(tr.params, tr.tokens, tr.loss, grid=np.atleast_2d(start),
+            law = F.fit_approach3(tr.params, tr.tokens, tr.loss, grid=F.warm_starts(start),
                                   flops_per_param_token=flops_per_param_token(tr)).law
         except (RuntimeError, ValueError):
             continue
