@@ -237,3 +237,27 @@ def test_advantage_verdict_follows_the_interval():
     assert study.advantage_text(iv(0.01, 0.2)) == "MoE lower, resolved at 95%"
     assert study.advantage_text(iv(-0.2, -0.01)) == "dense lower, resolved at 95%"
     assert study.advantage_text(iv(-0.01, 0.2)) == "not resolved at 95%"
+
+
+def test_heldout_seed_interval_is_the_noise_of_the_prediction_not_of_a_resampled_minimum(tmp_path):
+    # Seeds differ only at the held-out budget: the fit never changes, so the interval is a point. (Resampling
+    # the held-out budget's seeds as well would make the observed minimum only rise: a biased interval.)
+    import json
+
+    law = JOINT.at_experts(1)
+    files = [results.write_synthetic(tmp_path / f"s{s}.jsonl", {("dense", 1, 1): law}, BUDGETS, noise=0.05,
+                                     seed=10 + s).read_text().splitlines() for s in range(4)]
+    first = [json.loads(x) for x in files[0]]
+    out = []
+    for lines in files:
+        for ref, line in zip(first, lines):
+            r = json.loads(line)
+            if r["budget_flops"] < max(BUDGETS):
+                r["held_out_loss"] = ref["held_out_loss"]
+            out.append(json.dumps(r))
+    path = tmp_path / "top_noise.jsonl"
+    path.write_text("\n".join(out) + "\n")
+    runs = results.read_runs(path)
+    for avg in (True, False):
+        iv = study.heldout_error_interval(runs, average_seeds=avg, n_resamples=30, grid=F.TINY_GRID)
+        assert iv.high - iv.low < 1e-6 and iv.low <= iv.point + 1e-9 and iv.point <= iv.high + 1e-9

@@ -231,7 +231,8 @@ def frontier_check(runs: Runs, repeats: Runs, law: laws.ChinchillaLaw, *, averag
     """The observed frontier's exponents and curvature (``runs`` as fitted) with seed-noise intervals.
 
     Intervals: percentiles over :func:`seed_resamples` of ``repeats`` (no refit: the frontier is read
-    off the runs). The law's values use its ``L*(C)`` at the runs' budgets in place of the best losses.
+    off the runs). Each resampled best loss is >= the observed one, so the intervals are lopsided: a spread
+    of the seed noise rather than a calibrated interval. The law's values use its ``L*(C)`` at the runs' budgets in place of the best losses.
     """
     budgets, g, overall, curv = _frontier_shape(runs.budget_flops, runs.loss)
     samples = [_frontier_shape(x.budget_flops, x.loss) for x in
@@ -249,15 +250,19 @@ def frontier_check(runs: Runs, repeats: Runs, law: laws.ChinchillaLaw, *, averag
 def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut | None = None,
                            n_resamples: int = 200, level: float = 0.95, seed: int = 0,
                            grid=F.SMALL_GRID) -> F.Interval:
-    """Seed-noise interval of the held-out best-loss error (%), by resampling every configuration's repeats.
+    """Seed-noise interval of the held-out best-loss error (%), from resampling the fitted budgets' seeds.
 
     ``repeats`` holds every run (seeds separate). Each resample (:func:`seed_resamples`) draws, within
     every configuration (arch, E, k, budget, N), as many of its runs as it has, with replacement;
     averages them per configuration if ``average_seeds``; refits the law on the budgets below the held-out one
     (``point.budget_flops``), BFGS started from the optimum of the point fit (which starts from
-    ``grid``) and from it with ``e`` at the grid's values (``F.warm_starts``), as ``F.bootstrap_approach3`` does; and recomputes ``100 (L*(C) / best observed - 1)``.
-    The design stays fixed: what varies is the seed
-    noise, of the fitted runs and of the held-out budget's observed best alike. Percentile interval
+    ``grid``) and from it with ``e`` at the grid's values (``F.warm_starts``), as ``F.bootstrap_approach3``
+    does; and recomputes ``100 (L*(C) / best observed - 1)`` against the observed best of the point
+    (``point.best_loss_observed``), held fixed. Why fixed: the observed best is a minimum over the
+    held-out budget's configurations, and a resample of a configuration's seeds is a sub-multiset of
+    them, so a resampled minimum can only rise (on the arithmetic runs it was at or above the observed
+    one in every resample): the percentile interval of a minimum is biased, not a noise estimate. The
+    interval is therefore the noise of the prediction; the design stays fixed. Percentile interval
     around ``point`` (default: :func:`heldout_check` of the largest budget on the runs as given, seed
     means if ``average_seeds``). Configurations with one run add no noise.
     """
@@ -267,13 +272,13 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
     start = point.law_log_constants
     errors = []
     for sample in seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed):
-        tr, te = sample.select(sample.budget_flops < top), sample.select(sample.budget_flops == top)
+        tr = sample.select(sample.budget_flops < top)
         try:
             law = F.fit_approach3(tr.params, tr.tokens, tr.loss, grid=F.warm_starts(start),
                                   flops_per_param_token=flops_per_param_token(tr)).law
         except (RuntimeError, ValueError):
             continue
-        errors.append(_pct(float(law.optimal(top).loss), float(te.loss.min())))
+        errors.append(_pct(float(law.optimal(top).loss), point.best_loss_observed))
     return F._interval(point.best_loss_error_percent, errors, level)
 
 
@@ -353,9 +358,11 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
     runs = repeats.average_repeats() if average_seeds else repeats
     by_label = repeats.groups()
     fits, skipped = [], []
-    for label, group in runs.groups().items():
+    for i, (label, group) in enumerate(runs.groups().items()):
         try:
-            fits.append(fit_group(label, group, n_resamples=n_resamples, grid=grid, seed=seed,
+            # seed + i: each group's resamples are drawn independently (with one seed, groups of equal size and
+            # row order would draw the same indices, and compare() would pair correlated resamples)
+            fits.append(fit_group(label, group, n_resamples=n_resamples, grid=grid, seed=seed + i,
                                   repeats=by_label[label], average_seeds=average_seeds))
         except (ValueError, RuntimeError) as err:  # too few budgets; a fit that lands on alpha or beta <= 0
             skipped.append(f"{label}: {err}" if not str(err).startswith(label) else str(err))
@@ -412,6 +419,10 @@ def report_markdown(s: Study) -> str:
                      _iv(g.approach2.b) if g.approach2 else "-"])
         if g.approach2 is not None and g.approach2.fit.skipped:
             notes.append(f"{g.label}, Approach 2 skipped: " + "; ".join(g.approach2.fit.skipped))
+        if g.approach2 is not None:
+            notes.append(f"{g.label}, Approach 2 intervals: {g.approach2.a.n_resamples} of {b.alpha.n_resamples} "
+                         "resamples kept (a resample counts only if every budget's parabola is usable, as in the "
+                         "full fit; the intervals are conditional on that and narrower than an unconditional one)")
     out += ["## Fitted laws", "", markdown_table(
         ["group", "runs", "budgets", "E", "alpha", "beta", "a (A3)", "b (A3)", "a (A2)", "b (A2)"], rows), ""]
     out += [f"- {n}" for n in notes] + ([""] if notes else [])
@@ -484,8 +495,9 @@ def report_markdown(s: Study) -> str:
             "differs from a smooth law by this much. *Baseline* is the simplest extrapolation, L_best(C) = k C^g "
             "through the best run of each fitted budget (no floor, no off-optimum runs); it is reported beside "
             "the target's Approach 3 prediction, not instead of it. *Seed CI* (largest budget): percentile "
-            "interval of the best-loss error over resamples of every configuration's seeds, refitted each time "
-            "(`heldout_error_interval`); where it excludes the target, the miss is not seed noise.", ""]
+            "interval of the best-loss error over resamples of the fitted configurations' seeds, refitted each "
+            "time, against the observed best held fixed (a resampled minimum can only rise; "
+            "`heldout_error_interval`); where it excludes the target, the miss is not seed noise in the fit.", ""]
     if s.skipped:
         out += ["Skipped groups: " + "; ".join(s.skipped), ""]
     return "\n".join(out)
@@ -559,7 +571,9 @@ def frontier_markdown(s: Study) -> list[str]:
            "of a parabola through ln L_best vs ln C (negative: the frontier steepens). A Chinchilla law's g "
            "lies in [-gamma, 0] and rises with C (gamma = alpha beta / (alpha + beta)), so its curvature is "
            f">= 0 (0 when E = 0). Intervals: {level:.0%} over {n} resamples of every configuration's seeds "
-           "(`frontier_check`).", "",
+           "(`frontier_check`). A resampled best loss can only be at or above the observed one (a resample of a "
+           "configuration's seeds is drawn from them), so these intervals are lopsided and do not say how much "
+           "lower a budget's best could have come out: read them as a spread, not a calibrated interval.", "",
            markdown_table(["group", "budgets", "observed g", "law g"], seg), ""]
     if curv:
         out += [markdown_table(["group", "observed curvature", "law curvature", "observed frontier"], curv), ""]
@@ -581,7 +595,7 @@ def seed_ci_text(x: F.Interval | None) -> str:
 
 
 def _ivd(x: F.Interval) -> dict:
-    return {"point": x.point, "low": x.low, "high": x.high}
+    return {"point": x.point, "low": x.low, "high": x.high, "n_resamples": x.n_resamples}
 
 
 def report_json(s: Study) -> dict:
