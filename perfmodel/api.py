@@ -68,6 +68,9 @@ def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_optio
     dt = canonical_dtype(dtype)
     c.peak_flops_per_s(dt)  # refuses a dtype the chip lacks
     options, dims = split_options(op, dims_and_options)
+    if "q" in dims:
+        raise ValueError(f"q (bytes per element) is set by dtype (dtype={dt!r}: q={dtype_bytes(dt)}); "
+                         f"pass dtype instead of q={dims['q']!r}")
     cost = get_op(op, **options)
     values = cost.evaluate(q=dtype_bytes(dt), **dims)
     parts = []

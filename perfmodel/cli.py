@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a missing file, a directory given as a file, ...
         print(f"perfmodel {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

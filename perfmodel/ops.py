@@ -252,6 +252,10 @@ OPS: dict[str, OpSpec] = {
 }
 
 
+BOOLEAN_OPTIONS = frozenset({"glu", "moe"})
+"""Options that switch a structure on or off (``glu=True``); any other value is refused, not read as truthy."""
+
+
 def get_op(name: str, **options) -> Cost:
     """Build the symbolic cost of a registered op with its structural options."""
     spec = OPS.get(name)
@@ -260,6 +264,10 @@ def get_op(name: str, **options) -> Cost:
     bad = [o for o in options if o not in spec.options]
     if bad:
         raise ValueError(f"op {name!r} takes options {list(spec.options)}, got unknown {bad}")
+    for key in BOOLEAN_OPTIONS & options.keys():
+        value = options[key]
+        if not (isinstance(value, bool) or type(value).__name__ == "bool_" or (isinstance(value, int) and value in (0, 1))):
+            raise ValueError(f"option {key} must be true or false, got {key}={value!r}")
     return _cached_op(name, tuple(sorted(options.items())))
 
 

@@ -41,6 +41,16 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["predict", "matmul", "M=1", "K=1"], "missing"),
     (["predict", "matmul", "--dtype", "fp8", "M=1", "K=1", "N=1"], "fp8"),
     (["predict", "matmul", "M"], "NAME=VALUE"),
+    (["predict", "matmul", "M=1", "K=1", "N=1", "q=3"], "set by dtype"),
+    (["predict", "matmul", "M=1", "M=2", "K=1", "N=1"], "M given twice"),
+    (["predict", "moe_ffn_fused", "T=64", "D=128", "F=256", "E=4", "k=2", "glu=off"], "glu='off'"),
+    (["formula", "transformer_layer", "moe=maybe"], "moe='maybe'"),
+    (["kernel-table", "--chips", "bogus"], "unknown chip 'bogus'"),
+    (["kernel-table", "--tokens-per-expert", "0"], "--tokens-per-expert"),
+    (["kernel-table", "--ratios", "32,,64"], "--ratios"),
+    (["kernel-table", "--dtype", "f64"], "f64"),
+    (["train", "sweep", "--budgets", "0"], "--budgets"),
+    (["train", "sweep", "--seeds=-1"], "--seeds"),
 ])
 def test_bad_input_is_a_clear_error(capsys, argv, needle):
     code, _, err = run(capsys, *argv)
@@ -58,3 +68,44 @@ def test_predict_list_shows_every_op(capsys):
 
     code, out, _ = run(capsys, "predict", "list")
     assert code == 0 and all(name in out for name in OPS)
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+RUN = {"arch": "dense", "budget_flops": 1e12, "params_active_non_embedding": 1000, "tokens": 1e8, "held_out_loss": 1.5}
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([[1, 2]], "r.jsonl:1: expected a JSON object"),
+    ([RUN, {**RUN, "held_out_loss": -1.0}], "r.jsonl:2: eval loss must be positive"),
+    ([RUN, {**RUN, "budget_flops": -3e10}], "r.jsonl:2: budget_flops must be finite and positive"),
+])
+def test_bad_results_file_names_the_line(capsys, tmp_path, rows, needle):
+    code, _, err = run(capsys, "scaling", "fit", _jsonl(tmp_path / "r.jsonl", rows), "--out", str(tmp_path / "o"))
+    assert code == 2 and needle in err
+
+
+def test_a_directory_for_a_file_is_an_error_not_a_traceback(capsys, tmp_path):
+    code, _, err = run(capsys, "scaling", "fit", str(tmp_path))
+    assert code == 2 and "Is a directory" in err
+
+
+def test_fitted_optimal_names_missing_experts_and_too_few_budgets(capsys, tmp_path):
+    rows = [{**RUN, "budget_flops": c, "params_active_non_embedding": n, "tokens": c / (6 * n),
+             "held_out_loss": 1.0 + 30 / n ** 0.3 + 300 / (c / (6 * n)) ** 0.3}
+            for c in (1e12, 3e12) for n in (1e3, 3e3, 1e4)]
+    path = _jsonl(tmp_path / "two.jsonl", rows)
+    code, _, err = run(capsys, "scaling", "optimal", "--compute", "1e21", "--law", "fitted", "--results", path)
+    assert code == 2 and "dense has 2 compute budget(s)" in err
+    code, _, err = run(capsys, "scaling", "optimal", "--compute", "1e21", "--law", "fitted", "--results", path,
+                       "--experts", "8")
+    assert code == 2 and "no group with experts=8; the file has E=1" in err
+
+
+def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
+    (tmp_path / "ragged_dot.json").write_text("[]")
+    code, _, err = run(capsys, "validate", "timings", str(tmp_path), "--chip", "v5e", "--no-compile")
+    assert code == 2 and "ragged_dot.json: expected a tokamax autotuning cache" in err

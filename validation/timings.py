@@ -118,12 +118,24 @@ def load_rows(path: str | pathlib.Path) -> list[Row]:
     impl = IMPLEMENTATIONS.get(path.name)
     if impl is None:
         raise ValueError(f"unknown cache file {path.name!r}; expected one of {sorted(IMPLEMENTATIONS)}")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a tokamax autotuning cache (a JSON object of calls), got "
+                         f"{type(data).__name__}")
     rows = []
     for key, configs in data.items():
-        call = parse_call(key)
+        try:
+            call = parse_call(key)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"{path}: entry {key[:60]!r} is not a tokamax call key ({err})") from None
+        if not isinstance(configs, dict):
+            raise ValueError(f"{path}: entry {key[:60]!r} should map configs to measurements, got "
+                             f"{type(configs).__name__}")
         for ckey, value in configs.items():
-            samples = value.get("evaluation_times_ms") or []
+            samples = (value.get("evaluation_times_ms") if isinstance(value, dict) else None) or []
             if not samples:
                 continue
             cfg = tuple(sorted(json.loads(ckey).items()))

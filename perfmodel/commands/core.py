@@ -91,6 +91,8 @@ def parse_assignments(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"expected NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
+        if key in out:
+            raise ValueError(f"{key} given twice ({key}={out[key]!r} and {item})")
         low = value.strip().lower()
         if low in ("true", "yes"):
             out[key] = True

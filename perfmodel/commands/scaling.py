@@ -180,7 +180,8 @@ def _time_optimal(args) -> int:
     print(text_table(H.HEADERS, [r.cells() for r in res]))
     print(H.ASSUMPTIONS)
     if args.plot:
-        print(f"wrote {args.plot}")
+        png = pathlib.Path(args.plot).with_suffix(".png")  # plots.save writes PNG + SVG under this stem
+        print(f"wrote {png} and {png.with_suffix('.svg')}")
     return 0
 
 

@@ -45,9 +45,15 @@ def _sweep(args) -> int:
     if args.task:
         study = attrs.evolve(study, task=args.task)
     if args.budgets:
-        study = attrs.evolve(study, budgets_flops=comma_list(args.budgets, float, "--budgets", "numbers"))
+        budgets = comma_list(args.budgets, float, "--budgets", "numbers")
+        for b in budgets:
+            positive("--budgets", b)
+        study = attrs.evolve(study, budgets_flops=budgets)
     if args.seeds:
-        study = attrs.evolve(study, seeds=comma_list(args.seeds, int, "--seeds", "integers"))
+        seeds = comma_list(args.seeds, int, "--seeds", "integers")
+        if min(seeds) < 0:
+            raise ValueError(f"--seeds must be non-negative integers, got seeds={args.seeds!r}")
+        study = attrs.evolve(study, seeds=seeds)
     positive("--lr-scale", args.lr_scale)
     study = attrs.evolve(study, lr_scale=args.lr_scale)
     out = pathlib.Path(args.out) if args.out else _RESULTS / f"arith_{study.name}.jsonl"

@@ -98,12 +98,22 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None) 
     from perfmodel.scaling import fit as F
     from perfmodel.scaling.results import read_runs
 
+    from perfmodel.scaling.study import MIN_BUDGETS
+
     runs = read_runs(results)
+    groups = runs.groups()
+    found = sorted({float(g.n_experts[0]) for g in groups.values()})
+    if experts is not None and float(experts) not in found:
+        raise ValueError(f"{results}: no group with experts={experts:g}; the file has "
+                         + ", ".join(f"E={e:g}" for e in found))
     rows = []
-    for label, g in runs.groups().items():
+    for label, g in groups.items():
         e = float(g.n_experts[0])
         if experts is not None and e not in (1.0, float(experts)):
             continue
+        if g.budgets.size < MIN_BUDGETS:
+            raise ValueError(f"{results}: {label} has {g.budgets.size} compute budget(s); a fitted law needs at "
+                             f"least {MIN_BUDGETS} (as `perfmodel scaling fit` does)")
         cf = float(np.median(g.compute_flops / (g.params * g.tokens)))
         lw = F.fit_approach3(g.params, g.tokens, g.loss, flops_per_param_token=cf, name=f"fitted {label}").law
         o = lw.optimal(compute_flops)

@@ -192,6 +192,8 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object (one run per line), got {type(obj).__name__}")
         if keep is not None and not keep(obj):
             continue
         flat = _flatten(obj)
@@ -228,7 +230,10 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
         lv = _number(need(loss), f"{loss} loss", where)
         if not math.isfinite(lv):
             raise ValueError(f"{where}: non-finite {loss} loss {lv!r}; drop diverged runs from the sweep")
-        for what, v in (("params", n), ("tokens", d)):
+        if not lv > 0:
+            raise ValueError(f"{where}: {loss} loss must be positive (a cross-entropy), got {lv!r}")
+        for what, v in (("params", n), ("tokens", d), ("budget_flops", _number(budget, "budget_flops", where)),
+                        ("compute_flops", _number(comp, "compute_flops", where))):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{where}: {what} must be finite and positive, got {v!r}")
         cols["arch"].append(str(arch))
