@@ -266,6 +266,7 @@ def get_op(name: str, **options) -> Cost:
         raise ValueError(f"op {name!r} takes options {list(spec.options)}, got unknown {bad}")
     for key in BOOLEAN_OPTIONS & options.keys():
         value = options[key]
+        # bool, numpy.bool_ (no numpy import needed here) or the integers 0 and 1
         if not (isinstance(value, bool) or type(value).__name__ == "bool_" or (isinstance(value, int) and value in (0, 1))):
             raise ValueError(f"option {key} must be true or false, got {key}={value!r}")
     return _cached_op(name, tuple(sorted(options.items())))

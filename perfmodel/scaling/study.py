@@ -231,8 +231,8 @@ def frontier_check(runs: Runs, repeats: Runs, law: laws.ChinchillaLaw, *, averag
     """The observed frontier's exponents and curvature (``runs`` as fitted) with seed-noise intervals.
 
     Intervals: percentiles over :func:`seed_resamples` of ``repeats`` (no refit: the frontier is read
-    off the runs). Each resampled best loss is >= the observed one, so the intervals are lopsided: a spread
-    of the seed noise rather than a calibrated interval. The law's values use its ``L*(C)`` at the runs' budgets in place of the best losses.
+    off the runs). Without ``average_seeds`` each resampled best loss is >= the observed one, so the
+    intervals are lopsided: a spread of the seed noise rather than a calibrated interval. The law's values use its ``L*(C)`` at the runs' budgets in place of the best losses.
     """
     budgets, g, overall, curv = _frontier_shape(runs.budget_flops, runs.loss)
     samples = [_frontier_shape(x.budget_flops, x.loss) for x in
@@ -250,19 +250,18 @@ def frontier_check(runs: Runs, repeats: Runs, law: laws.ChinchillaLaw, *, averag
 def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut | None = None,
                            n_resamples: int = 200, level: float = 0.95, seed: int = 0,
                            grid=F.SMALL_GRID) -> F.Interval:
-    """Seed-noise interval of the held-out best-loss error (%), from resampling the fitted budgets' seeds.
+    """Seed-noise interval of the held-out best-loss error (%), by resampling every configuration's repeats.
 
     ``repeats`` holds every run (seeds separate). Each resample (:func:`seed_resamples`) draws, within
     every configuration (arch, E, k, budget, N), as many of its runs as it has, with replacement;
     averages them per configuration if ``average_seeds``; refits the law on the budgets below the held-out one
     (``point.budget_flops``), BFGS started from the optimum of the point fit (which starts from
     ``grid``) and from it with ``e`` at the grid's values (``F.warm_starts``), as ``F.bootstrap_approach3``
-    does; and recomputes ``100 (L*(C) / best observed - 1)`` against the observed best of the point
-    (``point.best_loss_observed``), held fixed. Why fixed: the observed best is a minimum over the
-    held-out budget's configurations, and a resample of a configuration's seeds is a sub-multiset of
-    them, so a resampled minimum can only rise (on the arithmetic runs it was at or above the observed
-    one in every resample): the percentile interval of a minimum is biased, not a noise estimate. The
-    interval is therefore the noise of the prediction; the design stays fixed. Percentile interval
+    does; and recomputes ``100 (L*(C) / best observed - 1)``. With ``average_seeds`` the best observed is the
+    resample's (its seed means move both ways: the held-out budget's noise counts too). With every run it
+    is the point's (``point.best_loss_observed``), held fixed: a resample draws a configuration's runs
+    from its own runs, so its minimum can only be at or above the observed one, a biased interval; there
+    the interval is the noise of the prediction alone. The design stays fixed. Percentile interval
     around ``point`` (default: :func:`heldout_check` of the largest budget on the runs as given, seed
     means if ``average_seeds``). Configurations with one run add no noise.
     """
@@ -278,7 +277,8 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
                                   flops_per_param_token=flops_per_param_token(tr)).law
         except (RuntimeError, ValueError):
             continue
-        errors.append(_pct(float(law.optimal(top).loss), point.best_loss_observed))
+        observed = float(sample.loss[sample.budget_flops == top].min()) if average_seeds else point.best_loss_observed
+        errors.append(_pct(float(law.optimal(top).loss), observed))
     return F._interval(point.best_loss_error_percent, errors, level)
 
 
@@ -495,9 +495,10 @@ def report_markdown(s: Study) -> str:
             "differs from a smooth law by this much. *Baseline* is the simplest extrapolation, L_best(C) = k C^g "
             "through the best run of each fitted budget (no floor, no off-optimum runs); it is reported beside "
             "the target's Approach 3 prediction, not instead of it. *Seed CI* (largest budget): percentile "
-            "interval of the best-loss error over resamples of the fitted configurations' seeds, refitted each "
-            "time, against the observed best held fixed (a resampled minimum can only rise; "
-            "`heldout_error_interval`); where it excludes the target, the miss is not seed noise in the fit.", ""]
+            "interval of the best-loss error over resamples of every configuration's seeds, refitted each time "
+            "(`heldout_error_interval`); fitting every run, the observed best is held fixed (a resampled minimum "
+            "of runs can only rise), fitting seed means it is resampled too. Where the interval excludes the "
+            "target, the miss is not seed noise.", ""]
     if s.skipped:
         out += ["Skipped groups: " + "; ".join(s.skipped), ""]
     return "\n".join(out)
@@ -571,9 +572,11 @@ def frontier_markdown(s: Study) -> list[str]:
            "of a parabola through ln L_best vs ln C (negative: the frontier steepens). A Chinchilla law's g "
            "lies in [-gamma, 0] and rises with C (gamma = alpha beta / (alpha + beta)), so its curvature is "
            f">= 0 (0 when E = 0). Intervals: {level:.0%} over {n} resamples of every configuration's seeds "
-           "(`frontier_check`). A resampled best loss can only be at or above the observed one (a resample of a "
-           "configuration's seeds is drawn from them), so these intervals are lopsided and do not say how much "
-           "lower a budget's best could have come out: read them as a spread, not a calibrated interval.", "",
+           "(`frontier_check`)."
+           + ("" if s.average_seeds else " Fitting every run, a resampled best loss can only be at or above the "
+              "observed one (a configuration's resampled runs are drawn from its own runs), so these intervals are "
+              "lopsided and do not say how much lower a budget's best could have come out: read them as a "
+              "spread, not a calibrated interval."), "",
            markdown_table(["group", "budgets", "observed g", "law g"], seg), ""]
     if curv:
         out += [markdown_table(["group", "observed curvature", "law curvature", "observed frontier"], curv), ""]
