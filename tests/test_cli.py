@@ -45,6 +45,8 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["predict", "matmul", "M=1", "M=2", "K=1", "N=1"], "M given twice"),
     (["predict", "moe_ffn_fused", "T=64", "D=128", "F=256", "E=4", "k=2", "glu=off"], "glu='off'"),
     (["formula", "transformer_layer", "moe=maybe"], "moe='maybe'"),
+    (["predict", "router", "D=16", "E=4", "T=8", "k=5"], "k=5, E=4"),
+    (["predict", "attention", "B=1", "D=1024", "Dh=64", "H=16", "Hkv=5", "T=128"], "Hkv must divide H"),
     (["kernel-table", "--chips", "bogus"], "unknown chip 'bogus'"),
     (["kernel-table", "--tokens-per-expert", "0"], "--tokens-per-expert"),
     (["kernel-table", "--ratios", "32,,64"], "--ratios"),
