@@ -111,3 +111,20 @@ def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
     (tmp_path / "ragged_dot.json").write_text("[]")
     code, _, err = run(capsys, "validate", "timings", str(tmp_path), "--chip", "v5e", "--no-compile")
     assert code == 2 and "ragged_dot.json: expected a tokamax autotuning cache" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["validate", "chinchilla", "--seed=-1"], "argument --seed: must be an integer >= 0, got -1"),
+    (["plot", "fusion-map", "--chip", "v5e", "--n", "100000"], "argument --n: must be an integer in [2, 2000]"),
+    (["scaling", "time-optimal", "--tokens-per-chip-step", "0"], "argument --tokens-per-chip-step"),
+])
+def test_integer_options_are_range_checked_by_name(capsys, argv, needle):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_roofline_plot_with_a_bad_chip_writes_nothing(capsys, tmp_path):
+    code, _, err = run(capsys, "plot", "roofline", "--chips", "v4,bogus", "--out", str(tmp_path / "plots"))
+    assert code == 2 and "unknown chip 'bogus'" in err
+    assert not (tmp_path / "plots").exists()

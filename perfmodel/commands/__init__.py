@@ -18,6 +18,27 @@ def comma_list(text: str, convert, option: str, what: str) -> tuple:
         raise ValueError(f"{option} must be comma-separated {what}, got {name}={text!r}") from None
 
 
+def int_in(low: int, high: int | None = None):
+    """An argparse ``type``: an integer in ``[low, high]`` (no upper bound if ``high`` is None).
+
+    argparse reports a refused value as ``argument --name: must be ...``, naming the option.
+    """
+    import argparse
+
+    span = f">= {low}" if high is None else f"in [{low}, {high}]"
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
+        return value
+
+    return convert
+
+
 def positive(option: str, value) -> None:
     """Raise ``ValueError`` naming ``--option`` and the value unless ``value`` is a finite number > 0."""
     import math

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from perfmodel.commands import int_in
+
 
 def _shape_args(p, *, defaults: dict | None = None) -> None:
     """The MoE FFN shape options; required unless ``defaults`` gives values (the plot commands)."""
@@ -32,7 +34,7 @@ def register(cli) -> None:
                    help="group-size distribution over experts")
     p.add_argument("--tm", type=int, default=None, help="fused row tile (default: model's best)")
     p.add_argument("--tf", type=int, default=None, help="fused F chunk (default: model's best)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0), default=0)
     p.add_argument("--compile", action="store_true",
                    help="ask libtpu for XLA's ragged_dot tiling when not in the shipped table")
     p.add_argument("--json", action="store_true")
@@ -49,7 +51,7 @@ def register(cli) -> None:
     p.add_argument("--D", type=int, default=2048)
     p.add_argument("--E", type=int, default=8)
     p.add_argument("--glu", action="store_true")
-    p.add_argument("--n", type=int, default=200, help="grid points per axis (default 200)")
+    p.add_argument("--n", type=int_in(2, 2000), default=200, help="grid points per axis, 2-2000 (default 200)")
     p.add_argument("--out", default="perfmodel-plots")
     p.set_defaults(func=_plot_map)
 
@@ -140,11 +142,14 @@ def _plot_roofline(args) -> int:
     from perfmodel.fusion import predict_fusion
     from perfmodel.plots import RooflinePoint, roofline_plot
 
-    chips = [c for c in args.chips.split(",") if c]
+    chips = [c.strip() for c in args.chips.split(",")]
+    if not all(chips):
+        raise ValueError(f"--chips must be a comma-separated list of chip names, got chips={args.chips!r}")
+    # every chip's prediction first: a bad chip or shape fails before any plot is written
+    preds = {chip: predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k,
+                                  glu=args.glu, activation=args.activation, dtype=args.dtype) for chip in chips}
     out = pathlib.Path(args.out)
-    for chip in chips:
-        p = predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k, glu=args.glu,
-                           activation=args.activation, dtype=args.dtype)
+    for chip, p in preds.items():
         pts = [RooflinePoint(f"{o.name} kernel", o.executed_flops or 1.0, o.hbm_bytes, "ragged_dot path")
                for o in p.unfused]
         pts.append(RooflinePoint("fused kernel", p.fused.executed_flops, p.fused.hbm_bytes, "fused"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from perfmodel.commands import comma_list, positive
+from perfmodel.commands import comma_list, int_in, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
 
@@ -26,7 +26,7 @@ def register(cli) -> None:
     p.add_argument("--average-seeds", action="store_true",
                    help="average repeats (seeds) of each configuration before fitting; writes scaling_fit_avg.*")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0), default=0)
     p.set_defaults(func=_fit)
 
     p = cli.subcommand("scaling", "optimal", "compute-optimal parameters and tokens at a FLOP budget",
@@ -52,7 +52,7 @@ def register(cli) -> None:
     p.add_argument("--ffn", default="ideal", choices=["ideal", "ideal-fused", "xla-ragged-dot"],
                    help="MoE FFN time: roofline of ragged_dot at ideal traffic (default), fused kernel at ideal "
                         "traffic, or XLA ragged_dot from the kernel tiling model (dense drhs)")
-    p.add_argument("--tokens-per-chip-step", type=int, default=16384,
+    p.add_argument("--tokens-per-chip-step", type=int_in(1), default=16384,
                    help="tokens per chip per training step (default 16384)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write loss vs size at the time budget")
     p.add_argument("--json", action="store_true")
@@ -84,7 +84,7 @@ def register(cli) -> None:
     p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
                    help="initialisation grid: 4, 72 (default) or Epoch's 4500 starting points")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0), default=0)
     p.add_argument("--out", default=None, help="directory for chinchilla_refit.md/.json "
                                                "(default validation/results)")
     p.add_argument("--json", action="store_true", help="print the JSON report")

@@ -156,7 +156,8 @@ def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: st
     from perfmodel.api import predict
 
     if tokens_per_step % SEQ_LEN:
-        raise ValueError(f"tokens_per_step={tokens_per_step} should be divisible by the sequence length {SEQ_LEN}")
+        raise ValueError(f"tokens per chip step (--tokens-per-chip-step) must be a multiple of the sequence length "
+                         f"{SEQ_LEN}, got tokens_per_step={tokens_per_step}")
     if ffn not in FFN_MODELS:
         raise ValueError(f"ffn must be one of {FFN_MODELS}, got {ffn=!r}")
     shape = _shape(n_layers, n_experts)
