@@ -118,18 +118,22 @@ def _gmm(args) -> int:
     from perfmodel.tiling.vmem import vmem_verdict
 
     dims = {}
+    known = {"M", "K", "N", "G", "tm", "tk", "tn"}
     for item in args.dims:
         if "=" not in item:
             raise ValueError(f"expected NAME=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
+        key, value = (x.strip() for x in item.split("=", 1))
+        if key not in known:
+            raise ValueError(f"unknown dimension {key!r}; known: {sorted(known)}")
         try:
-            dims[key.strip()] = int(value)
+            dims[key] = int(value)
         except ValueError:
-            raise ValueError(f"{key} must be an integer, got {key}={value!r}") from None
-    known = {"M", "K", "N", "G", "tm", "tk", "tn"}
-    unknown = sorted(set(dims) - known)
-    if unknown:
-        raise ValueError(f"unknown dimension(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{key} must be a positive integer, got {key}={value!r}") from None
+        if dims[key] <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {key}={dims[key]}")
+    if args.impl == "xla" and {"tm", "tk", "tn"} & dims.keys():
+        raise ValueError("--impl xla uses the tiles XLA picks; tm, tk, tn apply to --impl tokamax and megablox, got "
+                         + ", ".join(f"{k}={dims[k]}" for k in ("tm", "tk", "tn") if k in dims))
     for need in ("M", "K", "N", "G") + (("tm", "tk", "tn") if args.impl != "xla" else ()):
         if need not in dims:
             raise ValueError(f"missing {need}=VALUE for --impl {args.impl}")
