@@ -6,7 +6,7 @@ import attrs
 
 from perfmodel.cost import Cost, CostValues
 from perfmodel.hardware import canonical_dtype, dtype_bytes, get_chip
-from perfmodel.ops import OPS, get_op
+from perfmodel.ops import OPS, check_dims, get_op
 from perfmodel.roofline import Roofline, roofline
 
 
@@ -51,22 +51,6 @@ def split_options(op: str, kwargs: dict) -> tuple[dict, dict]:
     return options, dims
 
 
-def _check_consistent(dims: dict) -> None:
-    """Refuse dimension combinations no model describes: top-k over more experts than exist, key/value heads
-    that do not divide the query heads (grouped-query attention shares each K/V head by H / Hkv queries)."""
-    import numpy as np
-
-    def arr(name):
-        return np.asarray(dims[name])
-
-    if "k" in dims and "E" in dims and np.any(arr("k") > arr("E")):
-        raise ValueError(f"top-k cannot exceed the number of experts, got k={dims['k']!r}, E={dims['E']!r}")
-    if "H" in dims and "Hkv" in dims:
-        h, hkv = arr("H"), arr("Hkv")
-        if np.any(hkv <= 0) or np.any(hkv > h) or np.any(np.mod(h, np.maximum(hkv, 1)) != 0):
-            raise ValueError(f"Hkv must divide H (grouped-query attention), got H={dims['H']!r}, Hkv={dims['Hkv']!r}")
-
-
 def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_options) -> Prediction:
     """Predict FLOPs, bytes and roofline time of ``op`` on ``chip``.
 
@@ -87,7 +71,7 @@ def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_optio
     if "q" in dims:
         raise ValueError(f"q (bytes per element) is set by dtype (dtype={dt!r}: q={dtype_bytes(dt)}); "
                          f"pass dtype instead of q={dims['q']!r}")
-    _check_consistent(dims)
+    check_dims(dims)
     cost = get_op(op, **options)
     values = cost.evaluate(q=dtype_bytes(dt), **dims)
     parts = []

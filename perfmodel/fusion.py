@@ -28,6 +28,7 @@ import attrs
 import numpy as np
 
 from perfmodel.hardware import canonical_dtype, dtype_bytes, get_chip
+from perfmodel.ops import check_dims
 from perfmodel.tiling.params import FITTED, TimingParams
 
 DISTRIBUTIONS = ("uniform", "random", "skewed")
@@ -176,8 +177,7 @@ def predict_fusion(*, chip: str = "v5e", tokens: int, D: int, F: int, E: int, k:
     for name, v in (("tokens", tokens), ("D", D), ("F", F), ("E", E), ("k", k)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
-    if k > E:
-        raise ValueError(f"k must not exceed E, got k={k}, E={E}")
+    check_dims({"k": k, "E": E})
     dt = canonical_dtype(dtype)
     act = resolve_activation(activation, glu=glu)
     rows = tokens * k

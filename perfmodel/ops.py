@@ -252,6 +252,20 @@ OPS: dict[str, OpSpec] = {
 }
 
 
+def check_dims(dims: dict) -> None:
+    """Refuse dimension combinations no model describes: top-k over more experts than exist (``k > E``), key/value
+    heads that do not divide the query heads (grouped-query attention shares each K/V head by ``H / Hkv``
+    queries). Values may be numbers or numpy arrays; only the letters present are checked."""
+    import numpy as np
+
+    if "k" in dims and "E" in dims and np.any(np.asarray(dims["k"]) > np.asarray(dims["E"])):
+        raise ValueError(f"k must not exceed E (top-k of E experts), got k={dims['k']!r}, E={dims['E']!r}")
+    if "H" in dims and "Hkv" in dims:
+        h, hkv = np.asarray(dims["H"]), np.asarray(dims["Hkv"])
+        if np.any(hkv <= 0) or np.any(hkv > h) or np.any(np.mod(h, np.maximum(hkv, 1)) != 0):
+            raise ValueError(f"Hkv must divide H (grouped-query attention), got H={dims['H']!r}, Hkv={dims['Hkv']!r}")
+
+
 BOOLEAN_OPTIONS = frozenset({"glu", "moe"})
 """Options that switch a structure on or off (``glu=True``); any other value is refused, not read as truthy."""
 

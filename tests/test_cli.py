@@ -45,7 +45,7 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["predict", "matmul", "M=1", "M=2", "K=1", "N=1"], "M given twice"),
     (["predict", "moe_ffn_fused", "T=64", "D=128", "F=256", "E=4", "k=2", "glu=off"], "glu='off'"),
     (["formula", "transformer_layer", "moe=maybe"], "moe='maybe'"),
-    (["predict", "router", "D=16", "E=4", "T=8", "k=5"], "k=5, E=4"),
+    (["predict", "router", "D=16", "E=4", "T=8", "k=5"], "k must not exceed E"),
     (["predict", "attention", "B=1", "D=1024", "Dh=64", "H=16", "Hkv=5", "T=128"], "Hkv must divide H"),
     (["tiling", "gmm", "--impl", "xla", "M=0", "K=128", "N=128", "G=2"], "M must be a positive integer, got M=0"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "glu=true"], "unknown dimension 'glu'"),

@@ -18,6 +18,20 @@ def comma_list(text: str, convert, option: str, what: str) -> tuple:
         raise ValueError(f"{option} must be comma-separated {what}, got {name}={text!r}") from None
 
 
+def chip_list(text: str, option: str = "--chips") -> list[str]:
+    """``"v5e,v6e"`` -> ``["v5e", "v6e"]``: every name checked against the catalog before any work is done
+    (an unknown chip is an error naming it and the known ones); an empty item is an error naming ``option``."""
+    from perfmodel.hardware import get_chip
+
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        name = option.lstrip("-").replace("-", "_")
+        raise ValueError(f"{option} must be a comma-separated list of chip names, got {name}={text!r}")
+    for n in names:
+        get_chip(n)
+    return names
+
+
 def int_in(low: int, high: int | None = None):
     """An argparse ``type``: an integer in ``[low, high]`` (no upper bound if ``high`` is None).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from perfmodel.commands import int_in
+from perfmodel.commands import chip_list, int_in
 
 
 def _shape_args(p, *, defaults: dict | None = None) -> None:
@@ -142,9 +142,7 @@ def _plot_roofline(args) -> int:
     from perfmodel.fusion import predict_fusion
     from perfmodel.plots import RooflinePoint, roofline_plot
 
-    chips = [c.strip() for c in args.chips.split(",")]
-    if not all(chips):
-        raise ValueError(f"--chips must be a comma-separated list of chip names, got chips={args.chips!r}")
+    chips = chip_list(args.chips)
     # every chip's prediction first: a bad chip or shape fails before any plot is written
     preds = {chip: predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k,
                                   glu=args.glu, activation=args.activation, dtype=args.dtype) for chip in chips}

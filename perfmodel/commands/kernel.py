@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from perfmodel.commands import chip_list, comma_list
+
 
 def register(cli) -> None:
     p = cli.subcommand(
@@ -44,7 +46,7 @@ def _kernel_aot(args) -> int:
 
     if not libtpu_available():
         raise ValueError("libtpu is not installed: pip install 'jax[tpu]' to compile for TPU targets")
-    chips = [c.strip() for c in args.chips.split(",") if c.strip()]
+    chips = chip_list(args.chips)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     records = kernel_aot.run(chips=chips, dtypes=dtypes, boundary=not args.no_boundary)
     md, js = kernel_aot.write(records, args.out)
@@ -54,36 +56,23 @@ def _kernel_aot(args) -> int:
     return 1 if failed else 0
 
 
-def _ints(text: str, option: str) -> list[int]:
-    """A comma list of positive integers; errors name ``option`` and the item."""
-    items = [v.strip() for v in text.split(",")]
-    if not any(items) or not all(items):
-        raise ValueError(f"{option} must be a comma-separated list of positive integers, got {option}={text!r}")
-    out = []
-    for v in items:
-        try:
-            n = int(v)
-        except ValueError:
-            n = 0
-        if n <= 0:
-            raise ValueError(f"{option} must be positive integers, got {v!r} in {option}={text!r}")
-        out.append(n)
-    return out
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    """A comma list of positive integers (:func:`comma_list`); errors name ``option`` and the value."""
+    values = comma_list(text, int, option, "positive integers")
+    if min(values) <= 0:
+        raise ValueError(f"{option} must be comma-separated positive integers, got "
+                         f"{option.lstrip('-').replace('-', '_')}={text!r}")
+    return values
 
 
 def _kernel_table(args) -> int:
     import pathlib
 
     from perfmodel.fusion import predict_fusion
-
-    from perfmodel.hardware import canonical_dtype, get_chip
+    from perfmodel.hardware import canonical_dtype
 
     glu = not args.no_glu
-    chips = [c.strip() for c in args.chips.split(",")]
-    if not all(chips):
-        raise ValueError(f"--chips must be a comma-separated list of chip names, got chips={args.chips!r}")
-    for chip in chips:
-        get_chip(chip)  # names the bad chip and the known ones
+    chips = chip_list(args.chips)
     canonical_dtype(args.dtype)
     if args.E <= 0:
         raise ValueError(f"--E must be a positive integer, got E={args.E}")

@@ -98,7 +98,7 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None) 
     from perfmodel.scaling import fit as F
     from perfmodel.scaling.results import read_runs
 
-    from perfmodel.scaling.study import MIN_BUDGETS
+    from perfmodel.scaling.study import MIN_BUDGETS, flops_per_param_token
 
     runs = read_runs(results)
     groups = runs.groups()
@@ -114,8 +114,7 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None) 
         if g.budgets.size < MIN_BUDGETS:
             raise ValueError(f"{results}: {label} has {g.budgets.size} compute budget(s); a fitted law needs at "
                              f"least {MIN_BUDGETS} (as `perfmodel scaling fit` does)")
-        cf = float(np.median(g.compute_flops / (g.params * g.tokens)))
-        lw = F.fit_approach3(g.params, g.tokens, g.loss, flops_per_param_token=cf, name=f"fitted {label}").law
+        lw = F.fit_approach3(g.params, g.tokens, g.loss, flops_per_param_token=flops_per_param_token(g), name=f"fitted {label}").law
         o = lw.optimal(compute_flops)
         total_ratio = float(np.median(g.params_total / g.params))
         rows.append(_row(f"fitted {label}", o, experts=e, active=float(o.params),
