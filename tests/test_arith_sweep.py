@@ -97,3 +97,22 @@ def test_cli_rejects_bad_input_naming_the_argument(argv, name, capsys):
 
     assert main(["train", "sweep", *argv]) == 2
     assert name in capsys.readouterr().err
+
+
+def test_one_step_run_reports_rate_unknown_not_nan(tmp_path):
+    """A budget so small that the run is one step (the compile) has no steady-state rate: the log and the table say
+    n/a, and the record holds null so the JSONL stays strict JSON."""
+    import json
+
+    p = tmp_path / "one.jsonl"
+    lines = []
+    study = sweep.Study(name="t", budgets_flops=(1.0,), sizes_per_budget=1, task="add2")
+    (rec,) = sweep.run_study(study, p, archs=("dense",), log=lines.append)
+    assert rec["steps"] == 1 and rec["tokens_per_s"] is None and rec["flops_per_s"] is None
+    log, table = "\n".join(lines), sweep.markdown_summary([rec])
+    assert "n/a" in log and "n/a" in table
+    assert "nan" not in log.lower() and "nan" not in table.lower()
+
+    def refuse(c):
+        raise ValueError(c)
+    json.loads(p.read_text(), parse_constant=refuse)

@@ -180,13 +180,26 @@ def append_record(path: pathlib.Path, record: dict) -> None:
         os.close(fd)
 
 
+def _rate(x: float | None, scale: float = 1.0, fmt: str = ",.0f") -> str:
+    """A throughput for logs and tables. A one-step run has no steady state (its only step is the compile), so its
+    rate is unknown: None in the record, ``n/a`` here."""
+    return format(x / scale, fmt) if x is not None and math.isfinite(x) else "n/a"
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
 def _record(pr: PlannedRun, study: Study, res: train.RunResult, peak_flops_per_s: float | None) -> dict:
+    """One JSONL record; rates a run could not measure (one step) are null, so the file stays strict JSON."""
     rc = pr.config
+    rates = {k: _finite_or_none(getattr(res, k)) for k in ("tokens_per_s", "flops_per_s")}
     return {"run_id": pr.run_id, "study": study.name, "arch": pr.arch, "budget_flops": pr.budget_flops,
             "task": study.task, "seed": rc.seed, "batch_size": rc.batch_size,
             "config": attrs.asdict(rc, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v),
-            **attrs.asdict(res),
-            "fraction_of_cpu_peak": (res.flops_per_s / peak_flops_per_s) if peak_flops_per_s else None,
+            **attrs.asdict(res), **rates,
+            "fraction_of_cpu_peak": (rates["flops_per_s"] / peak_flops_per_s)
+            if peak_flops_per_s and rates["flops_per_s"] is not None else None,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -218,10 +231,11 @@ def run_study(study: Study, path: pathlib.Path, *, archs=("dense", "moe"), n_exp
         flops_left -= pr.budget_flops
         elapsed = time.perf_counter() - t0
         eta = (len(todo) - i) * overhead_s / i + flops_left * train_s / flops_run
-        peak = f" ({rec['fraction_of_cpu_peak']:.0%} of cpu peak)" if peak_flops_per_s else ""
+        peak = f" ({rec['fraction_of_cpu_peak']:.0%} of cpu peak)" if rec["fraction_of_cpu_peak"] is not None else ""
+        rate = (f"{_rate(rec['tokens_per_s'])} tok/s {_rate(rec['flops_per_s'], 1e9, '.1f')} GFLOP/s{peak}"
+                if rec["tokens_per_s"] is not None else "rate n/a (1 step: compile only)")
         log(f"[{i}/{len(todo)}] {pr.run_id} N={res.params_total:,} steps={res.steps} B={pr.config.batch_size} "
-            f"held-out {res.held_out_loss:.4f} train {res.train_loss:.4f} | {res.tokens_per_s:,.0f} tok/s "
-            f"{res.flops_per_s / 1e9:.1f} GFLOP/s{peak} | run {res.wall_time_s:.1f}s "
+            f"held-out {res.held_out_loss:.4f} train {res.train_loss:.4f} | {rate} | run {res.wall_time_s:.1f}s "
             f"elapsed {_fmt_s(elapsed)} ETA {_fmt_s(eta)}")
         if after_run is not None:
             after_run(i, rec)
@@ -236,7 +250,7 @@ def markdown_summary(records: list[dict]) -> str:
         lines.append(f"| {r['budget_flops']:.0e} | {r['arch']} | {r['config']['model']['d_model']} | "
                      f"{r['params_active_non_embedding']:,} | {r['params_total']:,} | {r['tokens']:,} | "
                      f"{r['batch_size']} | {r['steps']} | {r['held_out_loss']:.4f} | {r['train_loss']:.4f} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['flops_per_s'] / 1e9:.1f} | {r['wall_time_s']:.0f} |")
+                     f"{_rate(r['tokens_per_s'])} | {_rate(r['flops_per_s'], 1e9, '.1f')} | {r['wall_time_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
