@@ -120,11 +120,18 @@ def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
     (["validate", "chinchilla", "--seed=-1"], "argument --seed: must be an integer >= 0, got -1"),
     (["plot", "fusion-map", "--chip", "v5e", "--n", "100000"], "argument --n: must be an integer in [2, 2000]"),
     (["scaling", "time-optimal", "--tokens-per-chip-step", "0"], "argument --tokens-per-chip-step"),
+    (["scaling", "time-optimal", "--experts", "1"], "argument --experts: must be an integer >= 2, got 1"),
 ])
 def test_integer_options_are_range_checked_by_name(capsys, argv, needle):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("law, value", [("joint-moe", "0"), ("fine-grained", "-2"), ("joint-moe", "nan")])
+def test_optimal_experts_below_one_is_named_as_the_option(capsys, law, value):
+    code, _, err = run(capsys, "scaling", "optimal", "--compute", "1e21", "--law", law, "--experts", value)
+    assert code == 2 and "--experts must be a finite number >= 1" in err and f"--experts={float(value)!r}" in err
 
 
 def test_roofline_plot_with_a_bad_chip_writes_nothing(capsys, tmp_path):

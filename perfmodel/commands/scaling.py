@@ -48,7 +48,7 @@ def register(cli) -> None:
                        epilog="example: perfmodel scaling time-optimal --chip v5e --hours 24 --experts 8")
     p.add_argument("--chip", default="v5e")
     p.add_argument("--hours", type=float, default=24.0, help="time budget in chip-hours (default 24)")
-    p.add_argument("--experts", type=int, default=8, help="experts of the MoE (top-1; default 8)")
+    p.add_argument("--experts", type=int_in(2), default=8, help="experts of the MoE (top-1; default 8)")
     p.add_argument("--ffn", default="ideal", choices=["ideal", "ideal-fused", "xla-ragged-dot"],
                    help="MoE FFN time: roofline of ragged_dot at ideal traffic (default), fused kernel at ideal "
                         "traffic, or XLA ragged_dot from the kernel tiling model (dense drhs)")

@@ -66,6 +66,9 @@ def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: floa
                  granularity: float = 8.0, results=None) -> list[OptimalRow]:
     """Rows of the compute-optimal allocation at ``compute_flops`` for the named law."""
     ratio = moe_laws.FineGrainedMoELaw.total_per_active
+    if experts is not None and not (np.isfinite(experts) and experts >= 1):
+        raise ValueError(f"--experts must be a finite number >= 1 (experts E, or the fine-grained expansion rate), "
+                         f"got --experts={experts!r}")
     if law in ("chinchilla", "epoch"):
         if experts not in (None, 1, 1.0):
             raise ValueError(f"--law {law} is a dense law; --experts applies to joint-moe, fine-grained, fitted")
