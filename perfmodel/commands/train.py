@@ -57,6 +57,8 @@ def _sweep(args) -> int:
     positive("--lr-scale", args.lr_scale)
     study = attrs.evolve(study, lr_scale=args.lr_scale)
     out = pathlib.Path(args.out) if args.out else _RESULTS / f"arith_{study.name}.jsonl"
+    # planning builds every run's config: a bad --task or --dtype is refused here, before any output
+    sweep.plan(study, archs=archs, n_experts=args.experts, top_k=args.top_k, moe_impl=args.moe_impl, dtype=args.dtype)
 
     from perfmodel.hardware import chip_for_device
 
