@@ -137,12 +137,16 @@ class Cost:
 
             dims["q"] = dtype_bytes(dtype)
         needed = {S.arg_name(s): s for s in syms}
+        # q is named as what a caller passes: dtype (predict sets q from it and refuses q itself)
+        def names(ns):
+            return ", ".join("dtype (sets q)" if n == "q" else n for n in ns)
+
         missing = [n for n in needed if n not in dims]
         if missing:
-            raise ValueError(f"{self.name}: missing argument(s) {missing}; needs {sorted(needed)}")
+            raise ValueError(f"{self.name}: missing argument(s) {names(missing)}; needs {names(sorted(needed))}")
         extra = [n for n in dims if n not in needed]
         if extra:
-            raise ValueError(f"{self.name}: unknown argument(s) {extra}; needs {sorted(needed)}")
+            raise ValueError(f"{self.name}: unknown argument(s) {', '.join(extra)}; needs {names(sorted(needed))}")
         values = []
         for name, sym in needed.items():
             values.append(check_dim(name, dims[name], integer=bool(sym.is_integer)))

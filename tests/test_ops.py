@@ -4,6 +4,7 @@ import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import perfmodel
 from perfmodel import ops
 from perfmodel import symbols as S
 
@@ -61,10 +62,14 @@ def test_bad_dimensions_name_argument_and_value(bad, value):
 
 
 def test_missing_and_unknown_arguments_are_named():
-    with pytest.raises(ValueError, match=r"missing.*'N'"):
+    with pytest.raises(ValueError, match=r"missing argument\(s\) N; needs K, M, N, dtype \(sets q\)$"):
         ops.get_op("matmul").evaluate(M=1, K=1, q=2)
-    with pytest.raises(ValueError, match=r"unknown.*'Z'"):
+    with pytest.raises(ValueError, match=r"missing argument\(s\) dtype \(sets q\);"):  # q is passed as dtype
+        ops.get_op("matmul").evaluate(M=1, K=1, N=1)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) Z;"):
         ops.get_op("matmul").evaluate(M=1, K=1, N=1, Z=3, q=2)
+    with pytest.raises(ValueError, match=r"missing argument\(s\) N; needs K, M, N, dtype"):  # predict sets q itself
+        perfmodel.predict("matmul", chip="v5e", M=1, K=1)
     with pytest.raises(ValueError, match="known ops"):
         ops.get_op("conv9d")
     with pytest.raises(ValueError, match="activation"):
