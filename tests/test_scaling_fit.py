@@ -187,3 +187,16 @@ def test_warm_starts_replace_only_the_floor():
     np.testing.assert_array_equal(s[1:, 0], [-1.0, 0.5])
     np.testing.assert_array_equal(s[1:, 1:], np.tile(x[1:], (2, 1)))
     assert F.warm_starts(np.arange(9.0), floor_index=8).shape == (3, 9)
+
+
+def test_an_interval_from_too_few_resamples_says_so():
+    """A 95% percentile interval needs a resample beyond each end (n >= 40); from fewer, the table shows the count
+    (the report's 100-resample Approach 2 intervals keep ~10 resamples, whose ends are just the outermost ones)."""
+    from perfmodel.scaling.study import _iv
+
+    rng = np.random.default_rng(0)
+    few, enough = F._interval(1.0, rng.normal(size=7), 0.95), F._interval(1.0, rng.normal(size=40), 0.95)
+    assert few.min_resamples == 40 and F._interval(1.0, [0.0] * 10, 0.9).min_resamples == 20
+    assert few.too_few_resamples and not enough.too_few_resamples
+    assert _iv(few).endswith("(only 7 resamples)") and "resamples" not in _iv(enough)
+    assert F._interval(1.0, [np.nan] * 50, 0.95).too_few_resamples  # non-finite resamples do not count

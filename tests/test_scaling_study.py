@@ -224,7 +224,9 @@ def test_answer_first_states_the_largest_budget_comparison_from_the_tables(fitte
     cmp = fitted.comparisons[0]
     adv, tm, td = cmp.loss_advantage[-1], cmp.tokens_per_param_moe[-1], cmp.tokens_per_param_dense[-1]
     assert f"{cmp.label} vs dense at {cmp.budgets_flops[-1]:.0e} FLOPs" in answer
-    assert f"{adv.point:.3f} [{adv.low:.3f}, {adv.high:.3f}] nats ({study.advantage_text(adv)})" in answer
+    assert adv.n_resamples == 15  # the fixture's: too few for a 95% interval, so the line says so
+    assert (f"{adv.point:.3f} [{adv.low:.3f}, {adv.high:.3f}] (only 15 resamples) nats "
+            "(not resolved: only 15 resamples)") in answer
     assert f"({tm.point / td.point:.2g}x dense's)" in answer
     moe = next(g for g in fitted.groups if g.label == cmp.label)
     assert f"a = {moe.approach3.a.point:.2f} [{moe.approach3.a.low:.2f}, {moe.approach3.a.high:.2f}]" in answer
@@ -233,10 +235,14 @@ def test_answer_first_states_the_largest_budget_comparison_from_the_tables(fitte
 
 
 def test_advantage_verdict_follows_the_interval():
-    iv = lambda lo, hi: F.Interval(point=(lo + hi) / 2, low=lo, high=hi, level=0.95, n_resamples=10)  # noqa: E731
+    def iv(lo, hi, n=100):
+        return F.Interval(point=(lo + hi) / 2, low=lo, high=hi, level=0.95, n_resamples=n)
     assert study.advantage_text(iv(0.01, 0.2)) == "MoE lower, resolved at 95%"
     assert study.advantage_text(iv(-0.2, -0.01)) == "dense lower, resolved at 95%"
     assert study.advantage_text(iv(-0.01, 0.2)) == "not resolved at 95%"
+    # ends interpolated between 10 resamples are no 95% interval: no verdict from them
+    assert study.advantage_text(iv(0.01, 0.2, n=10)) == "not resolved: only 10 resamples"
+    assert study.bend_text(iv(-0.2, -0.01, n=10)) == "no bend resolved: only 10 resamples"
 
 
 def test_heldout_seed_interval_every_run_holds_the_observed_minimum_seed_means_resample_it(tmp_path):

@@ -366,6 +366,17 @@ class Interval:
     def contains(self, x: float) -> bool:
         return self.low <= x <= self.high
 
+    @property
+    def min_resamples(self) -> int:
+        """Fewest resamples with at least one beyond each end of the interval: ``n (1 - level) / 2 >= 1``, i.e.
+        ``n >= 2 / (1 - level)`` (40 at 95%). Below it the percentile ends are interpolated between the outermost
+        resamples, not estimated; reports then show how many there were."""
+        return math.ceil(2 / (1 - self.level) - 1e-9)
+
+    @property
+    def too_few_resamples(self) -> bool:
+        return self.n_resamples < self.min_resamples
+
     def __str__(self) -> str:
         return f"{self.point:.4g} [{self.low:.4g}, {self.high:.4g}]"
 

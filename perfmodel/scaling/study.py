@@ -394,8 +394,10 @@ def _si(x: float) -> str:
 
 
 def _iv(x: F.Interval, fmt=None) -> str:
+    """``point [low, high]``; an interval from too few resamples to estimate its ends says how many it had."""
     f = fmt or (lambda v: f"{v:.4g}")
-    return f"{f(x.point)} [{f(x.low)}, {f(x.high)}]"
+    few = f" (only {x.n_resamples} resamples)" if x.too_few_resamples else ""
+    return f"{f(x.point)} [{f(x.low)}, {f(x.high)}]{few}"
 
 
 def report_markdown(s: Study) -> str:
@@ -507,6 +509,8 @@ def report_markdown(s: Study) -> str:
 def advantage_text(x: F.Interval) -> str:
     """Verdict on a loss-advantage interval (L*_dense - L*_moe): which is lower, or not resolved."""
     level = f"{x.level:.0%}"
+    if x.too_few_resamples:
+        return f"not resolved: only {x.n_resamples} resamples"
     return (f"MoE lower, resolved at {level}" if x.low > 0 else f"dense lower, resolved at {level}" if x.high < 0
             else f"not resolved at {level}")
 
@@ -545,6 +549,8 @@ def answer_markdown(s: Study) -> list[str]:
 
 def bend_text(x: F.Interval) -> str:
     """Verdict on a frontier curvature interval: steepens / flattens / no bend resolved."""
+    if x.too_few_resamples:
+        return f"no bend resolved: only {x.n_resamples} resamples"
     return "steepens" if x.high < 0 else "flattens" if x.low > 0 else "no bend resolved"
 
 
@@ -594,7 +600,8 @@ def frontier_text(f: Frontier | None) -> str:
 
 def seed_ci_text(x: F.Interval | None) -> str:
     """``"; 95% seed CI +a% to +b%"`` for a held-out error interval, ``""`` for None."""
-    return "" if x is None else f"; {x.level:.0%} seed CI {x.low:+.1f}% to {x.high:+.1f}%"
+    few = f" (only {x.n_resamples} resamples)" if x is not None and x.too_few_resamples else ""
+    return "" if x is None else f"; {x.level:.0%} seed CI {x.low:+.1f}% to {x.high:+.1f}%{few}"
 
 
 def _ivd(x: F.Interval) -> dict:
