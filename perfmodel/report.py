@@ -377,7 +377,9 @@ def measure_on_tpu(out: pathlib.Path, *, log=print) -> list[dict]:
 
 
 def validation_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
-    rows = validation_rows() + ctx.get("validation_rows", []) + measure_on_tpu(out)
+    # TPU measurements go straight into the final folder: the harness resumes there, so an interrupted report
+    # keeps every kernel it has timed (the rendered files are staged, see write_report)
+    rows = validation_rows() + ctx.get("validation_rows", []) + measure_on_tpu(ctx.get("final_out", out))
     md = ("Every check perfmodel makes against something real, read from the results files the "
           "validation commands committed (re-run the command to refresh a row).\n\n")
     md += markdown_table(["check", "against", "data", "result", "target", "met", "date", "command"],
@@ -439,22 +441,39 @@ SECTIONS: tuple[Callable[[pathlib.Path, Sequence[str], dict], Section], ...] = (
 
 def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[str] = DEFAULT_CHIPS,
                  *, log=print) -> pathlib.Path:
-    """Write ``report.md``, ``report.json`` and plots into ``out``; returns the markdown path."""
+    """Write ``report.md``, ``report.json`` and plots into ``out``; returns the markdown path.
+
+    Every file is first written into a hidden staging folder inside ``out`` and moved into ``out`` only when all
+    sections have succeeded (``report.md`` last), so an interrupted or failed run leaves an earlier report in
+    ``out`` whole rather than mixed with half of a new one. Other files in ``out`` are left alone.
+    """
+    import os
+    import shutil
+    import tempfile
+
     chips = [get_chip(c).name for c in chips]
     if not chips:
         raise ValueError("chips must name at least one chip, got chips=[]")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sections, ctx = [], {}
-    for fn in SECTIONS:
-        t0 = time.perf_counter()
-        sections.append(fn(out, chips, ctx))
-        log(f"[report] {sections[-1].title}: {time.perf_counter() - t0:.1f} s")
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    md = [f"# perfmodel report\n\nGenerated {now} by `perfmodel report` for chips: {', '.join(chips)}.\n"]
-    md += [f"## {s.title}\n\n{s.markdown}\n" for s in sections]
-    (out / "report.json").write_text(json.dumps(
-        {"generated_at": now, "chips": chips, "sections": {s.key: s.data for s in sections}}, indent=2, default=str))
-    path = out / "report.md"
-    path.write_text("\n".join(md))
-    return path
+    stage = pathlib.Path(tempfile.mkdtemp(prefix=".report.partial-", dir=out))  # inside out: writable, same disk
+    try:
+        sections, ctx = [], {"final_out": out}
+        for fn in SECTIONS:
+            t0 = time.perf_counter()
+            sections.append(fn(stage, chips, ctx))
+            log(f"[report] {sections[-1].title}: {time.perf_counter() - t0:.1f} s")
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        md = [f"# perfmodel report\n\nGenerated {now} by `perfmodel report` for chips: {', '.join(chips)}.\n"]
+        md += [f"## {s.title}\n\n{s.markdown}\n" for s in sections]
+        (stage / "report.json").write_text(json.dumps(
+            {"generated_at": now, "chips": chips, "sections": {s.key: s.data for s in sections}}, indent=2,
+            default=str))
+        (stage / "report.md").write_text("\n".join(md))
+        for f in sorted(stage.iterdir(), key=lambda f: (f.name == "report.md", f.name)):
+            if f.is_dir():
+                shutil.rmtree(out / f.name, ignore_errors=True)
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / "report.md"

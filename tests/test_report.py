@@ -124,3 +124,28 @@ def test_cpu_validation_row_passes_only_if_every_committed_full_sweep_meets_the_
     assert row["ok"] is False  # 59/66 < 90%
     (tmp_path / "kernel_cpu/heap_control/steady/results.json").unlink()
     assert report._cpu_kernel_row(main, "2026-12-02")[-1] is True  # 60/66 and 61/66 both meet it
+
+
+def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """Files are staged and moved in only when every section is done: Ctrl-C in the middle of a re-run leaves the
+    earlier report.md, report.json and plots as they were, other files untouched, and no staging folder behind."""
+    from perfmodel import report as R
+
+    out = tmp_path / "rep"
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.roofline_section))
+    R.write_report(out, log=lambda s: None)
+    (out / "notes.txt").write_text("mine")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert {"report.md", "report.json", "roofline.png"} <= before.keys()
+
+    def interrupted(out_dir, chips, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.roofline_section, interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        R.write_report(out, chips=["v4"], log=lambda s: None)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # staging folder removed too
+
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.roofline_section))
+    R.write_report(out, chips=["v4"], log=lambda s: None)  # a finished run replaces the report
+    assert "for chips: v4." in (out / "report.md").read_text() and (out / "notes.txt").read_text() == "mine"
