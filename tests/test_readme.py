@@ -27,11 +27,28 @@ def _sympify(text: str, like: sp.Expr) -> sp.Expr:
 
 
 @pytest.fixture(scope="module")
-def api():
+def api(tmp_path_factory):
+    import os
+
     block = _api_block()
     ns: dict = {}
-    exec(compile(block, str(README) + ":Python API", "exec"), ns)  # every line must run as written
+    here, work = os.getcwd(), tmp_path_factory.mktemp("readme_api")
+    os.chdir(work)  # the plots are written where the user runs it
+    try:
+        exec(compile(block, str(README) + ":Python API", "exec"), ns)  # every line must run as written
+    finally:
+        os.chdir(here)
+    ns["__workdir__"] = work
     return block, ns
+
+
+def test_the_plot_example_writes_every_file_it_names(api):
+    block, ns = api
+    names = re.findall(r'"([\w.]+\.png)"', block)
+    assert names == ["moe_roofline.png", "fusion_map_v6e.png"]
+    for name in names:
+        png = ns["__workdir__"] / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".svg").stat().st_size > 0
 
 
 def test_matmul_roofline_is_as_the_readme_says(api):
