@@ -22,6 +22,9 @@ All take ``x [T, D]`` with rows sorted by expert, ``group_sizes [G]`` (int),
 ``h = act(x W_gate) * (x W_up)``; SwiGLU with ``activation="silu"``), and
 return ``[T, D]`` in ``x.dtype`` with zero rows past ``sum(group_sizes)``.
 ``activation=None`` means ``"silu"`` for GLU and ``"gelu"`` otherwise.
+``moe_ffn`` checks its inputs the same way for every implementation
+(:func:`check_inputs`: shapes, dtypes and, outside ``jit``, non-negative group
+sizes summing to at most ``T``).
 
 Importing the package does not import jax: the kernel's description
 (:mod:`kernels.fused_spec`: tiles, ``fused_moe_spec``, default tiles) is loaded
@@ -38,7 +41,7 @@ from kernels.fused_spec import FusedTiles, default_tiles, fused_moe_spec, make_g
 
 IMPLEMENTATIONS = ("fused", "ragged_dot", "reference", "gmm")
 
-_API = ("moe_ffn", "moe_ffn_fused", "moe_ffn_gmm", "moe_ffn_ragged", "moe_ffn_reference")
+_API = ("check_inputs", "moe_ffn", "moe_ffn_fused", "moe_ffn_gmm", "moe_ffn_ragged", "moe_ffn_reference")
 
 __all__ = ["ACTIVATIONS", "IMPLEMENTATIONS", "FusedTiles", "default_tiles", "fused_moe_spec",
            "make_group_metadata", *_API]

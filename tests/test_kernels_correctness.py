@@ -139,6 +139,29 @@ def test_api_errors_name_values():
         moe_ffn(jnp.zeros((8192, 128)), gs, w_up, w_down, tiles=big, chip="v4", interpret=True)
 
 
+@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+@pytest.mark.parametrize("sizes, needle", [
+    ([100, 100, 0], r"group_sizes.shape=\(3,\) should be \(G,\)=\(4,\)"),
+    ([100.0, 100.0, 0.0, 0.0], "group_sizes.dtype=float32 should be an integer dtype"),
+    ([-10, 110, 50, 50], r"group_sizes must be non-negative, got group_sizes=\[-10, 110, 50, 50\]"),
+    ([100, 100, 100, 1], r"sum\(group_sizes\)=301 must not exceed the rows of x \(T=200\)"),
+])
+def test_bad_group_sizes_fail_the_same_way_for_every_implementation(implementation, sizes, needle):
+    """One contract (kernels.check_inputs): ragged_dot and the reference used to run on sizes the fused kernel
+    refused, and negative sizes gave each implementation a different answer."""
+    x, w_up, w_down, _ = _weights("f32", False)
+    assert x.shape[0] == 200
+    with pytest.raises(ValueError, match=needle):
+        moe_ffn(x, jnp.array(sizes), w_up, w_down, implementation=implementation, interpret=True)
+
+
+def test_group_sizes_under_jit_are_not_inspected():
+    x, w_up, w_down, _ = _weights("f32", False)
+    gs = jnp.array([100, 50, 0, 0], jnp.int32)  # a 50-row padded tail: allowed, comes back zero
+    y = jax.jit(lambda x, gs: moe_ffn(x, gs, w_up, w_down, implementation="ragged_dot"))(x, gs)
+    assert not np.asarray(y[150:]).any()
+
+
 @pytest.mark.parametrize("chip", ["v5e", "v5p"])
 def test_tiny_shapes_default_tiles(chip):
     """T below one sublane tile, D and F below one lane tile (blocks equal to the full dims)."""
