@@ -175,6 +175,11 @@ def check_dim(name: str, value, *, integer: bool = True):
     argument and the offending value.
     """
     arr = np.asarray(value)
+    if arr.dtype == object and isinstance(value, int) and not isinstance(value, bool):
+        try:  # an int beyond int64 (10**30) is still a number
+            arr = np.asarray(float(value))
+        except OverflowError:
+            raise ValueError(f"{name} is beyond the float range, got {name}={value!r}") from None
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must be a number, got {name}={value!r}")
     bad = ~np.isfinite(arr) | (arr <= 0)

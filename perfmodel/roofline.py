@@ -50,6 +50,9 @@ def roofline(flops, hbm_bytes, chip: str | Chip, dtype: str = "bf16") -> Rooflin
     peak = c.peak_flops_per_s(dt)
     f = np.asarray(flops, dtype=float)
     b = np.asarray(hbm_bytes, dtype=float)
+    for name, v, given in (("flops", f, flops), ("hbm_bytes", b, hbm_bytes)):
+        if not np.all(np.isfinite(v) & (v >= 0)):
+            raise ValueError(f"{name} must be finite and >= 0, got {name}={given!r}")
     compute = f / peak
     memory = b / c.hbm_bytes_per_s
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -104,10 +104,16 @@ class TransformerShape:
     learned_positions: bool = False
 
     def __attrs_post_init__(self):
-        for name in ("d_model", "d_ff", "n_layers", "vocab", "seq_len", "n_heads", "n_experts", "top_k"):
+        for name in ("d_model", "d_ff", "n_layers", "vocab", "seq_len", "n_heads", "n_experts", "top_k",
+                     "head_dim", "n_kv_heads"):
             v = getattr(self, name)
+            if v is None and name in ("head_dim", "n_kv_heads"):
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
+        if self.n_kv_heads is not None and (self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "
+                             "(grouped-query attention shares each K/V head among n_heads / n_kv_heads queries)")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} should be divisible by n_heads={self.n_heads} "
                              "(or give head_dim)")

@@ -61,6 +61,13 @@ def test_bad_dimensions_name_argument_and_value(bad, value):
         ops.get_op("moe_ffn_fused").evaluate(**kw)
 
 
+def test_a_huge_integer_dimension_is_a_number_not_refused_as_one():
+    v = ops.get_op("matmul").evaluate(M=10**30, K=2, N=2, q=2)  # beyond int64: evaluated as a float
+    assert v.flops == pytest.approx(8e30)
+    with pytest.raises(ValueError, match="M is beyond the float range"):
+        ops.get_op("matmul").evaluate(M=10**400, K=2, N=2, q=2)
+
+
 def test_missing_and_unknown_arguments_are_named():
     with pytest.raises(ValueError, match=r"missing argument\(s\) N; needs K, M, N, dtype \(sets q\)$"):
         ops.get_op("matmul").evaluate(M=1, K=1, q=2)

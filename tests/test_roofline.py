@@ -1,5 +1,7 @@
 """Worked problems (scaling book style) with the numbers plugged in."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,14 @@ def test_unfused_moe_time_sums_its_kernels():
 def test_predict_refuses_a_dtype_the_chip_lacks():
     with pytest.raises(ValueError, match="fp8"):
         predict("matmul", chip="v5e", dtype="fp8", M=1, K=1, N=1)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(flops=-1.0, hbm_bytes=10.0), "flops must be finite and >= 0, got flops=-1.0"),
+    (dict(flops=1.0, hbm_bytes=float("nan")), "hbm_bytes must be finite and >= 0"),
+    (dict(flops=np.array([1.0, -2.0]), hbm_bytes=1.0), "flops must be finite and >= 0"),
+])
+def test_roofline_refuses_negative_or_non_finite_work(kw, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        roofline(chip="v5e", **kw)
+    assert roofline(flops=0.0, hbm_bytes=0.0, chip="v5e").lower_s == 0.0  # no work is allowed
