@@ -1,6 +1,7 @@
 """`perfmodel report` on built-in defaults: every section and plot, and markdown numbers = JSON."""
 
 import json
+import pathlib
 import re
 
 import pytest
@@ -149,3 +150,34 @@ def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path, monkeypatc
     monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.roofline_section))
     R.write_report(out, chips=["v4"], log=lambda s: None)  # a finished run replaces the report
     assert "for chips: v4." in (out / "report.md").read_text() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_on_a_tpu_the_report_times_the_kernel_into_the_report_folder_and_adds_its_row(tmp_path, monkeypatch):
+    """Issue 8.2 end to end with a stand-in TPU: ``write_report`` runs the quick sweep into ``--out/kernel_<chip>``
+    (the final folder, where the harness resumes, not the staging one) and the validation table gains its row."""
+    import types
+
+    from perfmodel import report as R
+    from perfmodel import tpu_compile
+    from validation import kernel_harness
+
+    calls = []
+
+    def fake_run(*, sweep, out, device, progress, command):
+        calls.append((sweep, pathlib.Path(out), command))
+        pathlib.Path(out).mkdir(parents=True)
+        (pathlib.Path(out) / "results.json").write_text(json.dumps({
+            "info": {"chip": "v5e", "device_kind": device.device_kind, "sweep": sweep, "command": command},
+            "summary_tpu": {"points": 13, "winner_correct": 12,
+                            "median_abs_rel_err": [["fused", 0.2], ["ragged_dot", 0.1], ["speedup", 0.25]]}}))
+
+    monkeypatch.setattr(tpu_compile, "default_device",
+                        lambda: types.SimpleNamespace(platform="tpu", device_kind="TPU v5 lite"))
+    monkeypatch.setattr(kernel_harness, "run", fake_run)
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.validation_section))
+    out = tmp_path / "rep"
+    md = R.write_report(out, log=lambda s: None).read_text()
+    assert calls == [("quick", out / "kernel_v5e", f"perfmodel validate kernel --sweep quick --out {out / 'kernel_v5e'}")]
+    assert (out / "kernel_v5e" / "results.json").exists()
+    assert "| fused vs ragged_dot measured on v5e | timed on TPU v5 lite (quick sweep) |" in md
+    assert "winner right 12/13" in md
