@@ -73,6 +73,13 @@ def test_scaling_section_reports_both_architectures_with_intervals(report):
     labels = [g["label"] for g in data["sections"]["scaling"]["groups"]]
     assert "dense" in labels and any(l.startswith("moe") for l in labels)
     assert "MoE vs dense at equal compute" in md
+    # every interval printed is a 95% interval with resamples beyond both ends (>= 40 kept), none flagged as short
+    assert "(only " not in md
+    for g in data["sections"]["scaling"]["groups"]:
+        a2 = g["approach2"]
+        if a2 is not None:
+            assert a2["a"]["n_resamples"] >= 40 and a2["n_attempted"] >= a2["a"]["n_resamples"]
+            assert f"{a2['a']['n_resamples']} of {a2['n_attempted']} resamples kept" in md
 
 
 def test_measured_tpu_kernel_results_become_validation_rows(tmp_path):

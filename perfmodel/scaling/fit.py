@@ -467,6 +467,7 @@ class Approach2Bootstrap:
     tokens_opt: tuple[Interval, ...]
     tokens_per_param: tuple[Interval, ...]
     loss_opt: tuple[Interval, ...]
+    n_attempted: int  # resamples drawn; the intervals' n_resamples counts those kept
 
 
 def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, *, n_resamples: int = 200,
@@ -501,7 +502,8 @@ def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, 
         tokens_opt=tuple(_interval(x.tokens_opt, d_s[:, i], level) for i, x in enumerate(fit.isoflops)),
         tokens_per_param=tuple(_interval(x.tokens_opt / x.params_opt, d_s[:, i] / n_s[:, i], level)
                                for i, x in enumerate(fit.isoflops)),
-        loss_opt=tuple(_interval(x.loss_opt, l_s[:, i], level) for i, x in enumerate(fit.isoflops)))
+        loss_opt=tuple(_interval(x.loss_opt, l_s[:, i], level) for i, x in enumerate(fit.isoflops)),
+        n_attempted=n_resamples)
 
 
 # ---------------------------------------------------------------- joint law in E

@@ -283,8 +283,12 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
 
 
 def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GRID, seed: int = 0,
-              repeats: Runs | None = None, average_seeds: bool = False) -> GroupFit:
+              repeats: Runs | None = None, average_seeds: bool = False,
+              n_resamples_approach2: int | None = None) -> GroupFit:
     """Fit one architecture group; ``runs`` as fitted (seed means if ``average_seeds``).
+
+    ``n_resamples_approach2`` (default ``n_resamples``) sets Approach 2's own count: its refits are parabolas
+    (1000 in about 0.3 s), and only the resamples in which every budget's parabola stays usable are kept.
 
     With ``repeats`` (the group's runs, seeds separate) the held-out check also gets its seed-noise
     interval (:func:`heldout_error_interval`, ``n_resamples`` resamples).
@@ -301,7 +305,7 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
     b2, err2, tpp = None, None, ()
     try:
         b2 = F.bootstrap_approach2(runs.budget_flops, runs.params, runs.tokens, runs.loss, runs.compute_flops,
-                                   n_resamples=n_resamples, seed=seed)
+                                   n_resamples=n_resamples_approach2 or n_resamples, seed=seed)
         tpp = b2.tokens_per_param
     except ValueError as err:
         err2 = str(err)
@@ -347,8 +351,12 @@ def compare(dense: GroupFit, moe: GroupFit) -> Comparison:
 
 
 def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embedding", n_resamples: int = 200,
-              grid=F.SMALL_GRID, seed: int = 0, average_seeds: bool = False) -> Study:
+              grid=F.SMALL_GRID, seed: int = 0, average_seeds: bool = False,
+              n_resamples_approach2: int | None = None, n_resamples_joint: int | None = None) -> Study:
     """Read ``path``, fit every group with enough budgets, compare MoE groups with dense.
+
+    ``n_resamples_approach2``: see :func:`fit_group`. ``n_resamples_joint`` (default ``n_resamples // 4``, at
+    least 2): the joint law's bootstrap.
 
     ``average_seeds`` replaces repeats of one configuration by their mean
     (:meth:`Runs.average_repeats`). Raises ``ValueError`` if no group has at
@@ -363,7 +371,8 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
             # seed + i: each group's resamples are drawn independently (with one seed, groups of equal size and
             # row order would draw the same indices, and compare() would pair correlated resamples)
             fits.append(fit_group(label, group, n_resamples=n_resamples, grid=grid, seed=seed + i,
-                                  repeats=by_label[label], average_seeds=average_seeds))
+                                  repeats=by_label[label], average_seeds=average_seeds,
+                                  n_resamples_approach2=n_resamples_approach2))
         except (ValueError, RuntimeError) as err:  # too few budgets; a fit that lands on alpha or beta <= 0
             skipped.append(f"{label}: {err}" if not str(err).startswith(label) else str(err))
     if not fits:
@@ -375,7 +384,7 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
         cat = {k: np.concatenate([getattr(g.runs, k) for g in fits]) for k in ("params", "tokens", "loss", "n_experts")}
         joint = F.fit_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], seed=seed)
         joint_boot = F.bootstrap_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], fit=joint,
-                                       n_resamples=max(2, n_resamples // 4), seed=seed)
+                                       n_resamples=n_resamples_joint or max(2, n_resamples // 4), seed=seed)
     except (ValueError, RuntimeError) as err:
         joint_err, joint_boot = str(err), None
     return Study(source=str(path), loss_key=loss, params_key=params_key, average_seeds=average_seeds,
@@ -422,7 +431,7 @@ def report_markdown(s: Study) -> str:
         if g.approach2 is not None and g.approach2.fit.skipped:
             notes.append(f"{g.label}, Approach 2 skipped: " + "; ".join(g.approach2.fit.skipped))
         if g.approach2 is not None:
-            notes.append(f"{g.label}, Approach 2 intervals: {g.approach2.a.n_resamples} of {b.alpha.n_resamples} "
+            notes.append(f"{g.label}, Approach 2 intervals: {g.approach2.a.n_resamples} of {g.approach2.n_attempted} "
                          "resamples kept (a resample counts only if every budget's parabola is usable, as in the "
                          "full fit; the intervals are conditional on that and narrower than an unconditional one)")
     out += ["## Fitted laws", "", markdown_table(
@@ -621,7 +630,7 @@ def report_json(s: Study) -> dict:
                "loss_opt": [_ivd(x) for x in b.loss_opt]},
             "approach2": None if g.approach2 is None else {
                 "budgets_flops": [x.budget_flops for x in g.approach2.fit.isoflops],
-                "a": _ivd(g.approach2.a), "b": _ivd(g.approach2.b),
+                "n_attempted": g.approach2.n_attempted, "a": _ivd(g.approach2.a), "b": _ivd(g.approach2.b),
                 "params_opt": [_ivd(x) for x in g.approach2.params_opt],
                 "tokens_opt": [_ivd(x) for x in g.approach2.tokens_opt],
                 "tokens_per_param": [_ivd(x) for x in g.tokens_per_param_a2],
