@@ -138,3 +138,19 @@ def test_roofline_plot_with_a_bad_chip_writes_nothing(capsys, tmp_path):
     code, _, err = run(capsys, "plot", "roofline", "--chips", "v4,bogus", "--out", str(tmp_path / "plots"))
     assert code == 2 and "unknown chip 'bogus'" in err
     assert not (tmp_path / "plots").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--chips", ""], "--chips must be a comma-separated list of chip names, got chips=''"),
+    (["--chips", "v5e,,v6e"], "got chips='v5e,,v6e'"),  # an empty item was dropped silently
+    (["--chips", "v5e,v99"], "unknown chip 'v99'"),
+])
+def test_report_refuses_bad_chips_before_any_work(capsys, tmp_path, argv, needle):
+    code, _, err = run(capsys, "report", "--out", str(tmp_path / "rep"), *argv)
+    assert code == 2 and needle in err and not (tmp_path / "rep").exists()
+
+
+def test_report_out_that_is_a_file_is_named(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    code, _, err = run(capsys, "report", "--out", str(tmp_path / "f"))
+    assert code == 2 and "--out must be a folder" in err and (tmp_path / "f").read_text() == "x"

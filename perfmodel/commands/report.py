@@ -9,10 +9,16 @@ def register(cli) -> None:
 
 
 def _report(args) -> int:
+    import pathlib
+
+    from perfmodel.commands import chip_list
     from perfmodel.hardware import DEFAULT_CHIPS
     from perfmodel.report import write_report
 
-    chips = [c for c in args.chips.split(",") if c.strip()] if args.chips else list(DEFAULT_CHIPS)
+    # every chip named and the folder checked before the ~40 s of work
+    chips = chip_list(args.chips) if args.chips is not None else list(DEFAULT_CHIPS)
+    if pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
+        raise ValueError(f"--out must be a folder, got out={args.out!r}, an existing file")
     path = write_report(args.out, chips)
     print(f"wrote {path}")
     return 0
