@@ -150,7 +150,22 @@ def test_report_refuses_bad_chips_before_any_work(capsys, tmp_path, argv, needle
     assert code == 2 and needle in err and not (tmp_path / "rep").exists()
 
 
-def test_report_out_that_is_a_file_is_named(capsys, tmp_path):
+@pytest.mark.parametrize("argv", [
+    ["report"], ["scaling", "fit", "validation/results/arith_full.jsonl"], ["validate", "chinchilla"],
+    ["plot", "roofline"], ["validate", "compiler"], ["validate", "kernel-aot"], ["validate", "vmem"],
+])
+def test_an_out_folder_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, argv):
+    """Outputs are written last: a file where the folder should be used to fail after minutes of fitting."""
     (tmp_path / "f").write_text("x")
-    code, _, err = run(capsys, "report", "--out", str(tmp_path / "f"))
-    assert code == 2 and "--out must be a folder" in err and (tmp_path / "f").read_text() == "x"
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--out", str(tmp_path / "f")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"argument --out: '{tmp_path / 'f'}' is an existing file, not a folder" in err
+    assert (tmp_path / "f").read_text() == "x"
+
+
+@pytest.mark.parametrize("argv", [["train", "sweep"], ["kernel-table"]])
+def test_an_out_file_that_is_a_folder_is_refused(capsys, tmp_path, argv):
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--out", str(tmp_path)])
+    assert done.value.code == 2 and "is a folder, not a file" in capsys.readouterr().err

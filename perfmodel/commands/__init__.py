@@ -59,3 +59,24 @@ def positive(option: str, value) -> None:
 
     if value is None or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{option} must be a finite positive number, got {option}={value!r}")
+
+
+def out_folder(text: str) -> str:
+    """An argparse ``type`` for an output folder: refused up front if it names an existing file (else the
+    outputs, written last, would fail after all the work). argparse names the option in its message."""
+    import argparse
+    import os
+
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is an existing file, not a folder")
+    return text
+
+
+def out_file(text: str) -> str:
+    """An argparse ``type`` for an output file: refused up front if it names an existing folder."""
+    import argparse
+    import os
+
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    return text

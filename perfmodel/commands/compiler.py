@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from perfmodel.commands import out_folder
+
 _DEFAULT_CHIPS = "v4,v5e,v5p,v6e,tpu7x"
 
 
@@ -9,7 +11,7 @@ def register(cli) -> None:
     p = cli.subcommand(
         "validate", "compiler",
         "FLOPs, bytes and roofline time of matmul / ragged_dot vs libtpu's cost_analysis (AOT, no TPU)")
-    p.add_argument("--out", default="validation/results/compiler",
+    p.add_argument("--out", type=out_folder, default="validation/results/compiler",
                    help="directory for report.md and report.json (default validation/results/compiler)")
     p.add_argument("--chips", default=_DEFAULT_CHIPS, help=f"comma-separated chips (default {_DEFAULT_CHIPS})")
     p.set_defaults(func=_compiler)
@@ -26,7 +28,7 @@ def register(cli) -> None:
     p.add_argument("--holdout", type=int, default=0, metavar="N",
                    help="also compile N random off-grid shapes per chip (not stored) and score the rule on them")
     p.add_argument("--dtype-holdout", default="bf16", help="dtype of the held-out shapes (default bf16)")
-    p.add_argument("--out", default="validation/results/compiler",
+    p.add_argument("--out", type=out_folder, default="validation/results/compiler",
                    help="directory for the rule-agreement report xla_tiling_rule.md (default validation/results/compiler)")
     p.set_defaults(func=_xla_tiling)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from perfmodel.commands import chip_list, int_in
+from perfmodel.commands import chip_list, int_in, out_folder
 
 
 def _shape_args(p, *, defaults: dict | None = None) -> None:
@@ -43,7 +43,7 @@ def register(cli) -> None:
     p = cli.subcommand("plot", "roofline", "roofline per chip with each kernel of both MoE paths as a point")
     _shape_args(p, defaults=dict(tokens=4096, D=2048, F=8192, E=8, k=2))
     p.add_argument("--chips", default="v5e,v6e")
-    p.add_argument("--out", default="perfmodel-plots")
+    p.add_argument("--out", type=out_folder, default="perfmodel-plots")
     p.set_defaults(func=_plot_roofline)
 
     p = cli.subcommand("plot", "fusion-map", "speedup heatmap over (tokens per expert, F/D) with the crossover")
@@ -52,7 +52,7 @@ def register(cli) -> None:
     p.add_argument("--E", type=int, default=8)
     p.add_argument("--glu", action="store_true")
     p.add_argument("--n", type=int_in(2, 2000), default=200, help="grid points per axis, 2-2000 (default 200)")
-    p.add_argument("--out", default="perfmodel-plots")
+    p.add_argument("--out", type=out_folder, default="perfmodel-plots")
     p.set_defaults(func=_plot_map)
 
 

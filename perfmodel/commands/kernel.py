@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from perfmodel.commands import chip_list, comma_list
+from perfmodel.commands import chip_list, comma_list, out_file, out_folder
 
 
 def register(cli) -> None:
@@ -19,7 +19,7 @@ def register(cli) -> None:
     p.add_argument("--dtypes", default="bf16,f32", help="comma-separated dtypes (default bf16,f32)")
     p.add_argument("--no-boundary", action="store_true",
                    help="skip the VMEM-boundary compiles (largest fitting / smallest overflowing tiles)")
-    p.add_argument("--out", default="validation/results",
+    p.add_argument("--out", type=out_folder, default="validation/results",
                    help="directory for kernel_aot.md and kernel_aot.json (default validation/results)")
     p.set_defaults(func=_kernel_aot)
 
@@ -36,7 +36,7 @@ def register(cli) -> None:
     p.add_argument("--compile", action="store_true",
                    help="ask libtpu for XLA's ragged_dot tiling of shapes not in the shipped table "
                         "(default: the table, else the fallback rule)")
-    p.add_argument("--out", default=None, help="also write the markdown table to this file")
+    p.add_argument("--out", type=out_file, default=None, help="also write the markdown table to this file")
     p.set_defaults(func=_kernel_table)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from perfmodel.commands import comma_list, int_in, positive
+from perfmodel.commands import comma_list, int_in, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
 
@@ -14,7 +14,7 @@ def register(cli) -> None:
     p = cli.subcommand("scaling", "fit", "fit dense and MoE scaling laws to training results (JSONL)",
                        epilog="example: perfmodel scaling fit validation/results/arith_full.jsonl --out out/")
     p.add_argument("results", help="JSONL file, one finished training run per line")
-    p.add_argument("--out", default=None, help="directory for scaling_fit.md/.json and plots "
+    p.add_argument("--out", type=out_folder, default=None, help="directory for scaling_fit.md/.json and plots "
                                                "(default: next to RESULTS)")
     p.add_argument("--loss", default="eval", choices=["eval", "train"],
                    help="which final loss to fit (default: held-out eval loss)")
@@ -66,7 +66,8 @@ def register(cli) -> None:
     p.add_argument("lr_runs", help="JSONL of the same grid at lr x0.5 and x2 (perfmodel train sweep --lr-scale)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds to compare, averaged when several (default 0)")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the two laws (default 200)")
-    p.add_argument("--out", default=None, help="directory for recipe_check.md/.json (default: next to BASE)")
+    p.add_argument("--out", type=out_folder, default=None,
+                   help="directory for recipe_check.md/.json (default: next to BASE)")
     p.set_defaults(func=_recipe_check)
 
     p = cli.subcommand("scaling", "heldout-variants",
@@ -76,7 +77,8 @@ def register(cli) -> None:
     p.add_argument("results", help="JSONL of the study (at least 4 compute budgets)")
     p.add_argument("--window", type=int, default=3,
                    help="widths kept per fitted budget, nearest its best seed-mean width (default 3)")
-    p.add_argument("--out", default=None, help="directory for heldout_variants.md/.json (default: next to RESULTS)")
+    p.add_argument("--out", type=out_folder, default=None,
+                   help="directory for heldout_variants.md/.json (default: next to RESULTS)")
     p.set_defaults(func=_heldout_variants)
 
     p = cli.subcommand("validate", "chinchilla",
@@ -85,7 +87,7 @@ def register(cli) -> None:
                    help="initialisation grid: 4, 72 (default) or Epoch's 4500 starting points")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int_in(0), default=0)
-    p.add_argument("--out", default=None, help="directory for chinchilla_refit.md/.json "
+    p.add_argument("--out", type=out_folder, default=None, help="directory for chinchilla_refit.md/.json "
                                                "(default validation/results)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.set_defaults(func=_validate_chinchilla)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+from perfmodel.commands import out_folder
+
 _DEFAULT_OUT = "validation/results"
 
 
@@ -18,7 +20,7 @@ def register(cli) -> None:
     p.add_argument("--chip", required=True, help="chip the measurements were taken on (e.g. v5e)")
     p.add_argument("--fit", action="store_true",
                    help="fit the timing constants on these rows (prints them for perfmodel/tiling/params.py)")
-    p.add_argument("--out", default=_DEFAULT_OUT, help=f"report directory (default {_DEFAULT_OUT})")
+    p.add_argument("--out", type=out_folder, default=_DEFAULT_OUT, help=f"report directory (default {_DEFAULT_OUT})")
     p.add_argument("--no-compile", action="store_true",
                    help="never compile with libtpu: XLA tilings from the shipped table or the fallback rule")
     p.set_defaults(func=_timings)
@@ -27,7 +29,7 @@ def register(cli) -> None:
         "validate", "vmem",
         "VMEM-fit verdict of the tiling model vs the TPU compiler (libtpu AOT) over a tile sweep")
     p.add_argument("--chips", default="v4,v5e,v5p,v6e,tpu7x", help="comma-separated chips")
-    p.add_argument("--out", default=_DEFAULT_OUT, help=f"report directory (default {_DEFAULT_OUT})")
+    p.add_argument("--out", type=out_folder, default=_DEFAULT_OUT, help=f"report directory (default {_DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="a few configs per chip (smoke test)")
     p.set_defaults(func=_vmem)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+from perfmodel.commands import out_file
+
 _RESULTS = pathlib.Path(__file__).resolve().parents[2] / "validation" / "results"
 
 
@@ -22,7 +24,8 @@ def register(cli) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds overriding the study's, e.g. 0 or 0,1")
     p.add_argument("--lr-scale", type=float, default=1.0,
                    help="multiply the recipe's peak learning rate (recipe-sensitivity checks; tags run ids)")
-    p.add_argument("--out", default=None, help="JSONL path (default validation/results/arith_<study>.jsonl)")
+    p.add_argument("--out", type=out_file, default=None,
+                   help="JSONL path (default validation/results/arith_<study>.jsonl)")
     p.set_defaults(func=_sweep)
 
 

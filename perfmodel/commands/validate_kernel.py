@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from perfmodel.commands import out_folder
+
 
 def register(cli) -> None:
     p = cli.subcommand(
@@ -10,7 +12,7 @@ def register(cli) -> None:
         "correctness only, plus the XLA ragged_dot path vs an F-chunked formulation against the calibrated cpu chip: roofline + page faults)",
         epilog="example: perfmodel validate kernel --sweep quick --out validation/results/kernel_cpu")
     p.add_argument("--sweep", default="quick", help="quick (~30 s on the quiet 2-core Intel Xeon) or full (~5.5-6 min there; longer on a loaded machine)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=out_folder, default=None,
                    help="directory for results.jsonl/json, report.md and plots "
                         "(default validation/results/kernel_<chip>, e.g. kernel_cpu, kernel_v5e)")
     p.add_argument("--repeats", type=int, default=None,
