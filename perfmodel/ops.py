@@ -252,18 +252,22 @@ OPS: dict[str, OpSpec] = {
 }
 
 
-def check_dims(dims: dict) -> None:
+def check_dims(dims: dict, names: dict | None = None) -> None:
     """Refuse dimension combinations no model describes: top-k over more experts than exist (``k > E``), key/value
     heads that do not divide the query heads (grouped-query attention shares each K/V head by ``H / Hkv``
-    queries). Values may be numbers or numpy arrays; only the letters present are checked."""
+    queries). Values may be numbers or numpy arrays; only the letters present are checked. ``names`` maps a
+    letter to the caller's name for it in the message (``{"Hkv": "n_kv_heads"}``)."""
     import numpy as np
 
+    n = (names or {}).get
+    k, e, h, hkv = n("k", "k"), n("E", "E"), n("H", "H"), n("Hkv", "Hkv")
     if "k" in dims and "E" in dims and np.any(np.asarray(dims["k"]) > np.asarray(dims["E"])):
-        raise ValueError(f"k must not exceed E (top-k of E experts), got k={dims['k']!r}, E={dims['E']!r}")
+        raise ValueError(f"{k} must not exceed {e} (top-k of E experts), got {k}={dims['k']!r}, {e}={dims['E']!r}")
     if "H" in dims and "Hkv" in dims:
-        h, hkv = np.asarray(dims["H"]), np.asarray(dims["Hkv"])
-        if np.any(hkv <= 0) or np.any(hkv > h) or np.any(np.mod(h, np.maximum(hkv, 1)) != 0):
-            raise ValueError(f"Hkv must divide H (grouped-query attention), got H={dims['H']!r}, Hkv={dims['Hkv']!r}")
+        hv, kv = np.asarray(dims["H"]), np.asarray(dims["Hkv"])
+        if np.any(kv <= 0) or np.any(kv > hv) or np.any(np.mod(hv, np.maximum(kv, 1)) != 0):
+            raise ValueError(f"{hkv} must divide {h} (grouped-query attention), "
+                             f"got {h}={dims['H']!r}, {hkv}={dims['Hkv']!r}")
 
 
 BOOLEAN_OPTIONS = frozenset({"glu", "moe"})

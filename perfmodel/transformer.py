@@ -111,14 +111,13 @@ class TransformerShape:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
-        if self.n_kv_heads is not None and (self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads):
-            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "
-                             "(grouped-query attention shares each K/V head among n_heads / n_kv_heads queries)")
+        from perfmodel.ops import check_dims
+
+        check_dims({"k": self.top_k, "E": self.n_experts, "H": self.n_heads, "Hkv": self.hkv},
+                   names={"k": "top_k", "E": "n_experts", "H": "n_heads", "Hkv": "n_kv_heads"})
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} should be divisible by n_heads={self.n_heads} "
                              "(or give head_dim)")
-        if self.top_k > self.n_experts:
-            raise ValueError(f"top_k={self.top_k} must not exceed n_experts={self.n_experts}")
 
     @property
     def moe(self) -> bool:

@@ -77,9 +77,9 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="alpha"):
         laws.ChinchillaLaw(E_irr=1.0, A=1.0, B=1.0, alpha=0.0, beta=0.3)
     law = laws.chinchilla_epoch()
-    for kw, needle in ((dict(params=-1.0, tokens=1e9), "params must be finite and positive, got params=-1.0"),
-                       (dict(params=1e9, tokens=0.0), "tokens must be finite and positive, got tokens=0.0")):
+    for kw, needle in ((dict(params=-1.0, tokens=1e9), "params must be positive and finite, got params=-1.0"),
+                       (dict(params=1e9, tokens=0.0), "tokens must be positive and finite, got tokens=0.0")):
         with pytest.raises(ValueError, match=needle):
             law.loss(**kw)  # was nan / inf with a numpy warning
-    with pytest.raises(ValueError, match="params must be finite and positive"):
+    with pytest.raises(ValueError, match="params must be positive and finite, got params=nan"):
         law.loss(np.array([1e9, np.nan]), 1e10)

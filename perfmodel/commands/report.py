@@ -1,6 +1,6 @@
 """``perfmodel report``: the main job."""
 
-from perfmodel.commands import out_folder
+from perfmodel.commands import chip_list, out_folder
 
 
 def register(cli) -> None:
@@ -12,7 +12,6 @@ def register(cli) -> None:
 
 
 def _report(args) -> int:
-    from perfmodel.commands import chip_list
     from perfmodel.hardware import DEFAULT_CHIPS
     from perfmodel.report import write_report
 

@@ -164,11 +164,10 @@ class ChinchillaLaw:
 
     def loss(self, params, tokens):
         """L(N, D) (numpy broadcasting); N and D must be finite and positive (the law has no value at 0)."""
-        n, d = np.asarray(params, float), np.asarray(tokens, float)
-        for name, v, given in (("params", n, params), ("tokens", d, tokens)):
-            if not np.all(np.isfinite(v) & (v > 0)):
-                raise ValueError(f"{name} must be finite and positive, got {name}={given!r}")
-        return _compiled()["law"](n, d, *self.constants)
+        from perfmodel.cost import check_dim
+
+        n, d = check_dim("params", params, integer=False), check_dim("tokens", tokens, integer=False)
+        return _compiled()["law"](np.asarray(n, float), np.asarray(d, float), *self.constants)
 
     def subs(self) -> dict:
         """Sympy substitution of this law's constants."""

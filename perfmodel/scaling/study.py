@@ -287,8 +287,8 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
               n_resamples_approach2: int | None = None) -> GroupFit:
     """Fit one architecture group; ``runs`` as fitted (seed means if ``average_seeds``).
 
-    ``n_resamples_approach2`` (default ``n_resamples``) sets Approach 2's own count: its refits are parabolas
-    (1000 in about 0.3 s), and only the resamples in which every budget's parabola stays usable are kept.
+    ``n_resamples_approach2`` (default ``n_resamples``) sets Approach 2's own count: its refits are parabolas,
+    far cheaper than Approach 3's, and only the resamples in which every budget's parabola stays usable are kept.
 
     With ``repeats`` (the group's runs, seeds separate) the held-out check also gets its seed-noise
     interval (:func:`heldout_error_interval`, ``n_resamples`` resamples).
