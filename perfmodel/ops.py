@@ -16,7 +16,7 @@ from __future__ import annotations
 import attrs
 
 from perfmodel import symbols as S
-from perfmodel.cost import Cost, flops, read, transcendentals, write
+from perfmodel.cost import Cost, check_dim, flops, read, transcendentals, write
 
 # Approximate elementwise costs per element: (FLOPs, transcendentals).
 #   relu(x) = max(x, 0)                         -> 1 op
@@ -255,12 +255,16 @@ OPS: dict[str, OpSpec] = {
 def check_dims(dims: dict, names: dict | None = None) -> None:
     """Refuse dimension combinations no model describes: top-k over more experts than exist (``k > E``), key/value
     heads that do not divide the query heads (grouped-query attention shares each K/V head by ``H / Hkv``
-    queries). Values may be numbers or numpy arrays; only the letters present are checked. ``names`` maps a
-    letter to the caller's name for it in the message (``{"Hkv": "n_kv_heads"}``)."""
+    queries). Values may be numbers or numpy arrays; only the letters present are checked, each first as a
+    positive integer (:func:`perfmodel.cost.check_dim`), so a string or 0 is named as such rather than compared.
+    ``names`` maps a letter to the caller's name for it in the message (``{"Hkv": "n_kv_heads"}``)."""
     import numpy as np
 
     n = (names or {}).get
     k, e, h, hkv = n("k", "k"), n("E", "E"), n("H", "H"), n("Hkv", "Hkv")
+    for letter in ("k", "E", "H", "Hkv"):
+        if letter in dims:
+            check_dim(n(letter, letter), dims[letter])
     if "k" in dims and "E" in dims and np.any(np.asarray(dims["k"]) > np.asarray(dims["E"])):
         raise ValueError(f"{k} must not exceed {e} (top-k of E experts), got {k}={dims['k']!r}, {e}={dims['E']!r}")
     if "H" in dims and "Hkv" in dims:

@@ -47,6 +47,11 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["formula", "transformer_layer", "moe=maybe"], "moe='maybe'"),
     (["predict", "router", "D=16", "E=4", "T=8", "k=5"], "k must not exceed E"),
     (["predict", "attention", "B=1", "D=1024", "Dh=64", "H=16", "Hkv=5", "T=128"], "Hkv must divide H"),
+    # checked as numbers before k <= E and Hkv | H compare them (a string was a numpy traceback, 0 "must divide")
+    (["predict", "moe_ffn_fused", "T=64", "D=128", "F=256", "E=4", "k=two"], "k must be a number, got k='two'"),
+    (["predict", "attention", "B=1", "D=1024", "Dh=64", "H=16", "Hkv=x", "T=128"], "Hkv must be a number"),
+    (["predict", "attention", "B=1", "D=1024", "Dh=64", "H=16", "Hkv=0", "T=128"],
+     "Hkv must be a positive integer, got Hkv=0"),
     (["tiling", "gmm", "--impl", "xla", "M=0", "K=128", "N=128", "G=2"], "M must be a positive integer, got M=0"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "glu=true"], "unknown dimension 'glu'"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "tm=128"], "uses the tiles XLA picks"),
