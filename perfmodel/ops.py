@@ -62,8 +62,7 @@ def activation(rows=S.M, width=S.F, *, kind: str = "gelu", glu: bool = False,
     Non-GLU: ``h = act(u)`` reads u, writes h. GLU (SwiGLU-style):
     ``h = act(g) * u`` reads g and u, writes h (one extra multiply per element).
     """
-    if kind not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got activation={kind!r}")
+    _check_kind(kind, "kind")
     op_flops, op_trans = ACTIVATIONS[kind]
     n = rows * width
     ins = ins or (("gate", "up") if glu else ("up",))
@@ -72,6 +71,12 @@ def activation(rows=S.M, width=S.F, *, kind: str = "gelu", glu: bool = False,
         terms.append(transcendentals("vpu", n * op_trans))
     terms += [read(t, n * q) for t in ins] + [write(out, n * q)]
     return Cost(name, terms=tuple(terms), description=f"{kind}{' GLU' if glu else ''} on [{rows}, {width}]")
+
+
+def _check_kind(kind, option: str) -> None:
+    """Refuse an activation not in :data:`ACTIVATIONS`, naming the option the caller set."""
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"{option} must be one of the activations {sorted(ACTIVATIONS)}, got {option}={kind!r}")
 
 
 def elementwise(n=S.M, *, n_inputs: int = 1, flops_per_element: int = 1,
@@ -122,6 +127,7 @@ def moe_ffn_unfused(T=S.T, D=S.D, F=S.F, E=S.E, k=S.k, *, glu: bool = False,
     ``6 T k F q`` (GLU).
     """
     kind = activation_kind or ("silu" if glu else "gelu")
+    _check_kind(kind, "activation_kind")
     return Cost("moe_ffn_unfused",
                 parts=_ffn_parts(T * k, D, F, E, glu=glu, kind=kind, q=q, grouped=True),
                 description=f"ragged_dot MoE FFN ({'GLU' if glu else kind})")
@@ -147,6 +153,7 @@ def dense_ffn(M=S.M, D=S.D, F=S.F, *, glu: bool = False, activation_kind: str | 
               q=S.q) -> Cost:
     """Dense FFN as separate kernels (same structure as the unfused MoE FFN, one expert)."""
     kind = activation_kind or ("silu" if glu else "gelu")
+    _check_kind(kind, "activation_kind")
     return Cost("ffn", parts=_ffn_parts(M, D, F, 1, glu=glu, kind=kind, q=q, grouped=False))
 
 

@@ -45,6 +45,10 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["predict", "matmul", "M=1", "M=2", "K=1", "N=1"], "M given twice"),
     (["predict", "moe_ffn_fused", "T=64", "D=128", "F=256", "E=4", "k=2", "glu=off"], "glu='off'"),
     (["formula", "transformer_layer", "moe=maybe"], "moe='maybe'"),
+    # the option the user typed is named (both used to say activation='...')
+    (["predict", "activation", "M=8", "F=16", "kind=swish"], "kind must be one of the activations"),
+    (["predict", "moe_ffn_fused", "T=64", "D=128", "F=256", "E=4", "k=2", "activation_kind=swish"],
+     "got activation_kind='swish'"),
     (["predict", "router", "D=16", "E=4", "T=8", "k=5"], "k must not exceed E"),
     (["predict", "attention", "B=1", "D=1024", "Dh=64", "H=16", "Hkv=5", "T=128"], "Hkv must divide H"),
     # checked as numbers before k <= E and Hkv | H compare them (a string was a numpy traceback, 0 "must divide")
