@@ -333,9 +333,11 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
     representative used for ``pl.CostEstimate`` under ``jit``, where the real
     sizes are traced). ``chip`` sets the cores, the Mosaic scratch terms
     (:func:`vmem_scratch_bytes`) and ``vmem_limit_bytes`` (:func:`vmem_limit_bytes`);
-    ``None`` means one core, the default scratch terms and no limit.
+    ``None`` means one core, the default scratch terms and no limit; a chip must be a TPU (a GPU has no VMEM).
     """
     chip = None if chip is None else get_chip(chip)
+    if chip is not None and chip.vendor != "google":
+        raise ValueError(f"the fused kernel is a Pallas TPU kernel; chip must be a TPU, got chip={chip.name!r}")
     activation = resolve_activation(activation, glu=glu)
     dtype = canonical_dtype(dtype)
     q = dtype_bytes(dtype)

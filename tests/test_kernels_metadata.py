@@ -126,6 +126,15 @@ def test_tiles_validation_messages():
         fused_moe_spec(T=256, D=128, F=384, G=2, dtype="f32", tiles=FusedTiles(tm=128, tf=256), glu=False)
 
 
+def test_a_gpu_chip_is_refused_by_name():
+    """A GPU has no VMEM: its None capacity used to reach a comparison (TypeError), also via kernels.moe_ffn(chip=)."""
+    with pytest.raises(ValueError, match="chip must be a TPU, got chip='a100'"):
+        default_tiles(T=256, D=128, F=256, G=2, dtype="f32", glu=False, chip="a100")
+    with pytest.raises(ValueError, match="chip must be a TPU, got chip='h100'"):
+        fused_moe_spec(T=256, D=128, F=256, G=2, dtype="f32", tiles=FusedTiles(tm=128, tf=128), glu=False,
+                       chip="h100")
+
+
 @pytest.mark.parametrize("chip", ["v4", "v5e", "v5p", "v6e", "tpu7x"])
 def test_default_tiles_fit_vmem(chip):
     T, D, F, G = 8192, 4096, 16384, 8
