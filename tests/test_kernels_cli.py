@@ -20,6 +20,16 @@ def test_kernel_table_prints_fused_and_ragged_times(capsys, tmp_path):
     assert fused_us > 0 and ragged_us > 0 and abs(speedup - ragged_us / fused_us) < 0.01
 
 
+def test_kernel_table_on_stdout_is_one_markdown_table(capsys):
+    """Without --out, stdout is the table (``perfmodel kernel-table > t.md``): each row once, after the header."""
+    rc = main(["kernel-table", "--chips", "v5e", "--tokens-per-expert", "32", "--D", "512", "--ratios", "2"])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith("| v5e |")]
+    header = [i for i, line in enumerate(lines) if line.startswith("| chip |")]
+    assert len(rows) == 1 and len(header) == 1 and header[0] < rows[0]
+
+
 def test_boundary_tiles_straddle_the_chip_vmem():
     T, D, F, G, glu = kernel_aot.BOUNDARY_SHAPE
     for chip in ("v4", "v5p", "tpu7x"):
