@@ -149,6 +149,22 @@ def test_roofline_plot_with_a_bad_chip_writes_nothing(capsys, tmp_path):
     assert not (tmp_path / "plots").exists()
 
 
+def test_roofline_plot_places_the_activation_pass_at_its_own_flops(capsys, tmp_path, monkeypatch):
+    """The activation kernel has no MXU FLOPs; it was drawn at 1 FLOP (~1e-9 FLOP/B), squashing the plot."""
+    import perfmodel.plots
+    from perfmodel.ops import ACTIVATIONS
+
+    seen = {}
+    monkeypatch.setattr(perfmodel.plots, "roofline_plot", lambda chips, pts, path, **kw: seen.update(
+        {p.label: p for p in pts}) or path)
+    code, _, _ = run(capsys, "plot", "roofline", "--chips", "v5e", "--tokens", "256", "--D", "256", "--F", "512",
+                     "--E", "4", "--k", "1", "--out", str(tmp_path))
+    act = seen["act kernel"]
+    elements = 256 * 512
+    assert code == 0 and act.flops == ACTIVATIONS["gelu"][0] * elements  # gelu without --glu
+    assert act.hbm_bytes == 2 * 2 * elements  # reads up, writes h, bf16
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--chips", ""], "--chips must be a comma-separated list of chip names, got chips=''"),
     (["--chips", "v5e,,v6e"], "got chips='v5e,,v6e'"),  # an empty item was dropped silently

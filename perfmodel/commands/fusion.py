@@ -140,6 +140,8 @@ def _plot_roofline(args) -> int:
     import pathlib
 
     from perfmodel.fusion import predict_fusion
+    from perfmodel.hardware import dtype_bytes
+    from perfmodel.ops import activation
     from perfmodel.plots import RooflinePoint, roofline_plot
 
     chips = chip_list(args.chips)
@@ -148,7 +150,10 @@ def _plot_roofline(args) -> int:
                                   glu=args.glu, activation=args.activation, dtype=args.dtype) for chip in chips}
     out = pathlib.Path(args.out)
     for chip, p in preds.items():
-        pts = [RooflinePoint(f"{o.name} kernel", o.executed_flops or 1.0, o.hbm_bytes, "ragged_dot path")
+        # The activation pass runs no MXU FLOPs; it is placed at its VPU FLOPs (ops.activation), not at
+        # an invented 1 FLOP that put it near 1e-9 FLOP/B and stretched the axis over 13 decades.
+        act_flops = activation(kind=p.activation, glu=p.glu).evaluate(M=p.rows, F=p.F, q=dtype_bytes(p.dtype)).flops
+        pts = [RooflinePoint(f"{o.name} kernel", o.executed_flops or act_flops, o.hbm_bytes, "ragged_dot path")
                for o in p.unfused]
         pts.append(RooflinePoint("fused kernel", p.fused.executed_flops, p.fused.hbm_bytes, "fused"))
         path = roofline_plot([chip], pts, out / f"roofline_moe_{chip}.png",
