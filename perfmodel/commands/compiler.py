@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfmodel.commands import out_folder
+from perfmodel.commands import int_in, out_folder
 
 _DEFAULT_CHIPS = "v4,v5e,v5p,v6e,tpu7x"
 
@@ -25,7 +25,7 @@ def register(cli) -> None:
                    help="table path (default: the one shipped in perfmodel/data)")
     p.add_argument("--chips", default=_DEFAULT_CHIPS, help=f"comma-separated chips (default {_DEFAULT_CHIPS})")
     p.add_argument("--dtypes", default="bf16,f32", help="comma-separated dtypes (default bf16,f32)")
-    p.add_argument("--holdout", type=int, default=0, metavar="N",
+    p.add_argument("--holdout", type=int_in(0), default=0, metavar="N",
                    help="also compile N random off-grid shapes per chip (not stored) and score the rule on them")
     p.add_argument("--dtype-holdout", default="bf16", help="dtype of the held-out shapes (default bf16)")
     p.add_argument("--out", type=out_folder, default="validation/results/compiler",
@@ -86,8 +86,6 @@ def _xla_tiling(args) -> int:
     report = xt.rule_agreement(xt.load_table(table_path), chips=chips, dtypes=dtypes)
     print(report.text)
     md = report.markdown
-    if args.holdout < 0:
-        raise ValueError(f"--holdout must be >= 0, got holdout={args.holdout}")
     if args.holdout:
         held, skipped = {}, 0
         for c in chips:
