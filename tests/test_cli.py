@@ -132,6 +132,9 @@ def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
     (["scaling", "time-optimal", "--experts", "1"], "argument --experts: must be an integer >= 2, got 1"),
     # refused by argparse, before the rule scoring (and, with --sweep, minutes of compiles) it used to follow
     (["validate", "xla-tiling", "--holdout", "-1"], "argument --holdout: must be an integer >= 0, got -1"),
+    # was "measuring: 0^3 matmul ... median of -1 runs ..." and then an error without the option's name
+    (["calibrate", "cpu", "--matmul-n", "0"], "argument --matmul-n: must be an integer >= 1, got 0"),
+    (["calibrate", "cpu", "--repeats", "-1"], "argument --repeats: must be an integer >= 1, got -1"),
 ])
 def test_integer_options_are_range_checked_by_name(capsys, argv, needle):
     with pytest.raises(SystemExit) as done:

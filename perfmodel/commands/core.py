@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from perfmodel.commands import int_in
+
 
 def register(cli) -> None:
     p = cli.command("chips", "table of built-in chips with the source of every number")
@@ -30,9 +32,9 @@ def register(cli) -> None:
     p.set_defaults(func=_formula)
 
     p = cli.subcommand("calibrate", "cpu", "measure this machine's matmul FLOP/s, memory bandwidth and page-fault rate")
-    p.add_argument("--matmul-n", type=int, default=1024)
-    p.add_argument("--copy-mib", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--matmul-n", type=int_in(1), default=1024)
+    p.add_argument("--copy-mib", type=int_in(1), default=256)
+    p.add_argument("--repeats", type=int_in(1), default=7)
     p.set_defaults(func=_calibrate_cpu)
 
 
