@@ -41,6 +41,7 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["predict", "matmul", "M=1", "K=1"], "missing"),
     (["predict", "matmul", "--dtype", "fp8", "M=1", "K=1", "N=1"], "fp8"),
     (["predict", "matmul", "M"], "NAME=VALUE"),
+    (["predict", "matmul", "M=1", "K=1", "N=1", "=3"], "expected NAME=VALUE, got '=3'"),  # was "unknown argument(s) ;"
     (["predict", "matmul", "M=1", "K=1", "N=1", "q=3"], "set by dtype"),
     (["predict", "matmul", "M=1", "M=2", "K=1", "N=1"], "M given twice"),
     (["predict", "moe_ffn_fused", "T=64", "D=128", "F=256", "E=4", "k=2", "glu=off"], "glu='off'"),

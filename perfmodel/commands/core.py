@@ -93,6 +93,8 @@ def parse_assignments(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"expected NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
+        if not key:
+            raise ValueError(f"expected NAME=VALUE, got {item!r} (no name)")
         if key in out:
             raise ValueError(f"{key} given twice ({key}={out[key]!r} and {item})")
         low = value.strip().lower()
