@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 
 from kernels.activations import resolve_activation, transcendentals_per_element, vpu_flops_per_element
-from perfmodel.hardware import Chip, canonical_dtype, dtype_bytes, get_chip
+from perfmodel.hardware import Chip, canonical_dtype, dtype_bytes, get_chip, get_tpu_chip
 from perfmodel.tiling.spec import KernelSpec, Operand
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import jax
@@ -335,9 +335,7 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
     (:func:`vmem_scratch_bytes`) and ``vmem_limit_bytes`` (:func:`vmem_limit_bytes`);
     ``None`` means one core, the default scratch terms and no limit; a chip must be a TPU (a GPU has no VMEM).
     """
-    chip = None if chip is None else get_chip(chip)
-    if chip is not None and chip.vendor != "google":
-        raise ValueError(f"the fused kernel is a Pallas TPU kernel; chip must be a TPU, got chip={chip.name!r}")
+    chip = None if chip is None else get_tpu_chip(chip, what="the fused kernel (Pallas TPU)")
     activation = resolve_activation(activation, glu=glu)
     dtype = canonical_dtype(dtype)
     q = dtype_bytes(dtype)
@@ -453,6 +451,6 @@ def default_tiles(*, T: int, D: int, F: int, G: int, dtype, glu: bool, chip, act
     ``G`` equal groups, with the timing constants fitted on v5e measurements
     (``perfmodel.tiling.params.FITTED``).
     """
-    chip = get_chip(chip)
+    chip = get_tpu_chip(chip, what="the fused kernel (Pallas TPU)")
     activation = resolve_activation(activation, glu=glu)
     return _default_tiles(T, D, F, G, canonical_dtype(dtype), glu, chip.name, activation)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from perfmodel.hardware import canonical_dtype, dtype_bytes, get_chip
+from perfmodel.hardware import canonical_dtype, dtype_bytes, get_tpu_chip
 from perfmodel.ops import check_dims
 from perfmodel.tiling.params import FITTED, TimingParams
 
@@ -171,9 +171,7 @@ def predict_fusion(*, chip: str = "v5e", tokens: int, D: int, F: int, E: int, k:
     from perfmodel.tiling.predict import xla_ragged_dot_time
     from perfmodel.tiling.walker import walk
 
-    c = get_chip(chip)
-    if c.vendor != "google":
-        raise ValueError(f"the fused kernel is a Pallas TPU kernel; chip must be a TPU, got chip={c.name!r}")
+    c = get_tpu_chip(chip, what="the fused kernel (Pallas TPU)")
     for name, v in (("tokens", tokens), ("D", D), ("F", F), ("E", E), ("k", k)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")

@@ -16,7 +16,7 @@ import functools
 import attrs
 import numpy as np
 
-from perfmodel.hardware import canonical_dtype, dtype_bytes, get_chip
+from perfmodel.hardware import canonical_dtype, dtype_bytes, get_tpu_chip
 from perfmodel.tiling.params import FITTED, TimingParams
 
 
@@ -80,7 +80,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES
     from perfmodel.fusion_closed_form import evaluate_times
 
-    c = get_chip(chip)
+    c = get_tpu_chip(chip, what="the fusion map (fused Pallas kernel vs ragged_dot)")
     dt = canonical_dtype(dtype)
     act = resolve_activation(activation, glu=glu)
     q = dtype_bytes(dt)

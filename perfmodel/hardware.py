@@ -310,6 +310,21 @@ _NAME_ALIASES = {"v7x": "tpu7x", "7x": "tpu7x", "ironwood": "tpu7x", "v5litepod"
                  "v5lite": "v5e", "trillium": "v6e", "tpu-v4": "v4"}
 
 
+def get_tpu_chip(name: str | Chip, *, what: str) -> Chip:
+    """Like :func:`get_chip`, but only a TPU (a chip with VMEM and an MXU) is accepted.
+
+    ``what`` names what needs the TPU, for the message. ``cpu`` is refused
+    by name before :func:`cpu_chip` would measure the machine (seconds of work whose
+    result could only be thrown away).
+    """
+    key = name.strip().lower() if isinstance(name, str) else None
+    chip = None if key == "cpu" else get_chip(name)
+    if chip is None or chip.vendor != "google":
+        label = "cpu" if chip is None else chip.name
+        raise ValueError(f"{what} needs a TPU; chip must be a TPU, got chip={label!r}")
+    return chip
+
+
 def known_chip_names() -> list[str]:
     return [*CATALOG, "cpu"]
 

@@ -114,3 +114,34 @@ def test_bad_page_fault_sizes_name_the_argument():
 def test_bad_calibration_sizes_name_the_argument():
     with pytest.raises(ValueError, match="matmul_n=0"):
         hardware.measure_cpu(matmul_n=0)
+
+
+def _no_measuring(**_):
+    raise AssertionError("measured the CPU for a model that only accepts TPUs")
+
+
+@pytest.mark.parametrize("argv", [
+    ["fusion", "--tokens", "4096", "--D", "2048", "--F", "8192", "--E", "8", "--chip", "cpu"],
+    ["tiling", "gmm", "--chip", "CPU", "M=1024", "K=256", "N=512", "G=8"],
+    ["plot", "fusion-map", "--chip", "cpu"],
+])
+def test_tpu_only_commands_refuse_cpu_before_measuring_it(argv, tmp_path, monkeypatch, capsys):
+    # With no saved calibration, get_chip("cpu") measures the machine (seconds) and writes a cache file;
+    # a TPU-only model must refuse the name first.
+    from perfmodel.cli import main
+
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "measure_cpu", _no_measuring)
+    if argv[0] == "plot":
+        argv = [*argv, "--out", str(tmp_path / "plots")]
+    assert main(argv) != 0
+    assert "chip must be a TPU, got chip='cpu'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["a100", "h100", "cpu"])
+def test_get_tpu_chip_names_what_needs_the_tpu(name, monkeypatch):
+    monkeypatch.setattr(hardware, "measure_cpu", _no_measuring)
+    with pytest.raises(ValueError, match=f"the tiling walker needs a TPU; chip must be a TPU, got chip='{name}'"):
+        hardware.get_tpu_chip(name, what="the tiling walker")
+    assert hardware.get_tpu_chip("trillium", what="x").name == "v6e"

@@ -56,12 +56,12 @@ def _timings(args) -> int:
     import os
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from perfmodel.hardware import get_chip
+    from perfmodel.hardware import get_tpu_chip
     from perfmodel.tables import text_table
     from perfmodel.tiling import params as P
     from validation import timings as V
 
-    chip = get_chip(args.chip)
+    chip = get_tpu_chip(args.chip, what="validate timings (TPU kernel timings)")
     files = V.expand_paths(args.files)
     rows = [r for f in files for r in V.load_rows(f)]
     if not rows:
@@ -113,7 +113,7 @@ def _gmm(args) -> int:
     import os
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from perfmodel.hardware import format_si, get_chip
+    from perfmodel.hardware import format_si, get_tpu_chip
     from perfmodel.tables import text_table
     from perfmodel.tiling import params as P
     from perfmodel.tiling.predict import megablox_time, tokamax_time, xla_ragged_dot_time
@@ -143,7 +143,7 @@ def _gmm(args) -> int:
     if G <= 0 or M % G:
         raise ValueError(f"M must be a positive multiple of G (equal groups), got M={M}, G={G}")
     gs = [M // G] * G
-    chip = get_chip(args.chip)
+    chip = get_tpu_chip(args.chip, what="tiling gmm (the tiling walker)")
     params = P.DEFAULT if args.ideal else P.FITTED
     if args.impl == "xla":
         t = xla_ragged_dot_time(chip, gs, K, N, kind=args.kind, dtype=args.dtype, params=params)

@@ -53,7 +53,7 @@ import math
 import attrs
 import numpy as np
 
-from perfmodel.hardware import Chip, get_chip
+from perfmodel.hardware import Chip, get_chip, get_tpu_chip
 from perfmodel.tiling.params import DEFAULT, TimingParams
 from perfmodel.tiling.spec import KernelSpec, Operand
 from perfmodel.tiling.vmem import mosaic_spill_bytes
@@ -291,9 +291,7 @@ def walk(spec: KernelSpec, chip: Chip | str, params: TimingParams = DEFAULT) -> 
 
     Vectorised over grid steps with numpy (1e5 steps take milliseconds).
     """
-    chip = get_chip(chip)
-    if chip.mxu_tile is None:
-        raise ValueError(f"chip {chip.name!r} has no MXU; the tiling walker models TPUs only")
+    chip = get_tpu_chip(chip, what="the tiling walker")
     launch_s = chip.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
     n = spec.grid_steps
     if n == 0:
