@@ -1,4 +1,4 @@
-"""MoE FFN kernels: one API, three implementations.
+"""MoE FFN kernels: one API, four implementations.
 
 >>> y = moe_ffn(x, group_sizes, w_up, w_down, w_gate=None, activation="gelu",
 ...             implementation="fused")                                  # doctest: +SKIP

@@ -31,7 +31,7 @@ class SpeedupMap:
     activation: str
     dtype: str
     tokens_per_expert: np.ndarray  # [nx]
-    f_over_d: np.ndarray  # [ny] (F = f_over_d D, rounded to a multiple of 128)
+    f_over_d: np.ndarray  # [ny] F / D, where F is the requested F/D times D rounded to a multiple of 256
     F: np.ndarray  # [ny]
     speedup: np.ndarray  # [ny, nx]
     fused_time_s: np.ndarray
@@ -75,7 +75,11 @@ def _xla_vpu(k, n, tm, tk, tn, dtype) -> float:
 def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = True, activation: str | None = None,
                 dtype: str = "bf16", tokens_per_expert=None, f_over_d=None, n: int = 200,
                 params: TimingParams = FITTED) -> SpeedupMap:
-    """Evaluate the map (default 200 x 200: tokens per expert 8..16384, F/D 1..8)."""
+    """Evaluate the map (default n = 200 points per axis: tokens per expert 8..16384, F/D 1..8).
+
+    Tokens per expert are rounded to multiples of 8 and F = (F/D) D to multiples of 256 (at least 256),
+    duplicates dropped, so a small D gives fewer than ``n`` F/D rows (D = 2048: 57; D = 8192: 200).
+    """
     from kernels.activations import resolve_activation
     from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES
     from perfmodel.fusion_closed_form import evaluate_times

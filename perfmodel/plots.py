@@ -47,9 +47,9 @@ def roofline_plot(chips: Sequence[str], points: Sequence[RooflinePoint], path, *
                   dtype: str = "bf16", title: str | None = None) -> pathlib.Path:
     """Attainable FLOP/s = min(peak, intensity x bandwidth) per chip, ops as points.
 
-    Each point sits at its arithmetic intensity and at the FLOP/s it attains
-    on the first chip under the roofline lower bound (FLOPs / max(compute,
-    memory time)); points are drawn once per chip in that chip's colour.
+    Each point sits at its arithmetic intensity and, once per chip in that
+    chip's colour, at the FLOP/s it attains there under the roofline lower
+    bound (FLOPs / max(compute, memory time)).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -84,7 +84,8 @@ def roofline_plot(chips: Sequence[str], points: Sequence[RooflinePoint], path, *
 
 
 def fusion_map_plot(m, path) -> pathlib.Path:
-    """Heatmap of the predicted speedup (ragged_dot time / fused time) with the speedup = 1 contour."""
+    """Heatmap of the predicted speedup (ragged_dot time / fused time) with the crossover line: per F/D row,
+    the largest tokens per expert at which ragged_dot still wins (``m.last_loss_tokens_per_expert``)."""
     plt = _pyplot()
     from matplotlib.colors import TwoSlopeNorm
 

@@ -201,3 +201,11 @@ def test_an_out_file_that_is_a_folder_is_refused(capsys, tmp_path, argv):
     with pytest.raises(SystemExit) as done:
         main([*argv, "--out", str(tmp_path)])
     assert done.value.code == 2 and "is a folder, not a file" in capsys.readouterr().err
+
+
+def test_bench_predict_runs(capsys):
+    # Its random shapes once drew top-k above the expert count, which predict refuses (k <= E).
+    from validation.bench_predict import run as bench
+
+    r = bench(n=2000, repeats=1, cli_repeats=1, log=lambda *_: None)
+    assert r.n_configs == 2000 and r.vectorised_median_s > 0 and r.cold_cli_median_s > 0

@@ -34,6 +34,7 @@ def run(n: int = 1_000_000, repeats: int = 5, cli_repeats: int = 5, log=print) -
     rng = np.random.default_rng(0)
     dims = dict(T=rng.integers(1, 1 << 16, n), D=rng.integers(128, 8192, n), F=rng.integers(128, 32768, n),
                 E=rng.integers(1, 256, n), k=rng.integers(1, 8, n))
+    dims["k"] = np.minimum(dims["k"], dims["E"])  # top-k of E experts: predict refuses k > E
     t0 = time.perf_counter()
     predict("moe_ffn_unfused", chip="v5e", **dims)
     first = time.perf_counter() - t0
