@@ -232,6 +232,12 @@ def _ragged_op(name: str, t) -> OpTime:
     return op
 
 
+def _percent(fraction: float) -> str:
+    """``0.1 -> '10%'``; a share under 1% keeps two significant digits (``0.0011 -> '0.11%'``), not ``'0%'``."""
+    pct = 100 * fraction
+    return f"{pct:.0f}%" if pct >= 1 or pct == 0 else f"{pct:.2g}%"
+
+
 def explain(p: FusionPrediction) -> str:
     """One sentence naming the dominant cause of the predicted speedup or slowdown."""
     s = p.speedup
@@ -243,24 +249,29 @@ def explain(p: FusionPrediction) -> str:
     causes = []
     if p.intermediate_bytes:
         causes.append((p.intermediate_bytes, f"fusion removes the [T,F] round trip, "
-                                             f"{100 * p.intermediate_bytes / unf_bytes:.0f}% of unfused bytes"))
+                                             f"{_percent(p.intermediate_bytes / unf_bytes)} of unfused bytes"))
     if p.weight_reread_bytes:
         share = p.weight_reread_bytes / max(p.fused.hbm_bytes, 1)
         tm = p.fused_tiles[0]
         causes.append((p.weight_reread_bytes,
                        f"fusion re-reads each expert's weights once per {tm}-row tile "
-                       f"(~{p.tokens_per_expert / tm:.1f} tiles per expert), {100 * share:.0f}% of fused bytes"))
+                       f"(~{p.tokens_per_expert / tm:.1f} tiles per expert), {_percent(share)} of fused bytes"))
     if p.x_reread_bytes:
         causes.append((p.x_reread_bytes, f"ragged_dot re-reads activations once per output column tile "
-                                         f"({100 * p.x_reread_bytes / unf_bytes:.0f}% of unfused bytes)"))
+                                         f"({_percent(p.x_reread_bytes / unf_bytes)} of unfused bytes)"))
     overhead_gap = sum(o.overhead_s for o in p.unfused) - p.fused.overhead_s
+    # Both memory-bound: each path's time is its DMA time plus its fixed costs, so the byte causes act through
+    # the DMA gap; fixed costs dominate when their gap is the larger of the two.
+    memory_gap = sum(o.memory_s for o in p.unfused) - p.fused.memory_s
     both_memory = fb == "memory" and ub == "memory"
+    fixed_dominate = (abs(overhead_gap) > abs(memory_gap) if both_memory
+                      else abs(overhead_gap) > 0.5 * abs(p.unfused_time_s - p.fused_time_s))
     if fb == "compute" and ub == "compute":
         fc = p.fused.compute_s
         uc = sum(o.compute_s for o in p.unfused)
         main = (f"both compute-bound: MXU time {uc * 1e6:.0f} us (ragged_dot path, incl. its "
                 f"activation pass {p.unfused[-2].time_s * 1e6:.0f} us) vs {fc * 1e6:.0f} us fused")
-    elif abs(overhead_gap) > 0.5 * abs(p.unfused_time_s - p.fused_time_s) and not both_memory:
+    elif fixed_dominate:
         main = (f"fixed costs dominate: {len(p.unfused)} launches and their grid steps cost "
                 f"{sum(o.overhead_s for o in p.unfused) * 1e6:.1f} us vs {p.fused.overhead_s * 1e6:.1f} us fused")
     elif causes:

@@ -209,3 +209,10 @@ def test_bench_predict_runs(capsys):
 
     r = bench(n=2000, repeats=1, cli_repeats=1, log=lambda *_: None)
     assert r.n_configs == 2000 and r.vectorised_median_s > 0 and r.cold_cli_median_s > 0
+
+
+def test_fusion_prints_fractional_rows_per_expert(capsys):
+    # 8 rows over 64 experts is 0.125 rows per expert on average; it was rounded to "0 rows per expert"
+    code, out, _ = run(capsys, "fusion", "--tokens", "8", "--D", "4096", "--F", "256", "--E", "64")
+    assert code == 0
+    assert "(0.125 rows per expert on average)" in out

@@ -151,3 +151,22 @@ def test_cli_fusion_json(capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["speedup"] == pytest.approx(d["unfused_time_s"] / d["fused_time_s"])
     assert [o["name"] for o in d["unfused"]] == ["up", "gate", "act", "down"]
+
+
+def test_when_both_paths_move_the_same_bytes_the_explanation_names_the_fixed_costs():
+    # 8 rows over 64 experts, F < D: the [T,F] round trip is a tiny share of the bytes and both paths are
+    # memory-bound with equal DMA time; the ragged_dot path's extra launches and grid steps are the gap.
+    p = predict_fusion(chip="v5e", tokens=8, D=4096, F=256, E=64, k=1, glu=False)
+    memory_gap = sum(o.memory_s for o in p.unfused) - p.fused.memory_s
+    overhead_gap = sum(o.overhead_s for o in p.unfused) - p.fused.overhead_s
+    assert p.fused.bound == "memory" and max(p.unfused, key=lambda o: o.time_s).bound == "memory"
+    assert abs(overhead_gap) > abs(memory_gap)
+    assert p.sentence.startswith("fixed costs dominate")
+
+
+def test_byte_shares_under_one_percent_are_not_printed_as_zero():
+    from perfmodel.fusion import _percent
+
+    assert _percent(0.0011) == "0.11%"
+    assert _percent(0.46) == "46%"
+    assert _percent(0.0) == "0%"

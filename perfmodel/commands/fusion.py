@@ -99,7 +99,7 @@ def _fusion(args) -> int:
         return 0
     print(f"MoE FFN on {p.chip}: tokens={p.tokens} k={p.k} -> rows={p.rows}, D={p.D}, F={p.F}, E={p.E}, "
           f"{'GLU ' if p.glu else ''}{p.activation}, {p.dtype}, groups {p.distribution} "
-          f"({p.tokens_per_expert:.0f} rows per expert on average)")
+          f"({_rows(p.tokens_per_expert)} rows per expert on average)")
     rows = []
     for o in (*p.unfused, p.fused):
         rows.append([o.name, _us(o.time_s), o.bound, _us(o.compute_s), _us(o.memory_s), _us(o.overhead_s),
@@ -180,3 +180,8 @@ def _plot_map(args) -> int:
             msg = "fusion wins everywhere" if last != last else f"fusion wins above {last:.0f} tokens/expert"
             print(f"  F/D={fd:.2f}: {msg}")
     return 0
+
+
+def _rows(tokens_per_expert: float) -> str:
+    """Rows per expert: whole numbers from 10 up, three digits below (8 rows over 64 experts is 0.125, not 0)."""
+    return f"{tokens_per_expert:.0f}" if tokens_per_expert >= 10 else f"{tokens_per_expert:.3g}"
