@@ -190,6 +190,10 @@ def resolve_chip(chip) -> Chip:
 
 
 def _validate(x, group_sizes, w_up, w_down, w_gate):
+    for name, a in (("x", x), ("group_sizes", group_sizes), ("w_up", w_up), ("w_down", w_down), ("w_gate", w_gate)):
+        if a is not None and not (hasattr(a, "shape") and hasattr(a, "dtype")):
+            raise TypeError(f"{name} must be an array (jax or numpy; e.g. jnp.asarray({name})), "
+                            f"got {type(a).__name__} {name}={a!r:.80}")
     if x.ndim != 2:
         raise ValueError(f"x should be [T, D], got x.shape={x.shape}")
     T, D = x.shape

@@ -155,6 +155,13 @@ def test_bad_group_sizes_fail_the_same_way_for_every_implementation(implementati
         moe_ffn(x, jnp.array(sizes), w_up, w_down, implementation=implementation, interpret=True)
 
 
+@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+def test_a_python_list_is_named_not_an_attribute_error(implementation):
+    x, w_up, w_down, _ = _weights("f32", False)
+    with pytest.raises(TypeError, match=r"group_sizes must be an array .* got list group_sizes=\[100, 100, 0, 0\]"):
+        moe_ffn(x, [100, 100, 0, 0], w_up, w_down, implementation=implementation, interpret=True)
+
+
 def test_group_sizes_under_jit_are_not_inspected():
     x, w_up, w_down, _ = _weights("f32", False)
     gs = jnp.array([100, 50, 0, 0], jnp.int32)  # a 50-row padded tail: allowed, comes back zero
