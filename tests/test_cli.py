@@ -110,6 +110,16 @@ def test_fitted_optimal_names_missing_experts_and_too_few_budgets(capsys, tmp_pa
     assert code == 2 and "no group with experts=8; the file has E=1" in err
 
 
+def test_fitted_optimal_whose_fit_fails_is_an_error_not_a_traceback(capsys, tmp_path):
+    # loss rising with both N and D: no law with positive exponents fits, and fit_approach3 raises RuntimeError
+    rows = [{**RUN, "budget_flops": c, "params_active_non_embedding": n, "tokens": c / (6 * n),
+             "held_out_loss": 0.5 * (n / 1e3) ** 0.2 * (c / (6 * n) / 1e3) ** 0.2}
+            for c in (1e10, 1e11, 1e12) for n in (1e3, 3e3, 1e4, 3e4, 1e5)]
+    path = _jsonl(tmp_path / "rising.jsonl", rows)
+    code, _, err = run(capsys, "scaling", "optimal", "--compute", "1e13", "--law", "fitted", "--results", path)
+    assert code == 2 and "rising.jsonl: dense: Approach 3 converged to non-positive exponents" in err
+
+
 def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
     (tmp_path / "ragged_dot.json").write_text("[]")
     code, _, err = run(capsys, "validate", "timings", str(tmp_path), "--chip", "v5e", "--no-compile")
