@@ -63,6 +63,26 @@ def test_bad_input_is_a_clear_error(capsys, argv, needle):
     assert needle in err
 
 
+@pytest.mark.parametrize("option, value, needle", [
+    ("--budgets", "", "--budgets must be comma-separated numbers, got budgets=''"),
+    ("--seeds", "", "--seeds must be comma-separated integers, got seeds=''"),
+    ("--task", "", "got task=''"),
+    ("--budgets", "1e10,1e10", "--budgets lists a budget more than once"),
+    ("--seeds", "0,1,0", "--seeds lists a seed more than once"),
+])
+def test_train_sweep_refuses_empty_or_repeated_lists_before_training(capsys, monkeypatch, tmp_path, option, value,
+                                                                     needle):
+    # an empty value used to fall back to the study's defaults and start the sweep; a repeat trained runs twice
+    from validation.arith import sweep
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the sweep started")
+
+    monkeypatch.setattr(sweep, "run_study", no_training)
+    code, _, err = run(capsys, "train", "sweep", "--out", str(tmp_path / "s.jsonl"), f"{option}={value}")
+    assert code == 2 and needle in err
+
+
 def test_formula_pretty_and_latex(capsys):
     code, out, _ = run(capsys, "formula", "moe_ffn_fused", "glu=true", "--kind", "hbm_bytes", "--latex")
     assert code == 0 and "q" in out and "\\" in out
