@@ -291,9 +291,13 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
     far cheaper than Approach 3's, and only the resamples in which every budget's parabola stays usable are kept.
 
     With ``repeats`` (the group's runs, seeds separate) the held-out check also gets its seed-noise
-    interval (:func:`heldout_error_interval`, ``n_resamples`` resamples).
+    interval (:func:`heldout_error_interval`, ``n_resamples`` resamples) and the group its :class:`Frontier`.
+    Both are skipped when every configuration has a single run: resampling it changes nothing, and the
+    zero-width intervals would read as a resolved bend or a miss that is "not seed noise".
     """
     budgets = runs.budgets
+    if repeats is not None and all(ix.size == 1 for ix in repeats.configurations()):
+        repeats = None
     if budgets.size < MIN_BUDGETS:
         raise ValueError(f"{label}: need at least {MIN_BUDGETS} compute budgets to fit and hold one out, got "
                          f"{budgets.size} ({', '.join(f'{b:.3g}' for b in budgets) or 'none'})")
