@@ -238,7 +238,11 @@ def frontier_check(runs: Runs, repeats: Runs, law: laws.ChinchillaLaw, *, averag
     samples = [_frontier_shape(x.budget_flops, x.loss) for x in
                seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed)]
     samples_g = np.asarray([x[1] for x in samples]).reshape(-1, g.size)
-    _, lg, lo, lc = _frontier_shape(budgets, np.asarray(law.optimal(budgets).loss, float))
+    law_loss = np.asarray(law.optimal(budgets).loss, float)
+    if not np.all(np.isfinite(law_loss) & (law_loss > 0)):  # a degenerate fit; the runs themselves were checked
+        raise ValueError(f"the law fitted on all budgets (alpha={law.alpha:.4g}, beta={law.beta:.4g}) has no finite "
+                         f"L*(C) at budgets {', '.join(f'{c:.3g}' for c in budgets)}: no frontier to compare")
+    _, lg, lo, lc = _frontier_shape(budgets, law_loss)
     return Frontier(
         budgets_flops=tuple(float(c) for c in budgets),
         exponents=tuple(F._interval(v, samples_g[:, i], level) for i, v in enumerate(g)),
