@@ -107,6 +107,8 @@ RUN = {"arch": "dense", "budget_flops": 1e12, "params_active_non_embedding": 100
     ([[1, 2]], "r.jsonl:1: expected a JSON object"),
     ([RUN, {**RUN, "held_out_loss": -1.0}], "r.jsonl:2: eval loss must be positive"),
     ([RUN, {**RUN, "budget_flops": -3e10}], "r.jsonl:2: budget_flops must be finite and positive"),
+    ([RUN, {**RUN, "held_out_loss": True}], "r.jsonl:2: eval loss is not a number: True"),
+    ([{**RUN, "tokens": False}], "r.jsonl:1: tokens is not a number: False"),
 ])
 def test_bad_results_file_names_the_line(capsys, tmp_path, rows, needle):
     code, _, err = run(capsys, "scaling", "fit", _jsonl(tmp_path / "r.jsonl", rows), "--out", str(tmp_path / "o"))

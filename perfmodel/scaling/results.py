@@ -159,6 +159,8 @@ def _group_order(label: str):
 
 def _number(value, what: str, where: str) -> float:
     try:
+        if isinstance(value, bool):  # JSON true/false: float() would read them as 1.0 and 0.0
+            raise TypeError
         x = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {what} is not a number: {value!r}") from None
