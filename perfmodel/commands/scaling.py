@@ -180,6 +180,11 @@ def _time_optimal(args) -> int:
     print(f"time budget {args.hours:g} chip-hours on {res[0].chip}; loss from the joint MoE law "
           f"(Ludziejewski et al. 2025); step time from perfmodel roofline (decoder_train_step), MoE FFN: {args.ffn}")
     print(text_table(H.HEADERS, [r.cells() for r in res]))
+    lo, hi = min(H.DEPTHS), max(H.DEPTHS)
+    for r in res:  # argmin over the family: at its end the loss may still fall beyond the depths searched
+        if r.size.n_layers in (lo, hi):
+            print(f"note: {r.arch} {r.choice} is the family's {'smallest' if r.size.n_layers == lo else 'largest'} "
+                  f"member (L={r.size.n_layers} of {lo}..{hi}): the optimum may lie outside the depths searched")
     print(H.ASSUMPTIONS)
     if args.plot:
         png = pathlib.Path(args.plot).with_suffix(".png")  # plots.save writes PNG + SVG under this stem
