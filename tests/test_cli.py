@@ -201,3 +201,11 @@ def test_an_out_file_that_is_a_folder_is_refused(capsys, tmp_path, argv):
     with pytest.raises(SystemExit) as done:
         main([*argv, "--out", str(tmp_path)])
     assert done.value.code == 2 and "is a folder, not a file" in capsys.readouterr().err
+
+
+def test_a_time_optimal_plot_that_is_a_folder_is_refused(capsys, tmp_path):
+    # the plot's stem took the folder's name: --plot DIR wrote DIR.png and DIR.svg beside the folder
+    with pytest.raises(SystemExit) as done:
+        main(["scaling", "time-optimal", "--plot", str(tmp_path)])
+    assert done.value.code == 2 and "argument --plot:" in capsys.readouterr().err
+    assert not tmp_path.with_suffix(".png").exists()

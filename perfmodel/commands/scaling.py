@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from perfmodel.commands import comma_list, int_in, out_folder, positive
+from perfmodel.commands import comma_list, int_in, out_file, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
 
@@ -54,7 +54,7 @@ def register(cli) -> None:
                         "traffic, or XLA ragged_dot from the kernel tiling model (dense drhs)")
     p.add_argument("--tokens-per-chip-step", type=int_in(1), default=16384,
                    help="tokens per chip per training step (default 16384)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write loss vs size at the time budget")
+    p.add_argument("--plot", type=out_file, default=None, metavar="PNG", help="write loss vs size at the time budget")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_time_optimal)
 
