@@ -73,6 +73,26 @@ def test_bad_input_is_a_clear_error(capsys, argv, needle):
     assert needle in err
 
 
+@pytest.mark.parametrize("option, value, needle", [
+    ("--budgets", "", "--budgets must be comma-separated numbers, got budgets=''"),
+    ("--seeds", "", "--seeds must be comma-separated integers, got seeds=''"),
+    ("--task", "", "got task=''"),
+    ("--budgets", "1e10,1e10", "--budgets lists a budget more than once"),
+    ("--seeds", "0,1,0", "--seeds lists a seed more than once"),
+])
+def test_train_sweep_refuses_empty_or_repeated_lists_before_training(capsys, monkeypatch, tmp_path, option, value,
+                                                                     needle):
+    # an empty value used to fall back to the study's defaults and start the sweep; a repeat trained runs twice
+    from validation.arith import sweep
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the sweep started")
+
+    monkeypatch.setattr(sweep, "run_study", no_training)
+    code, _, err = run(capsys, "train", "sweep", "--out", str(tmp_path / "s.jsonl"), f"{option}={value}")
+    assert code == 2 and needle in err
+
+
 def test_formula_pretty_and_latex(capsys):
     code, out, _ = run(capsys, "formula", "moe_ffn_fused", "glu=true", "--kind", "hbm_bytes", "--latex")
     assert code == 0 and "q" in out and "\\" in out
@@ -97,6 +117,8 @@ RUN = {"arch": "dense", "budget_flops": 1e12, "params_active_non_embedding": 100
     ([[1, 2]], "r.jsonl:1: expected a JSON object"),
     ([RUN, {**RUN, "held_out_loss": -1.0}], "r.jsonl:2: eval loss must be positive"),
     ([RUN, {**RUN, "budget_flops": -3e10}], "r.jsonl:2: budget_flops must be finite and positive"),
+    ([RUN, {**RUN, "held_out_loss": True}], "r.jsonl:2: eval loss is not a number: True"),
+    ([{**RUN, "tokens": False}], "r.jsonl:1: tokens is not a number: False"),
 ])
 def test_bad_results_file_names_the_line(capsys, tmp_path, rows, needle):
     code, _, err = run(capsys, "scaling", "fit", _jsonl(tmp_path / "r.jsonl", rows), "--out", str(tmp_path / "o"))
@@ -118,6 +140,16 @@ def test_fitted_optimal_names_missing_experts_and_too_few_budgets(capsys, tmp_pa
     code, _, err = run(capsys, "scaling", "optimal", "--compute", "1e21", "--law", "fitted", "--results", path,
                        "--experts", "8")
     assert code == 2 and "no group with experts=8; the file has E=1" in err
+
+
+def test_fitted_optimal_whose_fit_fails_is_an_error_not_a_traceback(capsys, tmp_path):
+    # loss rising with both N and D: no law with positive exponents fits, and fit_approach3 raises RuntimeError
+    rows = [{**RUN, "budget_flops": c, "params_active_non_embedding": n, "tokens": c / (6 * n),
+             "held_out_loss": 0.5 * (n / 1e3) ** 0.2 * (c / (6 * n) / 1e3) ** 0.2}
+            for c in (1e10, 1e11, 1e12) for n in (1e3, 3e3, 1e4, 3e4, 1e5)]
+    path = _jsonl(tmp_path / "rising.jsonl", rows)
+    code, _, err = run(capsys, "scaling", "optimal", "--compute", "1e13", "--law", "fitted", "--results", path)
+    assert code == 2 and "rising.jsonl: dense: Approach 3 converged to non-positive exponents" in err
 
 
 def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
@@ -216,3 +248,11 @@ def test_fusion_prints_fractional_rows_per_expert(capsys):
     code, out, _ = run(capsys, "fusion", "--tokens", "8", "--D", "4096", "--F", "256", "--E", "64")
     assert code == 0
     assert "(0.125 rows per expert on average)" in out
+
+
+def test_a_time_optimal_plot_that_is_a_folder_is_refused(capsys, tmp_path):
+    # the plot's stem took the folder's name: --plot DIR wrote DIR.png and DIR.svg beside the folder
+    with pytest.raises(SystemExit) as done:
+        main(["scaling", "time-optimal", "--plot", str(tmp_path)])
+    assert done.value.code == 2 and "argument --plot:" in capsys.readouterr().err
+    assert not tmp_path.with_suffix(".png").exists()

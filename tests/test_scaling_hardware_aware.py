@@ -80,6 +80,17 @@ def test_cli_time_optimal(capsys):
                                                         ("moe E=8", "time-optimal"), ("moe E=8", "FLOP-optimal")]
 
 
+def test_cli_time_optimal_says_when_the_choice_is_the_end_of_the_family(capsys):
+    from perfmodel.cli import main
+
+    # a billion chip-hours: the loss still falls at the deepest member searched, so its argmin is no optimum
+    assert main(["scaling", "time-optimal", "--hours", "1e9", "--experts", "8"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: dense time-optimal is the family's largest member (L={max(H.DEPTHS)}" in out
+    assert main(["scaling", "time-optimal", "--hours", "24", "--experts", "8"]) == 0
+    assert "note:" not in capsys.readouterr().out  # an interior optimum (L=16 dense on v5e) needs no note
+
+
 def test_plot_time_budget(tmp_path):
     out = H.compare(time_s=3600.0, n_experts=8, plot_path=tmp_path / "t.png")
     assert len(out) == 4 and (tmp_path / "t.png").stat().st_size > 10_000

@@ -47,6 +47,15 @@ def test_missing_and_bad_fields_are_named(tmp_path):
         results.read_runs(tmp_path / "absent.jsonl")
 
 
+def test_a_run_recorded_twice_is_named_not_counted_as_another_seed(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(_line(run_id="a/seed0") + "\n" + _line(run_id="b/seed0") + "\n" + _line(run_id="a/seed0") + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:3: run_id 'a/seed0' is already on line 1"):
+        results.read_runs(p)
+    p.write_text(_line(run_id="a/seed0", status="running") + "\n" + _line(run_id="a/seed0") + "\n")
+    assert len(results.read_runs(p)) == 1  # an unfinished record of the run is skipped, not a repeat
+
+
 def test_train_loss_and_unfinished_runs(tmp_path):
     p = tmp_path / "r.jsonl"
     p.write_text(_line() + "\n" + _line(status="running", final_eval_loss=None) + "\n\n")
@@ -65,8 +74,8 @@ def test_reads_the_sweep_record_layout(tmp_path):
            "flops_per_token_train": 50_000, "flops_per_token_six_n": 420_000, "flops": 1.0e11,
            "train_loss": 1.5, "held_out_loss": 1.6, "curve_held_out_loss": [3.0, 2.0, 1.6], "seed": 0}
     p = tmp_path / "arith.jsonl"
-    p.write_text(json.dumps(rec) + "\n" + json.dumps(rec | {"arch": "dense", "config": {"model": {"n_experts": 1,
-                                                                                               "top_k": 1}}}) + "\n")
+    p.write_text(json.dumps(rec) + "\n" + json.dumps(rec | {"arch": "dense", "run_id": "x/dense/C1e+11/D64L2/float32/seed0",
+                                                     "config": {"model": {"n_experts": 1, "top_k": 1}}}) + "\n")
     runs = results.read_runs(p)
     assert list(runs.arch) == ["moe", "dense"]
     assert runs.n_experts[0] == 8 and runs.top_k[0] == 2

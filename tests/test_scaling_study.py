@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from perfmodel.scaling import fit as F
-from perfmodel.scaling import moe_laws, results, study
+from perfmodel.scaling import laws, moe_laws, results, study
 
 JOINT = moe_laws.JointMoELaw()
 BUDGETS = (1e17, 3e17, 1e18, 3e18)
@@ -269,3 +269,24 @@ def test_heldout_seed_interval_every_run_holds_the_observed_minimum_seed_means_r
     assert every.high - every.low < 1e-6 and every.low <= every.point + 1e-9 <= every.high + 2e-9
     means = study.heldout_error_interval(runs, average_seeds=True, n_resamples=30, grid=F.TINY_GRID)
     assert means.high - means.low > 0.1 and means.low <= means.point <= means.high
+
+
+def test_one_run_per_configuration_claims_no_seed_interval_or_resolved_bend(tmp_path):
+    # a single seed: resampling seeds changes nothing, so there is no interval to report (it used to print
+    # "seed CI +x% to +x%" and a curvature "steepens" from zero-width intervals)
+    steep = _Steepening(JOINT.at_experts(1), 0.02)
+    path = results.write_synthetic(tmp_path / "one.jsonl", {("dense", 1, 1): steep}, BUDGETS, noise=0.003, seed=20)
+    s = study.run_study(path, n_resamples=40, grid=F.TINY_GRID)
+    g = s.groups[0]
+    assert g.heldout is not None and g.heldout.best_loss_error_interval_percent is None
+    assert g.frontier is None
+    md = study.report_markdown(s)
+    assert "seed CI" not in md.split("*Same law")[0] and "steepens" not in md
+
+
+def test_frontier_check_of_a_degenerate_law_names_the_law_not_the_runs(tmp_path):
+    # L*(C) overflows to inf (D_opt < 1 token raised to -148): the error used to say the runs' loss was not finite
+    runs = _seeds(tmp_path, "r", 0.01, n_seeds=2)
+    law = laws.ChinchillaLaw(E_irr=3.5, A=0.72, B=7.9e-6, alpha=2.53, beta=148.6)
+    with pytest.raises(ValueError, match=r"law fitted on all budgets \(alpha=2.53, beta=148.6\) has no finite L\*"):
+        study.frontier_check(runs.average_repeats(), runs, law, average_seeds=True, n_resamples=5)

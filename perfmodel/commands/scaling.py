@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from perfmodel.commands import comma_list, int_in, out_folder, positive
+from perfmodel.commands import comma_list, int_in, out_file, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
 
@@ -54,7 +54,7 @@ def register(cli) -> None:
                         "traffic, or XLA ragged_dot from the kernel tiling model (dense drhs)")
     p.add_argument("--tokens-per-chip-step", type=int_in(1), default=16384,
                    help="tokens per chip per training step (default 16384)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write loss vs size at the time budget")
+    p.add_argument("--plot", type=out_file, default=None, metavar="PNG", help="write loss vs size at the time budget")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_time_optimal)
 
@@ -180,6 +180,11 @@ def _time_optimal(args) -> int:
     print(f"time budget {args.hours:g} chip-hours on {res[0].chip}; loss from the joint MoE law "
           f"(Ludziejewski et al. 2025); step time from perfmodel roofline (decoder_train_step), MoE FFN: {args.ffn}")
     print(text_table(H.HEADERS, [r.cells() for r in res]))
+    lo, hi = min(H.DEPTHS), max(H.DEPTHS)
+    for r in res:  # argmin over the family: at its end the loss may still fall beyond the depths searched
+        if r.size.n_layers in (lo, hi):
+            print(f"note: {r.arch} {r.choice} is the family's {'smallest' if r.size.n_layers == lo else 'largest'} "
+                  f"member (L={r.size.n_layers} of {lo}..{hi}): the optimum may lie outside the depths searched")
     print(H.ASSUMPTIONS)
     if args.plot:
         png = pathlib.Path(args.plot).with_suffix(".png")  # plots.save writes PNG + SVG under this stem

@@ -117,7 +117,11 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None) 
         if g.budgets.size < MIN_BUDGETS:
             raise ValueError(f"{results}: {label} has {g.budgets.size} compute budget(s); a fitted law needs at "
                              f"least {MIN_BUDGETS} (as `perfmodel scaling fit` does)")
-        lw = F.fit_approach3(g.params, g.tokens, g.loss, flops_per_param_token=flops_per_param_token(g), name=f"fitted {label}").law
+        try:
+            lw = F.fit_approach3(g.params, g.tokens, g.loss, flops_per_param_token=flops_per_param_token(g),
+                                 name=f"fitted {label}").law
+        except RuntimeError as err:  # no finite start, or exponents <= 0: a message, not a traceback
+            raise ValueError(f"{results}: {label}: {err}") from None
         o = lw.optimal(compute_flops)
         total_ratio = float(np.median(g.params_total / g.params))
         rows.append(_row(f"fitted {label}", o, experts=e, active=float(o.params),

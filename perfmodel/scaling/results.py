@@ -159,6 +159,8 @@ def _group_order(label: str):
 
 def _number(value, what: str, where: str) -> float:
     try:
+        if isinstance(value, bool):  # JSON true/false: float() would read them as 1.0 and 0.0
+            raise TypeError
         x = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {what} is not a number: {value!r}") from None
@@ -170,7 +172,8 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
     """Parse a JSONL results file; errors name the line and the missing or bad field.
 
     Lines that are blank are skipped; a line whose ``status`` is present and not
-    ``"ok"``/``"done"``/``"finished"`` is skipped too (unfinished run). Non-finite
+    ``"ok"``/``"done"``/``"finished"`` is skipped too (unfinished run). A ``run_id`` read twice is an
+    error (concatenated or re-appended results would count each repeat as another seed). Non-finite
     losses are an error (a diverged run should be excluded by the sweep, not
     silently fitted). ``keep(record)`` (the parsed JSON object), when given,
     selects which lines to read.
@@ -184,6 +187,7 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
         raise FileNotFoundError(f"results file not found: {path}")
     cols: dict[str, list] = {k: [] for k in ("arch", "n_experts", "top_k", "params", "params_total", "tokens",
                                              "budget_flops", "compute_flops", "loss")}
+    first_line: dict = {}  # run_id -> line it was read on
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -200,6 +204,12 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
         status = _lookup(flat, ("status",))
         if status is not None and str(status).lower() not in ("ok", "done", "finished", "complete", "completed"):
             continue
+        run_id = obj.get("run_id")
+        if run_id is not None:  # the sweep's id of a run (validation/arith/sweep.py); a repeat would count as a seed
+            if run_id in first_line:
+                raise ValueError(f"{where}: run_id {run_id!r} is already on line {first_line[run_id]}; "
+                                 "drop the repeated record (a run recorded twice counts as two seeds)")
+            first_line[run_id] = lineno
 
         def need(field: str, names=None):
             names = names or FIELDS[field]

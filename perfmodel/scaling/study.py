@@ -238,7 +238,11 @@ def frontier_check(runs: Runs, repeats: Runs, law: laws.ChinchillaLaw, *, averag
     samples = [_frontier_shape(x.budget_flops, x.loss) for x in
                seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed)]
     samples_g = np.asarray([x[1] for x in samples]).reshape(-1, g.size)
-    _, lg, lo, lc = _frontier_shape(budgets, np.asarray(law.optimal(budgets).loss, float))
+    law_loss = np.asarray(law.optimal(budgets).loss, float)
+    if not np.all(np.isfinite(law_loss) & (law_loss > 0)):  # a degenerate fit; the runs themselves were checked
+        raise ValueError(f"the law fitted on all budgets (alpha={law.alpha:.4g}, beta={law.beta:.4g}) has no finite "
+                         f"L*(C) at budgets {', '.join(f'{c:.3g}' for c in budgets)}: no frontier to compare")
+    _, lg, lo, lc = _frontier_shape(budgets, law_loss)
     return Frontier(
         budgets_flops=tuple(float(c) for c in budgets),
         exponents=tuple(F._interval(v, samples_g[:, i], level) for i, v in enumerate(g)),
@@ -291,9 +295,13 @@ def fit_group(label: str, runs: Runs, *, n_resamples: int = 200, grid=F.SMALL_GR
     far cheaper than Approach 3's, and only the resamples in which every budget's parabola stays usable are kept.
 
     With ``repeats`` (the group's runs, seeds separate) the held-out check also gets its seed-noise
-    interval (:func:`heldout_error_interval`, ``n_resamples`` resamples).
+    interval (:func:`heldout_error_interval`, ``n_resamples`` resamples) and the group its :class:`Frontier`.
+    Both are skipped when every configuration has a single run: resampling it changes nothing, and the
+    zero-width intervals would read as a resolved bend or a miss that is "not seed noise".
     """
     budgets = runs.budgets
+    if repeats is not None and all(ix.size == 1 for ix in repeats.configurations()):
+        repeats = None
     if budgets.size < MIN_BUDGETS:
         raise ValueError(f"{label}: need at least {MIN_BUDGETS} compute budgets to fit and hold one out, got "
                          f"{budgets.size} ({', '.join(f'{b:.3g}' for b in budgets) or 'none'})")
