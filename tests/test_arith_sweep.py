@@ -87,6 +87,17 @@ def test_kill_loses_at_most_the_run_in_progress_and_rerun_skips(tmp_path):
     assert math.isfinite(rec["held_out_loss"])
 
 
+def test_a_budget_below_one_batch_is_refused_not_overspent():
+    # the token budget had a floor of one batch, so a 1e6-FLOP run spent 3.3e6 and was recorded as 1e6
+    import attrs
+
+    with pytest.raises(ValueError, match=r"budget 1e\+06 FLOPs is below one batch of dense D=8 .* got budgets_flops=1e\+06"):
+        sweep.plan(attrs.evolve(sweep.STUDIES["quick"], budgets_flops=(1e6,)))
+    for r in sweep.plan(sweep.STUDIES["quick"]):  # every run spends its budget to within one step
+        fpt = r.config.model.shape.flops_per_token().train_exact
+        assert r.config.steps * r.config.tokens_per_step * fpt <= r.budget_flops * (1 + 1 / r.config.steps)
+
+
 @pytest.mark.parametrize("argv, name", [
     (["--study", "huge"], "study='huge'"), (["--arch", "both2"], "arch='both2'"),
     (["--moe-impl", "magic"], "moe_impl='magic'"), (["--budgets", "1e9,x"], "budgets='1e9,x'"),
@@ -108,7 +119,10 @@ def test_one_step_run_reports_rate_unknown_not_nan(tmp_path):
 
     p = tmp_path / "one.jsonl"
     lines = []
-    study = sweep.Study(name="t", budgets_flops=(1.0,), sizes_per_budget=1, task="add2")
+    seq_len = sweep.task_lib.TaskConfig.parse("add2").seq_len
+    smallest = sweep.dense_model(sweep.WIDTHS[0], seq_len=seq_len).shape.flops_per_token().train_exact
+    one_batch = 16 * seq_len * smallest  # batch_for's floor is 16 sequences
+    study = sweep.Study(name="t", budgets_flops=(1.2 * one_batch,), sizes_per_budget=1, task="add2")
     (rec,) = sweep.run_study(study, p, archs=("dense",), log=lines.append)
     assert rec["steps"] == 1 and rec["tokens_per_s"] is None and rec["flops_per_s"] is None
     log, table = "\n".join(lines), sweep.markdown_summary([rec])

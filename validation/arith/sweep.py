@@ -137,10 +137,16 @@ def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int
                     mc = moe_model(d, n_layers=study.n_layers, seq_len=tc.seq_len, n_experts=n_experts,
                                    top_k=top_k, moe_impl=moe_impl, dtype=dtype)
                     tag = f"moe-E{n_experts}k{top_k}"
-                tokens = c / mc.shape.flops_per_token().train_exact
+                fpt = mc.shape.flops_per_token().train_exact
+                tokens = c / fpt
                 bs = batch_for(tokens, tc.seq_len)
+                if tokens < bs * tc.seq_len:  # one batch would already overspend the budget it is recorded under
+                    raise ValueError(
+                        f"budget {c:.3g} FLOPs is below one batch of {tag} D={d} ({bs} x {tc.seq_len} tokens = "
+                        f"{bs * tc.seq_len * fpt:.3g} FLOPs); the run would spend more than the budget it is "
+                        f"recorded under, got budgets_flops={c:g}")
                 rc = train.RunConfig(task=tc, model=mc, optim=optim_for(mc, bs, study.lr_scale), batch_size=bs,
-                                     token_budget=max(int(tokens), bs * tc.seq_len), seed=seed)
+                                     token_budget=int(tokens), seed=seed)
                 rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}" + (
                     f"/lr_x{study.lr_scale:g}" if study.lr_scale != 1.0 else "")
                 runs.append(PlannedRun(run_id=rid, arch=tag, budget_flops=c, config=rc))
