@@ -125,11 +125,6 @@ def test_bad_results_file_names_the_line(capsys, tmp_path, rows, needle):
     assert code == 2 and needle in err
 
 
-def test_a_directory_for_a_file_is_an_error_not_a_traceback(capsys, tmp_path):
-    code, _, err = run(capsys, "scaling", "fit", str(tmp_path))
-    assert code == 2 and "Is a directory" in err
-
-
 def test_fitted_optimal_names_missing_experts_and_too_few_budgets(capsys, tmp_path):
     rows = [{**RUN, "budget_flops": c, "params_active_non_embedding": n, "tokens": c / (6 * n),
              "held_out_loss": 1.0 + 30 / n ** 0.3 + 300 / (c / (6 * n)) ** 0.3}
@@ -256,3 +251,23 @@ def test_a_time_optimal_plot_that_is_a_folder_is_refused(capsys, tmp_path):
         main(["scaling", "time-optimal", "--plot", str(tmp_path)])
     assert done.value.code == 2 and "argument --plot:" in capsys.readouterr().err
     assert not tmp_path.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    # options a law does not use were silently ignored (only --experts was refused for dense laws)
+    (["--law", "chinchilla", "--granularity", "3"], "--granularity applies to --law fine-grained only"),
+    (["--law", "epoch", "--results", "validation/results/arith_full.jsonl"], "--results applies to --law fitted only"),
+    (["--law", "fine-grained", "--granularity", "0"], "--granularity must be a finite number >= 1, got --granularity=0.0"),
+])
+def test_scaling_optimal_refuses_options_its_law_does_not_use(capsys, argv, needle):
+    code, out, err = run(capsys, "scaling", "optimal", "--compute", "1e20", *argv)
+    assert code == 2 and needle in err and out == ""
+
+
+def test_scaling_fit_names_a_bad_results_path_and_params(capsys, tmp_path):
+    for path, needle in ((tmp_path, "is a folder, not a file"), (tmp_path / "none.jsonl", "does not exist")):
+        with pytest.raises(SystemExit) as done:
+            main(["scaling", "fit", str(path)])
+        assert done.value.code == 2 and f"argument results: '{path}' {needle}" in capsys.readouterr().err
+    code, _, err = run(capsys, "scaling", "fit", "validation/results/arith_full.jsonl", "--params", "bogus")
+    assert code == 2 and "--params must be one of" in err and "--params='bogus'" in err

@@ -72,6 +72,19 @@ def out_folder(text: str) -> str:
     return text
 
 
+def in_file(text: str) -> str:
+    """An argparse ``type`` for an input file: refused up front if it is missing or a folder, so the message
+    names the argument instead of a bare ``[Errno 21] Is a directory``."""
+    import argparse
+    import os
+
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    return text
+
+
 def out_file(text: str) -> str:
     """An argparse ``type`` for an output file: refused up front if it names an existing folder."""
     import argparse

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import pathlib
 
-from perfmodel.commands import comma_list, int_in, out_file, out_folder, positive
+from perfmodel.commands import comma_list, in_file, int_in, out_file, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
+DEFAULT_GRANULARITY = 8.0  # the fine-grained law's G when --granularity is not given
 
 
 def register(cli) -> None:
     p = cli.subcommand("scaling", "fit", "fit dense and MoE scaling laws to training results (JSONL)",
                        epilog="example: perfmodel scaling fit validation/results/arith_full.jsonl --out out/")
-    p.add_argument("results", help="JSONL file, one finished training run per line")
+    p.add_argument("results", type=in_file, help="JSONL file, one finished training run per line")
     p.add_argument("--out", type=out_folder, default=None, help="directory for scaling_fit.md/.json and plots "
                                                "(default: next to RESULTS)")
     p.add_argument("--loss", default="eval", choices=["eval", "train"],
@@ -36,8 +37,9 @@ def register(cli) -> None:
     p.add_argument("--experts", type=float, default=None,
                    help="experts E (joint-moe; default: table over 1..64) or expansion rate (fine-grained, "
                         "default 64); with --law fitted selects the MoE fit")
-    p.add_argument("--granularity", type=float, default=8.0, help="fine-grained law granularity G (default 8)")
-    p.add_argument("--results", default=None, help="results JSONL for --law fitted")
+    p.add_argument("--granularity", type=float, default=None,
+                   help=f"fine-grained law granularity G >= 1 (default {DEFAULT_GRANULARITY:g})")
+    p.add_argument("--results", type=in_file, default=None, help="results JSONL for --law fitted")
     p.add_argument("--formula", action="store_true",
                    help="also print the sympy-derived closed forms N_opt(C), D_opt(C), L*(C), D/N")
     p.add_argument("--json", action="store_true")
@@ -62,8 +64,8 @@ def register(cli) -> None:
                        "learning-rate sensitivity per budget: does tuning lr change the held-out prediction?",
                        epilog="example: perfmodel scaling recipe-check validation/results/arith_full.jsonl "
                               "validation/results/arith_lr.jsonl")
-    p.add_argument("base", help="JSONL of the study at the recipe's learning rate")
-    p.add_argument("lr_runs", help="JSONL of the same grid at lr x0.5 and x2 (perfmodel train sweep --lr-scale)")
+    p.add_argument("base", type=in_file, help="JSONL of the study at the recipe's learning rate")
+    p.add_argument("lr_runs", type=in_file, help="JSONL of the same grid at lr x0.5 and x2 (perfmodel train sweep --lr-scale)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds to compare, averaged when several (default 0)")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the two laws (default 200)")
     p.add_argument("--out", type=out_folder, default=None,
@@ -74,7 +76,7 @@ def register(cli) -> None:
                        "held-out check under other choices of N and of fitted widths, chosen on earlier folds",
                        epilog="example: perfmodel scaling heldout-variants validation/results/arith_full.jsonl "
                               "(about 3 min on 2 cores)")
-    p.add_argument("results", help="JSONL of the study (at least 4 compute budgets)")
+    p.add_argument("results", type=in_file, help="JSONL of the study (at least 4 compute budgets)")
     p.add_argument("--window", type=int, default=3,
                    help="widths kept per fitted budget, nearest its best seed-mean width (default 3)")
     p.add_argument("--out", type=out_folder, default=None,
@@ -146,7 +148,14 @@ def _optimal(args) -> int:
     from perfmodel.tables import text_table
 
     positive("--compute", args.compute)
-    rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=args.granularity,
+    if args.granularity is not None and args.law != "fine-grained":
+        raise ValueError(f"--granularity applies to --law fine-grained only, got --law {args.law}")
+    if args.results is not None and args.law != "fitted":
+        raise ValueError(f"--results applies to --law fitted only, got --law {args.law}")
+    granularity = DEFAULT_GRANULARITY if args.granularity is None else args.granularity
+    if not granularity >= 1 or granularity == float("inf"):
+        raise ValueError(f"--granularity must be a finite number >= 1, got --granularity={args.granularity!r}")
+    rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=granularity,
                           results=args.results)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -196,7 +205,11 @@ def _fit(args) -> int:
     from perfmodel.scaling import fit as F
     from perfmodel.scaling import study
 
+    from perfmodel.scaling.results import PARAM_ALIASES
+
     positive("--resamples", args.resamples)
+    if args.params not in PARAM_ALIASES:
+        raise ValueError(f"--params must be one of {sorted(PARAM_ALIASES)}, got --params={args.params!r}")
     results = pathlib.Path(args.results)
     out = pathlib.Path(args.out) if args.out else results.parent
     s = study.run_study(results, loss=args.loss, params_key=args.params, n_resamples=args.resamples,
