@@ -271,3 +271,9 @@ def test_scaling_fit_names_a_bad_results_path_and_params(capsys, tmp_path):
         assert done.value.code == 2 and f"argument results: '{path}' {needle}" in capsys.readouterr().err
     code, _, err = run(capsys, "scaling", "fit", "validation/results/arith_full.jsonl", "--params", "bogus")
     assert code == 2 and "--params must be one of" in err and "--params='bogus'" in err
+
+
+def test_time_optimal_names_the_options_when_groups_cannot_be_balanced(capsys):
+    code, out, err = run(capsys, "scaling", "time-optimal", "--experts", "1000", "--ffn", "xla-ragged-dot")
+    assert code == 2 and out == ""
+    assert "--tokens-per-chip-step=16384, --experts=1000" in err
