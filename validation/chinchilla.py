@@ -8,8 +8,10 @@ with ``PERFMODEL_SHARED_DATA``. The file is read in place, never copied.
 Protocol (Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt",
 arXiv 2404.10102; ``../shared/FACTS.md`` section 5): drop the 5 highest-loss
 points (240 remain), fit ``L = E + A/N^alpha + B/D^beta`` by Huber
-(delta = 1e-3) on log-loss residuals of the log-sum-exp form, summed, L-BFGS
-from a grid of initialisations; bootstrap for intervals.
+(delta = 1e-3) on log-loss residuals of the log-sum-exp form, summed, from a
+grid of initialisations; bootstrap for intervals. Epoch minimised with L-BFGS;
+the refit uses :func:`perfmodel.scaling.fit.fit_approach3`'s default, BFGS (that
+module says why), and the report names the method it ran.
 
 Targets: alpha and beta inside Epoch's 95% intervals, E within +-0.05.
 """

@@ -75,7 +75,7 @@ def register(cli) -> None:
     p = cli.subcommand("scaling", "heldout-variants",
                        "held-out check under other choices of N and of fitted widths, chosen on earlier folds",
                        epilog="example: perfmodel scaling heldout-variants validation/results/arith_full.jsonl "
-                              "(about 3 min on 2 cores)")
+                              "(2.5 min on the 2-core Xeon quoted in the README)")
     p.add_argument("results", type=in_file, help="JSONL of the study (at least 4 compute budgets)")
     p.add_argument("--window", type=int, default=3,
                    help="widths kept per fitted budget, nearest its best seed-mean width (default 3)")

@@ -42,7 +42,7 @@ HUBER_DELTA = 1e-3
 
 @attrs.frozen(kw_only=True)
 class InitGrid:
-    """Grid of L-BFGS starting points for (e, a_, b_, alpha, beta) in the log-sum-exp form."""
+    """Grid of optimiser starting points for (e, a_, b_, alpha, beta) in the log-sum-exp form."""
 
     e: tuple[float, ...]
     a: tuple[float, ...]
@@ -150,7 +150,7 @@ def _check_runs(params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def fit_approach3(params, tokens, loss, *, grid: InitGrid | np.ndarray = SMALL_GRID,
                   delta: float = HUBER_DELTA, flops_per_param_token: float = 6.0,
                   name: str = "fitted", method: str = "BFGS") -> Approach3Fit:
-    """Fit ``L = E_irr + A/N^alpha + B/D^beta`` by Huber/L-BFGS from every grid point.
+    """Fit ``L = E_irr + A/N^alpha + B/D^beta`` by Huber loss and ``method`` (BFGS by default) from every grid point.
 
     ``params`` = N (the parameters that cost FLOPs), ``tokens`` = D, ``loss`` =
     final loss per run. ``grid`` is an :class:`InitGrid` or an ``[n, 5]`` array
