@@ -33,7 +33,13 @@ class Registry:
         self._groups: dict[str, argparse._SubParsersAction] = {}
 
     def command(self, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
-        return self._sub.add_parser(name, help=help, description=help, **kwargs)
+        return self._own(self._sub.add_parser(name, help=help, description=help, **kwargs))
+
+    @staticmethod
+    def _own(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        # main() reports errors through the parser of the command that ran: its usage line and its prog
+        p.set_defaults(_parser=p)
+        return p
 
     def subcommand(self, group: str, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
         if group not in self._groups:
@@ -41,7 +47,7 @@ class Registry:
                                       description=self._GROUP_HELP.get(group, group))
             self._groups[group] = gp.add_subparsers(dest=f"{group}_command", required=True,
                                                     metavar="SUBCOMMAND")
-        return self._groups[group].add_parser(name, help=help, description=help, **kwargs)
+        return self._own(self._groups[group].add_parser(name, help=help, description=help, **kwargs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     # NAME=VALUE lists may follow options (``predict matmul --chip v5e M=1``).
     if extra and isinstance(getattr(args, "dims", None), list) and all("=" in e for e in extra):
         args.dims += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    elif extra:  # the command's own usage, not the top level's ('perfmodel [-h] COMMAND ...')
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    prog = getattr(args, "_parser", parser).prog
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:  # OSError: a missing file, a directory given as a file, ...
-        print(f"perfmodel {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"perfmodel {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -277,3 +277,14 @@ def test_time_optimal_names_the_options_when_groups_cannot_be_balanced(capsys):
     code, out, err = run(capsys, "scaling", "time-optimal", "--experts", "1000", "--ffn", "xla-ragged-dot")
     assert code == 2 and out == ""
     assert "--tokens-per-chip-step=16384, --experts=1000" in err
+
+
+def test_errors_come_from_the_command_that_ran(capsys):
+    # an unknown option printed the top-level usage ('perfmodel [-h] COMMAND ...'), and errors named only the group
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "matmul", "M=1", "K=1", "N=1", "--chipp", "v5e"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("usage: perfmodel predict ")
+    assert "perfmodel predict: error: unrecognized arguments: --chipp v5e" in err
+    code, _, err = run(capsys, "scaling", "optimal", "--compute", "-1")
+    assert code == 2 and err.startswith("perfmodel scaling optimal: error: --compute")
