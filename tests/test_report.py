@@ -188,3 +188,30 @@ def test_on_a_tpu_the_report_times_the_kernel_into_the_report_folder_and_adds_it
     assert (out / "kernel_v5e" / "results.json").exists()
     assert "| fused vs ragged_dot measured on v5e | timed on TPU v5 lite (quick sweep) |" in md
     assert "winner right 12/13" in md
+
+
+def test_chips_named_twice_or_by_alias_get_one_section_each(tmp_path, monkeypatch):
+    """``--chips v5e,trillium,v5e,v6e`` is two chips: the fusion section and header name each once."""
+    from perfmodel import report as R
+
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.fusion_section))
+    md = R.write_report(tmp_path / "rep", chips=["v5e", "trillium", "v5e", "v6e"], log=lambda s: None).read_text()
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["chips"] == ["v5e", "v6e"]
+    assert list(data["sections"]["fusion"]["chips"]) == ["v5e", "v6e"]
+    assert md.count("### v5e") == 1 and md.count("### v6e") == 1
+    assert "for chips: v5e, v6e." in md
+
+
+def test_a_report_for_gpus_says_why_it_has_no_fusion_prediction_and_marks_no_gpu_as_default(tmp_path, monkeypatch):
+    """A GPU is not a default chip, and the TPU-only fusion section says it skipped it instead of staying empty."""
+    from perfmodel import report as R
+    from perfmodel.hardware import DEFAULT_CHIPS
+
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.fusion_section))
+    md = R.write_report(tmp_path / "rep", chips=["h100"], log=lambda s: None).read_text()
+    assert "h100" not in DEFAULT_CHIPS and "h100 (default)" not in md
+    fusion = md.split("## When fusion beats ragged_dot", 1)[1]
+    assert "h100" in fusion.split("**Crossover", 1)[0]
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["sections"]["fusion"]["chips"] == {} and data["sections"]["fusion"]["chips_skipped"] == ["h100"]
