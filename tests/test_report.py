@@ -215,3 +215,18 @@ def test_a_report_for_gpus_says_why_it_has_no_fusion_prediction_and_marks_no_gpu
     assert "h100" in fusion.split("**Crossover", 1)[0]
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["sections"]["fusion"]["chips"] == {} and data["sections"]["fusion"]["chips_skipped"] == ["h100"]
+
+
+def test_kernel_aot_row_does_not_count_a_shape_without_tiles_as_a_failed_compile(tmp_path, monkeypatch):
+    """A shape where no tiles fit the chip compiles nothing: '1/2 compile' next to 'met: yes' read as a failure."""
+    from perfmodel import report as R
+
+    base = dict(dtype="f32", T=16384, D=4096, F=14336, G=8, glu=True)
+    (tmp_path / "kernel_aot.json").write_text(json.dumps([
+        dict(base, chip="v5e", purpose="default", outcome="ok"),
+        dict(base, chip="v4", purpose="default", outcome="no_tiles"),
+        dict(base, chip="v5e", purpose="model_overflows", outcome="vmem")]))
+    monkeypatch.setattr(R, "RESULTS_DIR", tmp_path)
+    row = next(r for r in R.validation_rows() if r["check"].startswith("fused kernel: VMEM"))
+    assert "default tiles compile 1/1 (1 shape where no candidate tiles fit" in row["result"]
+    assert "2/2 configs" in row["result"] and row["ok"] is True
