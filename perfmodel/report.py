@@ -38,7 +38,7 @@ def hardware_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Sect
                "vmem_bytes_per_core": c.vmem_bytes_per_core, "tensor_cores_per_chip": c.tensor_cores_per_chip,
                "sources": dict(c.sources), "alternatives": dict(c.alternatives)}
         data.append(rec)
-        rows.append([c.name + (" (default)" if c.name in chips else ""), format_si(c.bf16_flops_per_s, "FLOP/s"),
+        rows.append([c.name + (" (this report)" if c.name in chips else ""), format_si(c.bf16_flops_per_s, "FLOP/s"),
                      format_si(c.hbm_bytes_per_s, "B/s"), f"{rec['ridge_bf16_flops_per_byte']:.0f}",
                      f"{c.vmem_bytes_per_core // 2**20} MiB" if c.vmem_bytes_per_core else "-",
                      c.tensor_cores_per_chip, c.sources["bf16_flops_per_s"], c.sources["hbm_bytes_per_s"]])
@@ -91,6 +91,11 @@ def fusion_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Sectio
 
     tpus = [c for c in chips if get_chip(c).vendor == "google"]
     md, data, files = [], {"headline_setting": HEADLINE, "chips": {}}, []
+    skipped = [c for c in chips if c not in tpus]
+    if skipped:
+        data["chips_skipped"] = skipped
+        md.append(f"Not predicted for {', '.join(skipped)}: the fused kernel is a Pallas TPU kernel, so this "
+                  "section covers TPUs only (pass a TPU in `--chips`, e.g. v5e).\n")
     preds = []
     for chip in tpus:
         p = predict_fusion(chip=chip, **HEADLINE)
@@ -252,11 +257,16 @@ def validation_rows() -> list[dict]:
     if ka:
         judged = [c for c in ka if c.get("outcome") in ("ok", "vmem")]
         agree = sum((c["purpose"] != "model_overflows") == (c["outcome"] == "ok") for c in judged)
-        default = [c for c in ka if c["purpose"] == "default"]
+        # a shape where no candidate tiles fit (outcome no_tiles) has no default tiles to compile, as in
+        # validation/kernel_aot.py's own summary
+        default = [c for c in ka if c["purpose"] == "default" and c["outcome"] != "no_tiles"]
+        n_none = sum(c["outcome"] == "no_tiles" for c in ka)
         add("fused kernel: VMEM verdict and default tiles", "libtpu AOT compile, every generation",
             "validation/results/kernel_aot.json",
             f"model agrees with libtpu on {agree}/{len(judged)} configs; default tiles compile "
-            f"{sum(c['outcome'] == 'ok' for c in default)}/{len(default)}", "100%", date,
+            f"{sum(c['outcome'] == 'ok' for c in default)}/{len(default)}"
+            + (f" ({n_none} shape{'s' * (n_none != 1)} where no candidate tiles fit the model's VMEM, not compiled)"
+               if n_none else ""), "100%", date,
             "perfmodel validate kernel-aot", agree == len(judged))
     tv, date = _load("timings_v5e.json")
     if tv:
@@ -459,7 +469,8 @@ def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[s
     import shutil
     import tempfile
 
-    chips = [get_chip(c).name for c in chips]
+    # canonical names, each once: "v5e,v5e" or "trillium,v6e" would repeat a chip's section and plot bars
+    chips = list(dict.fromkeys(get_chip(c).name for c in chips))
     if not chips:
         raise ValueError("chips must name at least one chip, got chips=[]")
     out = pathlib.Path(out)

@@ -288,3 +288,33 @@ def test_errors_come_from_the_command_that_ran(capsys):
     assert "perfmodel predict: error: unrecognized arguments: --chipp v5e" in err
     code, _, err = run(capsys, "scaling", "optimal", "--compute", "-1")
     assert code == 2 and err.startswith("perfmodel scaling optimal: error: --compute")
+
+
+def test_roofline_plot_files_use_the_catalog_name_of_an_alias(capsys, tmp_path):
+    """``--chips trillium`` is v6e: the file is roofline_moe_v6e.png, as fusion-map and the report name theirs."""
+    code, out, _ = run(capsys, "plot", "roofline", "--chips", "trillium,v6e", "--tokens", "256", "--D", "256",
+                       "--F", "512", "--E", "4", "--out", str(tmp_path))
+    assert code == 0 and out.count("wrote") == 1
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["roofline_moe_v6e.png", "roofline_moe_v6e.svg"]
+
+
+def test_fusion_map_does_not_claim_fusion_wins_beyond_the_map(capsys, tmp_path, monkeypatch):
+    """A row where ragged_dot still wins at the largest mapped tokens/expert has no crossover in the map:
+    'fusion wins above 16384 tokens/expert' claimed one beyond it."""
+    import types
+
+    import numpy as np
+
+    import perfmodel.fusion_map
+    import perfmodel.plots
+
+    g = np.array([8.0, 100.0, 16384.0])
+    m = types.SimpleNamespace(chip="v6e", f_over_d=np.array([1.0, 2.0, 3.0]), tokens_per_expert=g,
+                              last_loss_tokens_per_expert=np.array([np.nan, 100.0, 16384.0]),
+                              speedup=np.array([[1.5, 1.5, 1.5], [0.9, 0.9, 1.2], [0.8, 0.9, 0.9]]))
+    monkeypatch.setattr(perfmodel.fusion_map, "speedup_map", lambda *a, **kw: m)
+    monkeypatch.setattr(perfmodel.plots, "fusion_map_plot", lambda m, path: path)
+    code, out, _ = run(capsys, "plot", "fusion-map", "--chip", "v6e", "--n", "3", "--out", str(tmp_path))
+    assert code == 0
+    assert "F/D=1.00: fusion wins everywhere" in out and "F/D=2.00: fusion wins above 100 tokens/expert" in out
+    assert "F/D=3.00: fusion wins" not in out and "F/D=3.00: ragged_dot still wins at 16384" in out

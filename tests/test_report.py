@@ -188,3 +188,45 @@ def test_on_a_tpu_the_report_times_the_kernel_into_the_report_folder_and_adds_it
     assert (out / "kernel_v5e" / "results.json").exists()
     assert "| fused vs ragged_dot measured on v5e | timed on TPU v5 lite (quick sweep) |" in md
     assert "winner right 12/13" in md
+
+
+def test_chips_named_twice_or_by_alias_get_one_section_each(tmp_path, monkeypatch):
+    """``--chips v5e,trillium,v5e,v6e`` is two chips: the fusion section and header name each once."""
+    from perfmodel import report as R
+
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.fusion_section))
+    md = R.write_report(tmp_path / "rep", chips=["v5e", "trillium", "v5e", "v6e"], log=lambda s: None).read_text()
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["chips"] == ["v5e", "v6e"]
+    assert list(data["sections"]["fusion"]["chips"]) == ["v5e", "v6e"]
+    assert md.count("### v5e") == 1 and md.count("### v6e") == 1
+    assert "for chips: v5e, v6e." in md
+
+
+def test_a_report_for_gpus_says_why_it_has_no_fusion_prediction_and_marks_no_gpu_as_default(tmp_path, monkeypatch):
+    """A GPU is not a default chip, and the TPU-only fusion section says it skipped it instead of staying empty."""
+    from perfmodel import report as R
+    from perfmodel.hardware import DEFAULT_CHIPS
+
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.fusion_section))
+    md = R.write_report(tmp_path / "rep", chips=["h100"], log=lambda s: None).read_text()
+    assert "h100" not in DEFAULT_CHIPS and "h100 (default)" not in md
+    fusion = md.split("## When fusion beats ragged_dot", 1)[1]
+    assert "h100" in fusion.split("**Crossover", 1)[0]
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["sections"]["fusion"]["chips"] == {} and data["sections"]["fusion"]["chips_skipped"] == ["h100"]
+
+
+def test_kernel_aot_row_does_not_count_a_shape_without_tiles_as_a_failed_compile(tmp_path, monkeypatch):
+    """A shape where no tiles fit the chip compiles nothing: '1/2 compile' next to 'met: yes' read as a failure."""
+    from perfmodel import report as R
+
+    base = dict(dtype="f32", T=16384, D=4096, F=14336, G=8, glu=True)
+    (tmp_path / "kernel_aot.json").write_text(json.dumps([
+        dict(base, chip="v5e", purpose="default", outcome="ok"),
+        dict(base, chip="v4", purpose="default", outcome="no_tiles"),
+        dict(base, chip="v5e", purpose="model_overflows", outcome="vmem")]))
+    monkeypatch.setattr(R, "RESULTS_DIR", tmp_path)
+    row = next(r for r in R.validation_rows() if r["check"].startswith("fused kernel: VMEM"))
+    assert "default tiles compile 1/1 (1 shape where no candidate tiles fit" in row["result"]
+    assert "2/2 configs" in row["result"] and row["ok"] is True

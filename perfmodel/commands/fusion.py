@@ -140,11 +140,12 @@ def _plot_roofline(args) -> int:
     import pathlib
 
     from perfmodel.fusion import predict_fusion
-    from perfmodel.hardware import dtype_bytes
+    from perfmodel.hardware import dtype_bytes, get_chip
     from perfmodel.ops import activation
     from perfmodel.plots import RooflinePoint, roofline_plot
 
-    chips = chip_list(args.chips)
+    # canonical names, each once: files are named like the report's and fusion-map's (trillium -> v6e)
+    chips = list(dict.fromkeys(get_chip(c).name for c in chip_list(args.chips)))
     # every chip's prediction first: a bad chip or shape fails before any plot is written
     preds = {chip: predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k,
                                   glu=args.glu, activation=args.activation, dtype=args.dtype) for chip in chips}
@@ -177,7 +178,12 @@ def _plot_map(args) -> int:
           f"{time.perf_counter() - t0:.1f} s; speedup {m.speedup.min():.2f}x .. {m.speedup.max():.2f}x")
     for fd, last in zip(m.f_over_d, m.last_loss_tokens_per_expert):
         if fd in (m.f_over_d[0], m.f_over_d[len(m.f_over_d) // 2], m.f_over_d[-1]):
-            msg = "fusion wins everywhere" if last != last else f"fusion wins above {last:.0f} tokens/expert"
+            if last != last:
+                msg = "fusion wins everywhere"
+            elif last >= m.tokens_per_expert[-1]:  # nothing mapped above it: no crossover seen
+                msg = f"ragged_dot still wins at {last:.0f} tokens/expert, the largest mapped"
+            else:
+                msg = f"fusion wins above {last:.0f} tokens/expert"
             print(f"  F/D={fd:.2f}: {msg}")
     return 0
 
