@@ -31,8 +31,8 @@ class Section:
 
 def hardware_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
     rows, data = [], []
-    for name in CATALOG:
-        c = CATALOG[name]
+    # the catalog, then any chip of this report outside it (cpu: measured on this machine, its sources say how)
+    for c in [*CATALOG.values(), *(get_chip(n) for n in chips if n not in CATALOG)]:
         rec = {"chip": c.name, "bf16_flops_per_s": c.bf16_flops_per_s, "hbm_bytes_per_s": c.hbm_bytes_per_s,
                "ridge_bf16_flops_per_byte": c.ridge_flops_per_byte("bf16"),
                "vmem_bytes_per_core": c.vmem_bytes_per_core, "tensor_cores_per_chip": c.tensor_cores_per_chip,

@@ -230,3 +230,19 @@ def test_kernel_aot_row_does_not_count_a_shape_without_tiles_as_a_failed_compile
     row = next(r for r in R.validation_rows() if r["check"].startswith("fused kernel: VMEM"))
     assert "default tiles compile 1/1 (1 shape where no candidate tiles fit" in row["result"]
     assert "2/2 configs" in row["result"] and row["ok"] is True
+
+
+def test_a_measured_cpu_chip_gets_a_hardware_row_with_its_source(tmp_path, monkeypatch):
+    """``--chips cpu`` is outside the catalog; the hardware table listed the catalog only, so the report's own
+    chip had no row (its roofline was drawn from numbers the report never showed)."""
+    from perfmodel import hardware
+    from perfmodel import report as R
+
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(tmp_path))
+    hardware.save_cpu_calibration(hardware.measure_cpu(matmul_n=64, copy_mib=2, repeats=3))
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section,))
+    md = R.write_report(tmp_path / "rep", chips=["cpu"], log=lambda s: None).read_text()
+    (row,) = [line for line in md.splitlines() if line.startswith("| cpu (this report) |")]
+    assert "perfmodel calibrate cpu" in row
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [c["chip"] for c in data["sections"]["hardware"]][-1] == "cpu"
