@@ -310,6 +310,11 @@ _NAME_ALIASES = {"v7x": "tpu7x", "7x": "tpu7x", "ironwood": "tpu7x", "v5litepod"
                  "v5lite": "v5e", "trillium": "v6e", "tpu-v4": "v4"}
 
 
+def canonical_chip_names(names) -> list[str]:
+    """Catalog names of ``names``, each once, in order (``["trillium", "v6e", "v5e"] -> ["v6e", "v5e"]``)."""
+    return list(dict.fromkeys(get_chip(n).name for n in names))
+
+
 def get_tpu_chip(name: str | Chip, *, what: str) -> Chip:
     """Like :func:`get_chip`, but only a TPU (a chip with VMEM and an MXU) is accepted.
 

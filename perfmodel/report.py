@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 
-from perfmodel.hardware import CATALOG, DEFAULT_CHIPS, format_si, get_chip
+from perfmodel.hardware import CATALOG, DEFAULT_CHIPS, canonical_chip_names, format_si, get_chip
 from perfmodel.tables import markdown_table
 
 
@@ -470,7 +470,7 @@ def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[s
     import tempfile
 
     # canonical names, each once: "v5e,v5e" or "trillium,v6e" would repeat a chip's section and plot bars
-    chips = list(dict.fromkeys(get_chip(c).name for c in chips))
+    chips = canonical_chip_names(chips)
     if not chips:
         raise ValueError("chips must name at least one chip, got chips=[]")
     out = pathlib.Path(out)

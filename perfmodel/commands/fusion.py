@@ -140,12 +140,12 @@ def _plot_roofline(args) -> int:
     import pathlib
 
     from perfmodel.fusion import predict_fusion
-    from perfmodel.hardware import dtype_bytes, get_chip
+    from perfmodel.hardware import canonical_chip_names, dtype_bytes
     from perfmodel.ops import activation
     from perfmodel.plots import RooflinePoint, roofline_plot
 
     # canonical names, each once: files are named like the report's and fusion-map's (trillium -> v6e)
-    chips = list(dict.fromkeys(get_chip(c).name for c in chip_list(args.chips)))
+    chips = canonical_chip_names(chip_list(args.chips))
     # every chip's prediction first: a bad chip or shape fails before any plot is written
     preds = {chip: predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k,
                                   glu=args.glu, activation=args.activation, dtype=args.dtype) for chip in chips}
