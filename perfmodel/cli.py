@@ -75,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:  # the command's own usage, not the top level's ('perfmodel [-h] COMMAND ...')
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     prog = getattr(args, "_parser", parser).prog
+    from perfmodel.scaling.parallel import ParallelError, set_jobs
+
     try:
+        if getattr(args, "jobs", None) is not None:  # commands.add_jobs
+            set_jobs(args.jobs)
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as err:  # OSError: a missing file, a directory given as a file, ...
+    except (ValueError, OSError, ParallelError) as err:  # OSError: a missing file, a directory given as a file, ...
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

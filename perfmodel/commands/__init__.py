@@ -53,6 +53,13 @@ def int_in(low: int, high: int | None = None):
     return convert
 
 
+def add_jobs(p) -> None:
+    """``--jobs N``: worker processes for the scaling fits (:mod:`perfmodel.scaling.parallel`; main() applies it)."""
+    p.add_argument("--jobs", type=int_in(1), default=None,
+                   help="worker processes for the scaling fits (default: $PERFMODEL_JOBS, else every core); "
+                        "results do not depend on it")
+
+
 def positive(option: str, value) -> None:
     """Raise ``ValueError`` naming ``--option`` and the value unless ``value`` is a finite number > 0."""
     import math

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from perfmodel.commands import comma_list, in_file, int_in, out_file, out_folder, positive
+from perfmodel.commands import add_jobs, comma_list, in_file, int_in, out_file, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
 DEFAULT_GRANULARITY = 8.0  # the fine-grained law's G when --granularity is not given
@@ -28,6 +28,7 @@ def register(cli) -> None:
                    help="average repeats (seeds) of each configuration before fitting; writes scaling_fit_avg.*")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--seed", type=int_in(0), default=0)
+    add_jobs(p)
     p.set_defaults(func=_fit)
 
     p = cli.subcommand("scaling", "optimal", "compute-optimal parameters and tokens at a FLOP budget",
@@ -43,6 +44,7 @@ def register(cli) -> None:
     p.add_argument("--formula", action="store_true",
                    help="also print the sympy-derived closed forms N_opt(C), D_opt(C), L*(C), D/N")
     p.add_argument("--json", action="store_true")
+    add_jobs(p)
     p.set_defaults(func=_optimal)
 
     p = cli.subcommand("scaling", "time-optimal",
@@ -70,6 +72,7 @@ def register(cli) -> None:
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the two laws (default 200)")
     p.add_argument("--out", type=out_folder, default=None,
                    help="directory for recipe_check.md/.json (default: next to BASE)")
+    add_jobs(p)
     p.set_defaults(func=_recipe_check)
 
     p = cli.subcommand("scaling", "heldout-variants",
@@ -81,6 +84,7 @@ def register(cli) -> None:
                    help="widths kept per fitted budget, nearest its best seed-mean width (default 3)")
     p.add_argument("--out", type=out_folder, default=None,
                    help="directory for heldout_variants.md/.json (default: next to RESULTS)")
+    add_jobs(p)
     p.set_defaults(func=_heldout_variants)
 
     p = cli.subcommand("validate", "chinchilla",
@@ -92,6 +96,7 @@ def register(cli) -> None:
     p.add_argument("--out", type=out_folder, default=None, help="directory for chinchilla_refit.md/.json "
                                                "(default validation/results)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
+    add_jobs(p)
     p.set_defaults(func=_validate_chinchilla)
 
 

@@ -23,6 +23,9 @@ with ``c`` the runs' own ``C / (N D)``); then least-squares power laws
 **Bootstrap**: resample runs with replacement (within each budget for
 Approach 2), refit, and report percentile intervals for every constant and
 for derived quantities (a, b, N_opt, D_opt, D/N, L* at given budgets).
+
+The refits of a bootstrap and the starts of a grid fit are independent: they run on
+:mod:`perfmodel.scaling.parallel`'s worker processes, with the same results as one process.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import attrs
 import numpy as np
 from scipy import optimize
 
+from perfmodel.scaling import parallel
 from perfmodel.scaling.laws import ChinchillaLaw
 
 HUBER_DELTA = 1e-3
@@ -147,6 +151,21 @@ def _check_runs(params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return n, d, l
 
 
+PARALLEL_MIN_STARTS = 16
+"""A fit with this many starting points or more spreads them over :mod:`~perfmodel.scaling.parallel`'s
+workers (SMALL_GRID's 72, FULL_GRID's 4500); the bootstrap's few warm starts run in one process,
+the resamples being spread instead."""
+
+
+def _minimize3(task) -> tuple[np.ndarray, float, bool]:
+    """One BFGS run of :func:`approach3_objective` (a worker task): ``(x, objective, converged)``."""
+    x0, log_n, log_d, log_l, delta, method, options = task
+    res = optimize.minimize(approach3_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
+                            method=method, options=options)
+    # BFGS reports "precision loss" at a flat optimum of the Huber sum; count a small gradient as converged.
+    return res.x, float(res.fun), bool(res.success or np.max(np.abs(res.jac)) < 1e-8)
+
+
 def fit_approach3(params, tokens, loss, *, grid: InitGrid | np.ndarray = SMALL_GRID,
                   delta: float = HUBER_DELTA, flops_per_param_token: float = 6.0,
                   name: str = "fitted", method: str = "BFGS") -> Approach3Fit:
@@ -167,16 +186,15 @@ def fit_approach3(params, tokens, loss, *, grid: InitGrid | np.ndarray = SMALL_G
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
     starts = grid.points() if isinstance(grid, InitGrid) else np.atleast_2d(np.asarray(grid, float))
     best, best_val, converged = None, math.inf, 0
-    for x0 in starts:
-        res = optimize.minimize(approach3_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
-                                method=method, options=options)
+    ends = parallel.pmap(_minimize3, [(x0, log_n, log_d, log_l, delta, method, options) for x0 in starts],
+                         min_items=PARALLEL_MIN_STARTS)
+    for x, fun, ok in ends:  # in the starts' order, so the same start wins whatever the number of jobs
         # exp(e, a_, b_) must be representable: a start that ran off to |a_| > 700 is a divergence.
-        if not np.all(np.isfinite(res.x)) or not math.isfinite(res.fun) or np.max(np.abs(res.x[:3])) > 700:
+        if not np.all(np.isfinite(x)) or not math.isfinite(fun) or np.max(np.abs(x[:3])) > 700:
             continue
-        # BFGS reports "precision loss" at a flat optimum of the Huber sum; count a small gradient as converged.
-        converged += bool(res.success or np.max(np.abs(res.jac)) < 1e-8)
-        if res.fun < best_val:
-            best, best_val = res.x, float(res.fun)
+        converged += ok
+        if fun < best_val:
+            best, best_val = x, fun
     if best is None:
         raise RuntimeError("Approach 3: no starting point reached a finite objective")
     e, a, b, al, be = (float(v) for v in best)
@@ -388,6 +406,22 @@ def _interval(point: float, samples: Sequence[float], level: float) -> Interval:
     return Interval(point=float(point), low=float(lo), high=float(hi), level=level, n_resamples=int(s.size))
 
 
+def _refit3(task) -> ChinchillaLaw | None:
+    """Approach 3 on one resample (a worker task); None where no start converges or an exponent is <= 0."""
+    params, tokens, loss, starts, delta, cf = task
+    try:
+        return fit_approach3(params, tokens, loss, grid=starts, delta=delta, flops_per_param_token=cf).law
+    except (RuntimeError, ValueError):
+        return None
+
+
+def refit_approach3_each(datasets, *, starts, delta: float = HUBER_DELTA) -> list[ChinchillaLaw | None]:
+    """Approach 3 on each ``(params, tokens, loss, flops_per_param_token)`` of ``datasets``, every one from
+    ``starts`` (``[k, 5]``); the datasets are spread over the worker processes (:func:`parallel.pmap`).
+    Returns the laws in order, None where no start converges or an exponent is <= 0."""
+    return parallel.pmap(_refit3, [(n, d, l, starts, delta, cf) for n, d, l, cf in datasets])
+
+
 @attrs.frozen(kw_only=True)
 class Approach3Bootstrap:
     """Intervals for the constants and for derived quantities at ``budgets_flops``."""
@@ -425,15 +459,10 @@ def bootstrap_approach3(params, tokens, loss, *, fit: Approach3Fit | None = None
         starts = np.vstack([starts, grid.points() if isinstance(grid, InitGrid) else grid])
     rng = np.random.default_rng(seed)
     cf = fit.law.flops_per_param_token
-    rows, laws_ = [], []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, n.size, n.size)
-        try:
-            f = fit_approach3(n[idx], d[idx], l[idx], grid=starts, delta=delta, flops_per_param_token=cf)
-        except (RuntimeError, ValueError):
-            continue
-        rows.append(f.law.constants)
-        laws_.append(f.law)
+    draws = [rng.integers(0, n.size, n.size) for _ in range(n_resamples)]
+    refits = refit_approach3_each([(n[idx], d[idx], l[idx], cf) for idx in draws], starts=starts, delta=delta)
+    laws_ = [f for f in refits if f is not None]
+    rows = [lw.constants for lw in laws_]
     samples = np.array(rows, float).reshape(-1, 5)
     law = fit.law
     s = law.alpha + law.beta
@@ -470,6 +499,14 @@ class Approach2Bootstrap:
     n_attempted: int  # resamples drawn; the intervals' n_resamples counts those kept
 
 
+def _refit2(task) -> Approach2Fit | None:
+    """Approach 2 on one resample (a worker task); None for < 3 distinct N or a non-convex parabola."""
+    try:
+        return fit_approach2(*task)
+    except ValueError:
+        return None
+
+
 def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, *, n_resamples: int = 200,
                         level: float = 0.95, seed: int = 0) -> Approach2Bootstrap:
     """Resample runs within each budget, refit parabolas and power laws; percentile intervals."""
@@ -479,15 +516,12 @@ def bootstrap_approach2(budget_flops, params, tokens, loss, compute_flops=None, 
     fit = fit_approach2(budget, n, d, l, cf)
     groups = [np.flatnonzero(budget == c) for c in np.unique(budget)]
     rng = np.random.default_rng(seed)
+    draws = [np.concatenate([rng.choice(g, g.size) for g in groups]) for _ in range(n_resamples)]
+    refits = parallel.pmap(_refit2, [(budget[idx], n[idx], d[idx], l[idx], cf[idx]) for idx in draws])
     a_s, b_s, n_s, d_s, l_s = [], [], [], [], []
-    for _ in range(n_resamples):
-        idx = np.concatenate([rng.choice(g, g.size) for g in groups])
-        try:
-            f = fit_approach2(budget[idx], n[idx], d[idx], l[idx], cf[idx])
-            if [x.budget_flops for x in f.isoflops] != [x.budget_flops for x in fit.isoflops]:
-                continue  # a resample that loses or gains a usable budget is not comparable
-        except ValueError:
-            continue  # a resample with < 3 distinct N or a non-convex parabola
+    for f in refits:
+        if f is None or [x.budget_flops for x in f.isoflops] != [x.budget_flops for x in fit.isoflops]:
+            continue  # no usable fit, or a resample that loses or gains a usable budget is not comparable
         a_s.append(f.params_law.exponent)
         b_s.append(f.tokens_law.exponent)
         n_s.append([x.params_opt for x in f.isoflops])
@@ -546,6 +580,14 @@ class JointFit:
     experts: tuple[int, ...]
 
 
+def _minimize_joint(task) -> tuple[np.ndarray, float]:
+    """One BFGS run of :func:`joint_objective` (a worker task): ``(x, objective)``."""
+    start, args = task
+    res = optimize.minimize(joint_objective, start, args=args, jac=True, method="BFGS",
+                            options=dict(maxiter=2000, gtol=1e-10))
+    return res.x, float(res.fun)
+
+
 def fit_joint(params, tokens, loss, n_experts, *, delta: float = HUBER_DELTA, starts: int = 8,
               seed: int = 0) -> JointFit:
     """Fit the joint MoE law to runs at >= 2 distinct expert counts (E=1 is dense).
@@ -569,19 +611,30 @@ def fit_joint(params, tokens, loss, n_experts, *, delta: float = HUBER_DELTA, st
     x0 = np.array([math.log(pub.a), pub.alpha, pub.delta, pub.gamma, math.log(pub.b), pub.beta, pub.omega, pub.zeta,
                    math.log(pub.c)])
     rng = np.random.default_rng(seed)
+    points = [x0 if i == 0 else x0 + rng.normal(0, 0.3, x0.size) * np.maximum(np.abs(x0), 0.05)
+              for i in range(starts)]
     best, best_val = None, math.inf
-    for i in range(starts):
-        start = x0 if i == 0 else x0 + rng.normal(0, 0.3, x0.size) * np.maximum(np.abs(x0), 0.05)
-        res = optimize.minimize(joint_objective, start, args=args, jac=True, method="BFGS",
-                                options=dict(maxiter=2000, gtol=1e-10))
-        if np.all(np.isfinite(res.x)) and math.isfinite(res.fun) and res.fun < best_val:
-            best, best_val = res.x, float(res.fun)
+    for x, fun in parallel.pmap(_minimize_joint, [(p, args) for p in points]):  # in the starts' order
+        if np.all(np.isfinite(x)) and math.isfinite(fun) and fun < best_val:
+            best, best_val = x, fun
     if best is None:
         raise RuntimeError("joint fit: no start reached a finite objective")
     la, al, de, ga, lb, be, om, ze, lc = (float(v) for v in best)
     law = JointMoELaw(name="fitted joint", a=math.exp(la), alpha=al, delta=de, gamma=ga, b=math.exp(lb), beta=be,
                       omega=om, zeta=ze, c=math.exp(lc), E_start=pub.E_start, E_max=pub.E_max)
     return JointFit(law=law, objective=best_val, n_points=n.size, experts=distinct)
+
+
+def _refit_joint(task) -> np.ndarray | None:
+    """The joint law on one resample (a worker task): the lowest finite end point over ``starts``, or None."""
+    args, starts = task
+    best = None
+    for s0 in starts:
+        res = optimize.minimize(joint_objective, s0, args=args, jac=True, method="BFGS",
+                                options=dict(maxiter=2000, gtol=1e-10))
+        if np.all(np.isfinite(res.x)) and math.isfinite(res.fun) and (best is None or res.fun < best.fun):
+            best = res
+    return None if best is None else best.x
 
 
 @attrs.frozen(kw_only=True)
@@ -608,19 +661,10 @@ def bootstrap_joint(params, tokens, loss, n_experts, *, fit: JointFit | None = N
     starts = warm_starts(x0, floor_index=JOINT_NAMES.index("log_c"))
     groups = [np.flatnonzero(e == x) for x in np.unique(e)]
     rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n_resamples):
-        idx = np.concatenate([rng.choice(g, g.size) for g in groups])
-        args = (np.log(n[idx]), np.log(d[idx]), log_e[idx], np.log(l[idx]), HUBER_DELTA)
-        best = None
-        for s0 in starts:
-            res = optimize.minimize(joint_objective, s0, args=args, jac=True, method="BFGS",
-                                    options=dict(maxiter=2000, gtol=1e-10))
-            if np.all(np.isfinite(res.x)) and math.isfinite(res.fun) and (best is None or res.fun < best.fun):
-                best = res
-        if best is not None:
-            rows.append(best.x)
-    s = np.array(rows, float).reshape(-1, 9)
+    draws = [np.concatenate([rng.choice(g, g.size) for g in groups]) for _ in range(n_resamples)]
+    refits = parallel.pmap(_refit_joint, [((np.log(n[idx]), np.log(d[idx]), log_e[idx], np.log(l[idx]), HUBER_DELTA),
+                                           starts) for idx in draws])
+    s = np.array([x for x in refits if x is not None], float).reshape(-1, 9)
     out = {}
     for i, name in enumerate(JOINT_NAMES):
         key = name.removeprefix("log_")

@@ -273,13 +273,13 @@ def heldout_error_interval(repeats: Runs, *, average_seeds: bool, point: HeldOut
     point = heldout_check(point_runs, grid=grid) if point is None else point
     top = point.budget_flops
     start = point.law_log_constants
+    samples = list(seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed))
+    trains = [x.select(x.budget_flops < top) for x in samples]
+    laws_ = F.refit_approach3_each([(tr.params, tr.tokens, tr.loss, flops_per_param_token(tr)) for tr in trains],
+                                   starts=F.warm_starts(start))
     errors = []
-    for sample in seed_resamples(repeats, average_seeds=average_seeds, n_resamples=n_resamples, seed=seed):
-        tr = sample.select(sample.budget_flops < top)
-        try:
-            law = F.fit_approach3(tr.params, tr.tokens, tr.loss, grid=F.warm_starts(start),
-                                  flops_per_param_token=flops_per_param_token(tr)).law
-        except (RuntimeError, ValueError):
+    for sample, law in zip(samples, laws_):
+        if law is None:
             continue
         observed = float(sample.loss[sample.budget_flops == top].min()) if average_seeds else point.best_loss_observed
         errors.append(_pct(float(law.optimal(top).loss), observed))
