@@ -457,13 +457,31 @@ SECTIONS: tuple[Callable[[pathlib.Path, Sequence[str], dict], Section], ...] = (
     hardware_section, roofline_section, fusion_section, scaling_section, validation_section)
 
 
+MANIFEST = ".perfmodel-report-files"
+"""JSON list of the names :func:`write_report` wrote into its folder (what the next run may replace or remove)."""
+
+
+def _manifest(out: pathlib.Path) -> list[str]:
+    """Names an earlier report wrote into ``out``; only plain names, so a damaged file cannot point elsewhere."""
+    try:
+        names = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and n and n == pathlib.Path(n).name and n not in (".", "..")]
+
+
 def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[str] = DEFAULT_CHIPS,
                  *, log=print) -> pathlib.Path:
     """Write ``report.md``, ``report.json`` and plots into ``out``; returns the markdown path.
 
     Every file is first written into a hidden staging folder inside ``out`` and moved into ``out`` only when all
     sections have succeeded (``report.md`` last), so an interrupted or failed run leaves an earlier report in
-    ``out`` whole rather than mixed with half of a new one. Other files in ``out`` are left alone.
+    ``out`` whole rather than mixed with half of a new one. The names written are listed in
+    ``out/.perfmodel-report-files`` (:data:`MANIFEST`); a file an earlier report wrote that this one does not
+    (the plots of a chip no longer in ``chips``) is removed once the new report is in place, so no unlinked
+    plot is left beside ``report.md``. Other files in ``out`` are left alone.
     """
     import os
     import shutil
@@ -489,10 +507,15 @@ def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[s
             {"generated_at": now, "chips": chips, "sections": {s.key: s.data for s in sections}}, indent=2,
             default=str))
         (stage / "report.md").write_text("\n".join(md))
+        written = sorted(f.name for f in stage.iterdir())
         for f in sorted(stage.iterdir(), key=lambda f: (f.name == "report.md", f.name)):
             if f.is_dir():
                 shutil.rmtree(out / f.name, ignore_errors=True)
             os.replace(f, out / f.name)
+        for name in sorted(set(_manifest(out)) - set(written)):  # an earlier report's, not ours
+            old = out / name
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
+        (out / MANIFEST).write_text(json.dumps(written, indent=0) + "\n")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out / "report.md"

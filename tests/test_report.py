@@ -159,6 +159,28 @@ def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path, monkeypatc
     assert "for chips: v4." in (out / "report.md").read_text() and (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_rerun_for_other_chips_removes_the_plots_only_the_earlier_report_wrote(tmp_path, monkeypatch):
+    """The v5e fusion map of a first run is not left, unlinked, beside a report for v4; the user's files stay."""
+    from perfmodel import report as R
+
+    out = tmp_path / "rep"
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.fusion_section))
+    R.write_report(out, chips=["v5e"], log=lambda s: None)
+    assert (out / "fusion_map_v5e.png").exists()
+    (out / "notes.txt").write_text("mine")
+    (out / "fusion_map_mine.png").write_bytes(b"not the report's")
+    R.write_report(out, chips=["v4"], log=lambda s: None)
+    names = {f.name for f in out.iterdir()}
+    assert "fusion_map_v4.png" in names and "fusion_map_v5e.png" not in names
+    assert {"notes.txt", "fusion_map_mine.png"} <= names
+    linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text()))
+    assert {n for n in names if n.endswith(".png")} - {"fusion_map_mine.png"} <= linked
+    (out / R.MANIFEST).write_text('["../outside.txt", "/etc/passwd", 3]')  # a damaged manifest names nothing
+    (tmp_path / "outside.txt").write_text("x")
+    R.write_report(out, chips=["v4"], log=lambda s: None)
+    assert (tmp_path / "outside.txt").exists()
+
+
 def test_on_a_tpu_the_report_times_the_kernel_into_the_report_folder_and_adds_its_row(tmp_path, monkeypatch):
     """Issue 8.2 end to end with a stand-in TPU: ``write_report`` runs the quick sweep into ``--out/kernel_<chip>``
     (the final folder, where the harness resumes, not the staging one) and the validation table gains its row."""
