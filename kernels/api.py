@@ -8,7 +8,7 @@ import jax
 
 from kernels import IMPLEMENTATIONS
 from kernels.activations import resolve_activation
-from kernels.fused_moe import FusedTiles, _validate, fused_moe_ffn_forward, resolve_chip
+from kernels.fused_moe import FusedTiles, check_shapes, fused_moe_ffn_forward, resolve_chip
 from kernels.ragged import moe_ffn_gmm, moe_ffn_ragged
 from kernels.reference import moe_ffn_reference
 
@@ -59,7 +59,7 @@ def check_inputs(x, group_sizes, w_up, w_down, w_gate=None) -> None:
     """
     import numpy as np
 
-    T = _validate(x, group_sizes, w_up, w_down, w_gate)[0]
+    T = check_shapes(x, group_sizes, w_up, w_down, w_gate)[0]
     if isinstance(group_sizes, jax.core.Tracer):
         return
     sizes = np.asarray(group_sizes)

@@ -189,7 +189,13 @@ def resolve_chip(chip) -> Chip:
     return get_chip("v5e")
 
 
-def _validate(x, group_sizes, w_up, w_down, w_gate):
+def check_shapes(x, group_sizes, w_up, w_down, w_gate=None) -> tuple[int, int, int, int]:
+    """``(T, D, F, G)`` of an MoE FFN call after checking its arrays' types, shapes and dtypes.
+
+    ``x [T, D]``, ``w_up`` / ``w_gate`` ``[G, D, F]``, ``w_down [G, F, D]``, weights in ``x.dtype`` (bf16 or
+    f32), ``group_sizes [G]`` of an integer dtype. ``TypeError`` for a non-array, ``ValueError`` naming the
+    argument and its shape or dtype otherwise. Shapes only: :func:`kernels.check_inputs` adds the values.
+    """
     for name, a in (("x", x), ("group_sizes", group_sizes), ("w_up", w_up), ("w_down", w_down), ("w_gate", w_gate)):
         if a is not None and not (hasattr(a, "shape") and hasattr(a, "dtype")):
             raise TypeError(f"{name} must be an array (jax or numpy; e.g. jnp.asarray({name})), "
@@ -226,7 +232,7 @@ def fused_moe_ffn_forward(x, group_sizes, w_up, w_down, w_gate=None, *, activati
     ``tiles=None`` picks :func:`default_tiles` for ``chip``. ``check_vmem=False``
     skips the model's VMEM-fit refusal (to let the compiler give its verdict).
     """
-    T, D, F, G = _validate(x, group_sizes, w_up, w_down, w_gate)
+    T, D, F, G = check_shapes(x, group_sizes, w_up, w_down, w_gate)
     glu = w_gate is not None
     activation = resolve_activation(activation, glu=glu)
     chip = resolve_chip(chip)
