@@ -6,16 +6,20 @@ gets, and keeps heavy imports inside the handler.
 """
 
 
-def comma_list(text: str, convert, option: str, what: str) -> tuple:
+def comma_list(text: str, convert, option: str, what: str, *, unique: str | None = None) -> tuple:
     """``"1,2"`` -> ``(convert("1"), convert("2"))``; a bad item is a ``ValueError`` naming ``--option`` and the value.
 
-    ``what`` describes the items for the message ("integers", "numbers").
+    ``what`` describes the items for the message ("integers", "numbers"). ``unique`` (the item's noun, e.g.
+    "seed") refuses an item listed twice.
     """
+    name = option.lstrip("-").replace("-", "_")
     try:
-        return tuple(convert(v) for v in text.split(","))
+        items = tuple(convert(v) for v in text.split(","))
     except ValueError:
-        name = option.lstrip("-").replace("-", "_")
         raise ValueError(f"{option} must be comma-separated {what}, got {name}={text!r}") from None
+    if unique is not None and len(set(items)) < len(items):
+        raise ValueError(f"{option} lists a {unique} more than once, got {name}={text!r}")
+    return items
 
 
 def chip_list(text: str, option: str = "--chips") -> list[str]:

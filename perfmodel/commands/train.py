@@ -48,18 +48,15 @@ def _sweep(args) -> int:
     if args.task is not None:  # an empty value is refused by planning, not replaced by the study's task
         study = attrs.evolve(study, task=args.task)
     if args.budgets is not None:  # "" is an error (comma_list), not the study's budgets
-        budgets = comma_list(args.budgets, float, "--budgets", "numbers")
+        # a budget or seed twice gives the same run ids twice: each run trained and recorded twice
+        budgets = comma_list(args.budgets, float, "--budgets", "numbers", unique="budget")
         for b in budgets:
             positive("--budgets", b)
-        if len(set(budgets)) < len(budgets):  # the same run ids twice: each run trained and recorded twice
-            raise ValueError(f"--budgets lists a budget more than once, got budgets={args.budgets!r}")
         study = attrs.evolve(study, budgets_flops=budgets)
     if args.seeds is not None:
-        seeds = comma_list(args.seeds, int, "--seeds", "integers")
+        seeds = comma_list(args.seeds, int, "--seeds", "integers", unique="seed")
         if min(seeds) < 0:
             raise ValueError(f"--seeds must be non-negative integers, got seeds={args.seeds!r}")
-        if len(set(seeds)) < len(seeds):
-            raise ValueError(f"--seeds lists a seed more than once, got seeds={args.seeds!r}")
         study = attrs.evolve(study, seeds=seeds)
     positive("--lr-scale", args.lr_scale)
     study = attrs.evolve(study, lr_scale=args.lr_scale)
