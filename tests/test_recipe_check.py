@@ -77,6 +77,9 @@ def test_several_seeds_pick_lr_per_seed_then_average(tmp_path):
     for b in g.budgets:
         assert b.best_loss_tuned / b.best_loss_x1 == pytest.approx((1 / 1.1 + 1 / 1.2) / 2)
         assert dict(b.wins) == {0.5: 7, 1.0: 0, 2.0: 7}  # 7 widths per budget and seed
+    # a seed listed twice would weigh seed 0's x2 gain double in the average
+    with pytest.raises(ValueError, match=r"seeds must not repeat a seed, got seeds=\(0, 1, 0\)"):
+        R.run(base, lr, seeds=(0, 1, 0), grid=F.TINY_GRID, n_resamples=5)
 
 
 def test_configurations_without_every_lr_are_left_out_and_counted(tmp_path):

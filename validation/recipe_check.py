@@ -143,6 +143,8 @@ def run(base: str | pathlib.Path, lr_file: str | pathlib.Path, *, seeds=(0,), gr
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("seeds must name at least one seed")
+    if len(set(seeds)) < len(seeds):  # a seed twice would count twice in the seed average
+        raise ValueError(f"seeds must not repeat a seed, got seeds={seeds}")
     parts = [_one_seed(base, lr_file, s) for s in seeds]
     x1, tuned = _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
     winner = np.concatenate([p[2] for p in parts])
