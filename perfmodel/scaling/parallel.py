@@ -35,6 +35,7 @@ R = TypeVar("R")
 
 JOBS_ENV = "PERFMODEL_JOBS"
 
+
 class ParallelError(Exception):
     """The worker processes cannot run: a bad ``PERFMODEL_JOBS``, or a worker that died.
 
@@ -134,6 +135,8 @@ def _main_hidden():
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+        else:
+            del sys.modules["__main__"]
 
 
 # Drop the pool before interpreter teardown: collected later, its manager thread's callback finds
