@@ -8,7 +8,6 @@ import pathlib
 from perfmodel.commands import add_jobs, comma_list, in_file, int_in, out_file, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
-DEFAULT_GRANULARITY = 8.0  # the fine-grained law's G when --granularity is not given
 
 
 def register(cli) -> None:
@@ -39,7 +38,8 @@ def register(cli) -> None:
                    help="experts E (joint-moe; default: table over 1..64) or expansion rate (fine-grained, "
                         "default 64); with --law fitted selects the MoE fit")
     p.add_argument("--granularity", type=float, default=None,
-                   help=f"fine-grained law granularity G >= 1 (default {DEFAULT_GRANULARITY:g})")
+                   help="fine-grained law granularity G >= 1 (default: optimal.DEFAULT_GRANULARITY, "
+                        "printed in the G column)")
     p.add_argument("--results", type=in_file, default=None, help="results JSONL for --law fitted")
     p.add_argument("--formula", action="store_true",
                    help="also print the sympy-derived closed forms N_opt(C), D_opt(C), L*(C), D/N")
@@ -157,10 +157,7 @@ def _optimal(args) -> int:
         raise ValueError(f"--granularity applies to --law fine-grained only, got --law {args.law}")
     if args.results is not None and args.law != "fitted":
         raise ValueError(f"--results applies to --law fitted only, got --law {args.law}")
-    granularity = DEFAULT_GRANULARITY if args.granularity is None else args.granularity
-    if not granularity >= 1 or granularity == float("inf"):
-        raise ValueError(f"--granularity must be a finite number >= 1, got --granularity={args.granularity!r}")
-    rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=granularity,
+    rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=args.granularity,
                           results=args.results)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -212,12 +209,10 @@ def _time_optimal(args) -> int:
 def _fit(args) -> int:
     from perfmodel.scaling import fit as F
     from perfmodel.scaling import study
-
-    from perfmodel.scaling.results import PARAM_ALIASES
+    from perfmodel.scaling.results import check_params_key
 
     positive("--resamples", args.resamples)
-    if args.params not in PARAM_ALIASES:
-        raise ValueError(f"--params must be one of {sorted(PARAM_ALIASES)}, got --params={args.params!r}")
+    check_params_key(args.params, name="--params")
     results = pathlib.Path(args.results)
     out = pathlib.Path(args.out) if args.out else results.parent
     s = study.run_study(results, loss=args.loss, params_key=args.params, n_resamples=args.resamples,

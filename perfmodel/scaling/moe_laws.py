@@ -88,6 +88,12 @@ def joint_as_chinchilla_exprs() -> dict[sp.Symbol, sp.Expr]:
     return out
 
 
+def check_granularity(granularity, *, name: str = "granularity") -> None:
+    """``ValueError`` naming ``name`` and the value unless the fine-grained law's ``G`` is a finite number >= 1."""
+    if not (math.isfinite(granularity) and granularity >= 1):
+        raise ValueError(f"{name} must be a finite number >= 1, got {name}={granularity!r}")
+
+
 @attrs.frozen(kw_only=True)
 class JointMoELaw:
     """Ludziejewski et al. 2025 joint law; defaults are their fitted constants (FACTS section 6)."""
@@ -170,8 +176,7 @@ class FineGrainedMoELaw:
 
     def at_granularity(self, granularity: float, expansion: float) -> laws.ChinchillaLaw:
         """The Chinchilla law in N_total at fixed G, with ``c_f = 6 / (N_total / N_act)``."""
-        if not (math.isfinite(granularity) and granularity >= 1):
-            raise ValueError(f"granularity must be >= 1, got granularity={granularity!r}")
+        check_granularity(granularity)
         a_of_g = fine_grained_as_chinchilla_a()
         a_eff = float(a_of_g.subs({fg: self.g, fgamma: self.gamma, S.G: granularity, laws.A_coef: self.a}))
         return laws.ChinchillaLaw(name=f"{self.name} G={granularity:g} E={expansion:g}", E_irr=self.c,

@@ -16,6 +16,7 @@ from perfmodel.scaling import laws, moe_laws
 ROW_HEADERS = ["law", "E", "G", "N_act (opt)", "N_total", "D (opt)", "D/N_act", "L*"]
 DEFAULT_EXPERTS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_EXPANSION = 64.0
+DEFAULT_GRANULARITY = 8.0  # the fine-grained law's G when none is given
 
 SOURCES = {
     "chinchilla": "Hoffmann et al. 2022 (arXiv 2203.15556) Approach 3, unrounded constants; C = 6 N D",
@@ -63,8 +64,10 @@ def _row(name: str, o: laws.ComputeOptimal, *, experts: float, active: float, to
 
 
 def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: float | None = None,
-                 granularity: float = 8.0, results=None) -> list[OptimalRow]:
-    """Rows of the compute-optimal allocation at ``compute_flops`` for the named law."""
+                 granularity: float | None = None, results=None) -> list[OptimalRow]:
+    """Rows of the compute-optimal allocation at ``compute_flops`` for the named law.
+
+    ``granularity``: the fine-grained law's G (default :data:`DEFAULT_GRANULARITY`)."""
     ratio = moe_laws.FineGrainedMoELaw.total_per_active
     if experts is not None and not (np.isfinite(experts) and experts >= 1):
         raise ValueError(f"--experts must be a finite number >= 1 (experts E, or the fine-grained expansion rate), "
@@ -86,6 +89,8 @@ def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: floa
     if law == "fine-grained":
         fgl = moe_laws.FineGrainedMoELaw()
         e = DEFAULT_EXPANSION if experts is None else float(experts)
+        granularity = DEFAULT_GRANULARITY if granularity is None else granularity
+        moe_laws.check_granularity(granularity, name="--granularity")
         o = fgl.optimal(compute_flops, granularity=granularity, expansion=e)
         return [_row(law, o, experts=e, active=float(o.params) / ratio(e), total=float(o.params),
                      granularity=granularity)]

@@ -167,6 +167,12 @@ def _number(value, what: str, where: str) -> float:
     return x
 
 
+def check_params_key(params_key: str, *, name: str = "params_key") -> None:
+    """``ValueError`` naming ``name`` and the value unless ``params_key`` is one of :data:`PARAM_ALIASES`."""
+    if params_key not in PARAM_ALIASES:
+        raise ValueError(f"{name} must be one of {sorted(PARAM_ALIASES)}, got {name}={params_key!r}")
+
+
 def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str = "active_non_embedding",
               keep: Callable[[dict], bool] | None = None) -> Runs:
     """Parse a JSONL results file; errors name the line and the missing or bad field.
@@ -181,8 +187,7 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
     path = pathlib.Path(path)
     if loss not in ("eval", "train"):
         raise ValueError(f"loss must be 'eval' or 'train', got {loss=!r}")
-    if params_key not in PARAM_ALIASES:
-        raise ValueError(f"params_key must be one of {sorted(PARAM_ALIASES)}, got {params_key=!r}")
+    check_params_key(params_key)
     if not path.exists():
         raise FileNotFoundError(f"results file not found: {path}")
     cols: dict[str, list] = {k: [] for k in ("arch", "n_experts", "top_k", "params", "params_total", "tokens",
