@@ -514,7 +514,10 @@ def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[s
             os.replace(f, out / f.name)
         for name in sorted(set(_manifest(out)) - set(written)):  # an earlier report's, not ours
             old = out / name
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
         (out / MANIFEST).write_text(json.dumps(written, indent=0) + "\n")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
