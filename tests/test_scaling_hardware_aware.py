@@ -67,6 +67,13 @@ def test_bad_inputs():
         H.size_cost(4, tokens_per_step=1000)
     with pytest.raises(ValueError, match="n_experts"):
         H.compare(time_s=10.0, n_experts=1)
+    # library callers get the balanced-groups rule in the caller's terms, not the kernel model's T*k message
+    for call in (lambda: H.size_cost(4, n_experts=3, ffn="xla-ragged-dot"),
+                 lambda: H.compare(time_s=10.0, n_experts=3, ffn="xla-ragged-dot")):
+        with pytest.raises(ValueError, match="tokens_per_step=16384, n_experts=3"):
+            call()
+    # a caller-supplied FFN time has no balanced-groups rule
+    H.size_cost(4, n_experts=3, ffn="xla-ragged-dot", moe_ffn_train_time_s=lambda *a, **k: 0.0)
 
 
 def test_cli_time_optimal(capsys):

@@ -183,9 +183,6 @@ def _time_optimal(args) -> int:
     from perfmodel.tables import text_table
 
     positive("--hours", args.hours)
-    if args.ffn == "xla-ragged-dot" and args.tokens_per_chip_step % args.experts:  # top-1: T rows in E groups
-        raise ValueError(f"--ffn xla-ragged-dot models balanced groups: --tokens-per-chip-step must be divisible by "
-                         f"--experts, got --tokens-per-chip-step={args.tokens_per_chip_step}, --experts={args.experts}")
     res = H.compare(chip=args.chip, time_s=args.hours * 3600, n_experts=args.experts, ffn=args.ffn,
                     tokens_per_step=args.tokens_per_chip_step, plot_path=args.plot)
     if args.json:

@@ -103,6 +103,17 @@ def xla_ragged_dot_ffn_train_time_s(chip, dtype, *, T, D, F, E, k) -> float:
     return up + down + act
 
 
+def check_balanced_groups(*, ffn: str, n_experts: int, tokens_per_step: int, hooked: bool = False) -> None:
+    """``ffn="xla-ragged-dot"`` models top-1 routing into E equal groups: E must divide the tokens per step.
+
+    Skipped when a caller supplies its own FFN time (``hooked``) or the model is dense.
+    """
+    if ffn == "xla-ragged-dot" and not hooked and n_experts > 1 and tokens_per_step % n_experts:
+        raise ValueError(f"ffn='xla-ragged-dot' models balanced groups: tokens per chip step (--tokens-per-chip-step) "
+                         f"must be divisible by the number of experts (--experts), got "
+                         f"tokens_per_step={tokens_per_step}, n_experts={n_experts}")
+
+
 @attrs.frozen(kw_only=True)
 class SizeCost:
     """One model of the family on a chip."""
@@ -160,6 +171,8 @@ def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: st
                          f"{SEQ_LEN}, got tokens_per_step={tokens_per_step}")
     if ffn not in FFN_MODELS:
         raise ValueError(f"ffn must be one of {FFN_MODELS}, got {ffn=!r}")
+    check_balanced_groups(ffn=ffn, n_experts=n_experts, tokens_per_step=tokens_per_step,
+                          hooked=moe_ffn_train_time_s is not None)
     shape = _shape(n_layers, n_experts)
     B = tokens_per_step // SEQ_LEN
     dims = dict(B=B, T=SEQ_LEN, D=shape.d_model, F=shape.d_ff, H=shape.n_heads, Hkv=shape.hkv, Dh=shape.dh,
@@ -257,6 +270,9 @@ def compare(*, chip: str = "v5e", time_s: float, n_experts: int = 8, ffn: str = 
     """Dense and MoE (E experts), each time-optimal and FLOP-optimal, at the same time budget."""
     if n_experts < 2:
         raise ValueError(f"n_experts must be >= 2 for the MoE side, got {n_experts=}")
+    # before the dense curve is costed, so a bad MoE setting fails at once
+    check_balanced_groups(ffn=ffn, n_experts=n_experts, tokens_per_step=tokens_per_step,
+                          hooked=moe_ffn_train_time_s is not None)
     curves = [loss_curve(chip=chip, time_s=time_s, n_experts=e, ffn=ffn, tokens_per_step=tokens_per_step,
                          moe_ffn_train_time_s=moe_ffn_train_time_s) for e in (1, n_experts)]
     out = [a for c in curves for a in pick(c)]
