@@ -319,3 +319,16 @@ def test_fusion_map_does_not_claim_fusion_wins_beyond_the_map(capsys, tmp_path, 
     assert code == 0
     assert "F/D=1.00: fusion wins everywhere" in out and "F/D=2.00: fusion wins above 100 tokens/expert" in out
     assert "F/D=3.00: fusion wins" not in out and "F/D=3.00: ragged_dot still wins at 16384" in out
+
+
+def test_optimal_help_lists_the_experts_the_default_table_shows(capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["scaling", "optimal", "-h"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    listed = re.search(r"default: table over E = ([\d, ]+)\)", helptext)
+    assert listed, helptext
+    code, out, _ = run(capsys, "scaling", "optimal", "--compute", "1e21", "--law", "joint-moe", "--json")
+    shown = [row["n_experts"] for row in json.loads(out)]
+    assert code == 0 and shown == [float(e) for e in listed.group(1).split(",")]

@@ -34,9 +34,12 @@ def register(cli) -> None:
                        epilog="example: perfmodel scaling optimal --compute 1e21 --law joint-moe --experts 8")
     p.add_argument("--compute", type=float, required=True, help="training compute in FLOPs")
     p.add_argument("--law", default="chinchilla", choices=LAWS)
+    from perfmodel.scaling.optimal import DEFAULT_EXPANSION, DEFAULT_EXPERTS
+
     p.add_argument("--experts", type=float, default=None,
-                   help="experts E (joint-moe; default: table over 1..64) or expansion rate (fine-grained, "
-                        "default 64); with --law fitted selects the MoE fit")
+                   help=f"experts E (joint-moe; default: table over E = {', '.join(map(str, DEFAULT_EXPERTS))}) "
+                        f"or expansion rate (fine-grained, default {DEFAULT_EXPANSION:g}); with --law fitted "
+                        f"selects the MoE fit")
     p.add_argument("--granularity", type=float, default=None,
                    help="fine-grained law granularity G >= 1 (default: optimal.DEFAULT_GRANULARITY, "
                         "printed in the G column)")
