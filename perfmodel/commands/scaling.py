@@ -11,6 +11,8 @@ LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
 
 
 def register(cli) -> None:
+    from perfmodel.scaling.optimal import DEFAULT_EXPANSION, DEFAULT_EXPERTS
+
     p = cli.subcommand("scaling", "fit", "fit dense and MoE scaling laws to training results (JSONL)",
                        epilog="example: perfmodel scaling fit validation/results/arith_full.jsonl --out out/")
     p.add_argument("results", type=in_file, help="JSONL file, one finished training run per line")
@@ -34,8 +36,6 @@ def register(cli) -> None:
                        epilog="example: perfmodel scaling optimal --compute 1e21 --law joint-moe --experts 8")
     p.add_argument("--compute", type=float, required=True, help="training compute in FLOPs")
     p.add_argument("--law", default="chinchilla", choices=LAWS)
-    from perfmodel.scaling.optimal import DEFAULT_EXPANSION, DEFAULT_EXPERTS
-
     p.add_argument("--experts", type=float, default=None,
                    help=f"experts E (joint-moe; default: table over E = {', '.join(map(str, DEFAULT_EXPERTS))}) "
                         f"or expansion rate (fine-grained, default {DEFAULT_EXPANSION:g}); with --law fitted "
