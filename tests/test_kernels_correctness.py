@@ -52,7 +52,7 @@ CASES = [("f32", "gelu", False, "v5e"), ("bf16", "relu", False, "v5e"), ("f32", 
 
 
 @pytest.mark.parametrize("dtype,activation,glu,chip", CASES)
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=group_sizes_st())
 @example(sizes=np.array([T, 0, 0, 0], np.int32))      # one group takes all tokens
 @example(sizes=np.array([0, 0, 0, T], np.int32))      # ... the last one, after empty groups
