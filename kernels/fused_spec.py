@@ -429,17 +429,25 @@ def candidate_tiles(*, T: int, F: int) -> list[FusedTiles]:
 @functools.lru_cache(maxsize=256)
 def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
     chip = get_chip(chip_name)
-    best = None
+    best, smallest = None, None
     for tiles in candidate_tiles(T=T, F=F):
         spec = fused_moe_spec(T=T, D=D, F=F, G=G, dtype=dtype, tiles=tiles, glu=glu, activation=activation,
                               chip=chip)
+        if smallest is None or spec.vmem_bytes < smallest[0]:
+            smallest = (spec.vmem_bytes, tiles)
         if spec.vmem_bytes > chip.vmem_bytes_per_core:
             continue
         time_s = _walk(spec, chip).time_s
         if best is None or time_s < best[0]:
             best = (time_s, tiles)
     if best is None:
-        raise ValueError(f"no candidate tiles fit {chip.name}'s VMEM for T={T}, D={D}, F={F}, dtype={dtype}")
+        need, t = smallest
+        raise ValueError(
+            f"no candidate tiles fit {chip.name}'s VMEM for T={T}, D={D}, F={F}, dtype={dtype}"
+            f"{', GLU' if glu else ''}: the smallest, tm={t.tm} tf={t.tf}, needs {need / 2**20:.1f} MiB of the "
+            f"{chip.vmem_bytes_per_core / 2**20:.0f} MiB per TensorCore. The kernel tiles rows and F, never D: "
+            f"D-wide rows of x, out and the f32 accumulator and D x tf weight slabs (double-buffered) stay in "
+            f"VMEM, so only a smaller D, a narrower dtype or the ragged_dot path fit")
     return best[1]
 
 

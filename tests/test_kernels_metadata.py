@@ -145,6 +145,22 @@ def test_default_tiles_fit_vmem(chip):
     assert spec.grid[0] == (2 if get_chip(chip).megacore else 1)
 
 
+def test_when_no_tiles_fit_the_error_says_how_far_off_and_why():
+    """D is never tiled: on v4 (16 MiB) D=6144 bf16 does not fit at any candidate; the message names the
+    smallest footprint (the spec's own count) against the chip's VMEM and points at D."""
+    T, D, F, G = 4096, 6144, 4096, 8
+    with pytest.raises(ValueError) as err:
+        default_tiles(T=T, D=D, F=F, G=G, dtype="bf16", glu=False, chip="v4")
+    footprints = {t: fused_moe_spec(T=T, D=D, F=F, G=G, dtype="bf16", tiles=t, glu=False, chip="v4").vmem_bytes
+                  for t in candidate_tiles(T=T, F=F)}
+    t = min(footprints, key=footprints.get)
+    assert footprints[t] > get_chip("v4").vmem_bytes_per_core
+    msg = str(err.value)
+    assert f"T={T}, D={D}, F={F}, dtype=bf16" in msg
+    assert f"the smallest, tm={t.tm} tf={t.tf}, needs {footprints[t] / 2**20:.1f} MiB of the 16 MiB" in msg
+    assert "never D" in msg
+
+
 def test_numpy_and_jax_metadata_are_identical():
     """The cost model builds metadata with numpy (no compile); the kernel with jax. Same body, same arrays."""
     import jax.numpy as jnp
