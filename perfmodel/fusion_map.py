@@ -129,7 +129,13 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
             best_tm = np.where(better, tm, best_tm)
             best_tf = np.where(better, tf, best_tf)
     if not np.isfinite(best_t).all():
-        raise ValueError(f"no fused tiles fit {c.name}'s VMEM for some cells (D={D})")
+        # A tile's footprint does not depend on F or the rows, and tm=128, tf=128 is allowed at every cell
+        # (F is a multiple of 256), so a cell without tiles means the smallest candidate overflows VMEM.
+        need, tm, tf = min((_fused_facts(D, tm, tf, dt, glu, act)[0], tm, tf)
+                           for tm in TM_CANDIDATES for tf in TF_CANDIDATES)
+        raise ValueError(f"no fused tiles fit {c.name}'s VMEM (D={D}{', GLU' if glu else ''}, dtype={dt}): the "
+                         f"smallest, tm={tm} tf={tf}, needs {need / 2**20:.1f} MiB of the "
+                         f"{c.vmem_bytes_per_core / 2**20:.0f} MiB per TensorCore; the fused kernel never tiles D")
     speedup = best_unf / best_t
     crossings = []
     for i in range(len(F)):

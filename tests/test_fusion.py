@@ -142,6 +142,21 @@ def test_speedup_map_small_grid_and_crossover_fields():
     assert len(m.last_loss_tokens_per_expert) == len(m.F)
 
 
+def test_map_and_kernel_agree_on_why_a_wide_d_cannot_fuse():
+    """v4 (16 MiB VMEM), D=6144 bf16: the map refuses with the same smallest footprint the kernel's tile search gives."""
+    import re
+
+    from kernels.fused_spec import default_tiles
+    from perfmodel.fusion_map import speedup_map
+
+    with pytest.raises(ValueError, match="never tiles D") as map_err:
+        speedup_map("v4", D=6144, E=8, glu=False, n=4)
+    with pytest.raises(ValueError, match="never D") as kernel_err:
+        default_tiles(T=4096, D=6144, F=4096, G=8, dtype="bf16", glu=False, chip="v4")
+    need = r"the smallest, tm=\d+ tf=\d+, needs [\d.]+ MiB of the 16 MiB"
+    assert re.search(need, str(map_err.value)).group() == re.search(need, str(kernel_err.value)).group()
+
+
 def test_cli_fusion_json(capsys):
     from perfmodel.cli import main
 
