@@ -441,14 +441,18 @@ def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
         if best is None or time_s < best[0]:
             best = (time_s, tiles)
     if best is None:
-        need, t = smallest
-        raise ValueError(
-            f"no candidate tiles fit {chip.name}'s VMEM for T={T}, D={D}, F={F}, dtype={dtype}"
-            f"{', GLU' if glu else ''}: the smallest, tm={t.tm} tf={t.tf}, needs {need / 2**20:.1f} MiB of the "
+        raise ValueError(f"no candidate tiles fit {chip.name}'s VMEM for T={T}, D={D}, F={F}, dtype={dtype}"
+                         f"{', GLU' if glu else ''}: {no_tiles_fit_reason(chip, *smallest)}")
+    return best[1]
+
+
+def no_tiles_fit_reason(chip: Chip, need_bytes: int, tiles: FusedTiles) -> str:
+    """Why no candidate fits: the smallest candidate's footprint (``need_bytes``) against the chip's VMEM, and
+    that D is never tiled (what a user can change)."""
+    return (f"the smallest, tm={tiles.tm} tf={tiles.tf}, needs {need_bytes / 2**20:.1f} MiB of the "
             f"{chip.vmem_bytes_per_core / 2**20:.0f} MiB per TensorCore. The kernel tiles rows and F, never D: "
             f"D-wide rows of x, out and the f32 accumulator and D x tf weight slabs (double-buffered) stay in "
             f"VMEM, so only a smaller D, a narrower dtype or the ragged_dot path fit")
-    return best[1]
 
 
 def default_tiles(*, T: int, D: int, F: int, G: int, dtype, glu: bool, chip, activation: str | None = None

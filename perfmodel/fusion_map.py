@@ -45,12 +45,14 @@ class SpeedupMap:
 
 
 @functools.lru_cache(maxsize=4096)
-def _fused_facts(D: int, tm: int, tf: int, dtype: str, glu: bool, activation: str) -> tuple[int, float, float]:
-    """(VMEM bytes, VPU ops per step, row-mask VPU ops per straddling step) from the fused kernel's own spec."""
+def _fused_facts(chip: str, D: int, tm: int, tf: int, dtype: str, glu: bool,
+                 activation: str) -> tuple[int, float, float]:
+    """(VMEM bytes, VPU ops per step, row-mask VPU ops per straddling step) from the fused kernel's own spec
+    on ``chip`` (its Mosaic scratch terms, as the kernel's tile search counts them)."""
     from kernels.fused_spec import FusedTiles, fused_moe_spec
 
     spec = fused_moe_spec(T=tm, D=D, F=tf, G=1, dtype=dtype, tiles=FusedTiles(tm=tm, tf=tf), glu=glu,
-                          activation=activation)
+                          activation=activation, chip=chip)
     return spec.vmem_bytes, float(spec.step_vpu_flops), float(spec.epilogue_vpu_ops)
 
 
@@ -81,7 +83,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     duplicates dropped, so a small D gives fewer than ``n`` F/D rows (D = 2048: 57; D = 8192: 200).
     """
     from kernels.activations import resolve_activation
-    from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES
+    from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES, FusedTiles, no_tiles_fit_reason
     from perfmodel.fusion_closed_form import evaluate_times
 
     c = get_tpu_chip(chip, what="the fusion map (fused Pallas kernel vs ragged_dot)")
@@ -112,7 +114,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     best_tf = np.zeros(R2.shape, np.int64)
     for tm in TM_CANDIDATES:
         for tf in TF_CANDIDATES:
-            vmem, vpu, vpu_mask = _fused_facts(D, tm, tf, dt, glu, act)
+            vmem, vpu, vpu_mask = _fused_facts(c.name, D, tm, tf, dt, glu, act)
             if vmem > c.vmem_bytes_per_core:
                 continue
             # As candidate_tiles: tf divides F; tm up to the first candidate covering the rows.
@@ -131,11 +133,10 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     if not np.isfinite(best_t).all():
         # A tile's footprint does not depend on F or the rows, and tm=128, tf=128 is allowed at every cell
         # (F is a multiple of 256), so a cell without tiles means the smallest candidate overflows VMEM.
-        need, tm, tf = min((_fused_facts(D, tm, tf, dt, glu, act)[0], tm, tf)
+        need, tm, tf = min((_fused_facts(c.name, D, tm, tf, dt, glu, act)[0], tm, tf)
                            for tm in TM_CANDIDATES for tf in TF_CANDIDATES)
-        raise ValueError(f"no fused tiles fit {c.name}'s VMEM (D={D}{', GLU' if glu else ''}, dtype={dt}): the "
-                         f"smallest, tm={tm} tf={tf}, needs {need / 2**20:.1f} MiB of the "
-                         f"{c.vmem_bytes_per_core / 2**20:.0f} MiB per TensorCore; the fused kernel never tiles D")
+        raise ValueError(f"no fused tiles fit {c.name}'s VMEM (D={D}{', GLU' if glu else ''}, dtype={dt}): "
+                         f"{no_tiles_fit_reason(c, need, FusedTiles(tm=tm, tf=tf))}")
     speedup = best_unf / best_t
     crossings = []
     for i in range(len(F)):
