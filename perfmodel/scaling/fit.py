@@ -628,13 +628,12 @@ def fit_joint(params, tokens, loss, n_experts, *, delta: float = HUBER_DELTA, st
 def _refit_joint(task) -> np.ndarray | None:
     """The joint law on one resample (a worker task): the lowest finite end point over ``starts``, or None."""
     args, starts = task
-    best = None
+    best, best_val = None, math.inf
     for s0 in starts:
-        res = optimize.minimize(joint_objective, s0, args=args, jac=True, method="BFGS",
-                                options=dict(maxiter=2000, gtol=1e-10))
-        if np.all(np.isfinite(res.x)) and math.isfinite(res.fun) and (best is None or res.fun < best.fun):
-            best = res
-    return None if best is None else best.x
+        x, fun = _minimize_joint((s0, args))
+        if np.all(np.isfinite(x)) and math.isfinite(fun) and (best is None or fun < best_val):
+            best, best_val = x, fun
+    return best
 
 
 @attrs.frozen(kw_only=True)
