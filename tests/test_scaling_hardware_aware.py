@@ -76,6 +76,16 @@ def test_bad_inputs():
     H.size_cost(4, n_experts=3, ffn="xla-ragged-dot", moe_ffn_train_time_s=lambda *a, **k: 0.0)
 
 
+def test_the_ragged_dot_time_model_and_the_early_check_apply_the_same_rule():
+    # T*k = 2*3 rows: E=3 divides, E=4 does not; the kernel-model time and the caller check agree
+    assert H.xla_ragged_dot_ffn_train_time_s("v5e", "bf16", T=2, D=128, F=512, E=3, k=3) > 0
+    H.check_balanced_groups(ffn="xla-ragged-dot", n_experts=3, tokens_per_step=6)
+    with pytest.raises(ValueError, match="T\\*k=6 should be divisible by E=4"):
+        H.xla_ragged_dot_ffn_train_time_s("v5e", "bf16", T=2, D=128, F=512, E=4, k=3)
+    with pytest.raises(ValueError, match="tokens_per_step=6, n_experts=4"):
+        H.check_balanced_groups(ffn="xla-ragged-dot", n_experts=4, tokens_per_step=6)
+
+
 def test_cli_time_optimal(capsys):
     import json
 

@@ -90,7 +90,7 @@ def xla_ragged_dot_ffn_train_time_s(chip, dtype, *, T, D, F, E, k) -> float:
     from perfmodel.tiling.predict import xla_ragged_dot_time
 
     rows = T * k
-    if rows % E:
+    if not divides_into_balanced_groups(rows, E):
         raise ValueError(f"T*k={rows} should be divisible by E={E} for balanced groups")
     groups = np.full(E, rows // E)
 
@@ -103,12 +103,21 @@ def xla_ragged_dot_ffn_train_time_s(chip, dtype, *, T, D, F, E, k) -> float:
     return up + down + act
 
 
+def divides_into_balanced_groups(rows: int, n_experts: int) -> bool:
+    """The balanced-groups rule of the ragged_dot time model: ``rows = T k`` splits into E equal groups iff E | rows."""
+    return rows % n_experts == 0
+
+
 def check_balanced_groups(*, ffn: str, n_experts: int, tokens_per_step: int, hooked: bool = False) -> None:
     """``ffn="xla-ragged-dot"`` models top-1 routing into E equal groups: E must divide the tokens per step.
 
+    Same rule as ``xla_ragged_dot_ffn_train_time_s`` (``divides_into_balanced_groups`` with k = 1), checked
+    before any model is built so the error names the CLI flags.
+
     Skipped when a caller supplies its own FFN time (``hooked``) or the model is dense.
     """
-    if ffn == "xla-ragged-dot" and not hooked and n_experts > 1 and tokens_per_step % n_experts:
+    if (ffn == "xla-ragged-dot" and not hooked and n_experts > 1
+            and not divides_into_balanced_groups(tokens_per_step, n_experts)):
         raise ValueError(f"ffn='xla-ragged-dot' models balanced groups: tokens per chip step (--tokens-per-chip-step) "
                          f"must be divisible by the number of experts (--experts), got "
                          f"tokens_per_step={tokens_per_step}, n_experts={n_experts}")
