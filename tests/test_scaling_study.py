@@ -290,3 +290,19 @@ def test_frontier_check_of_a_degenerate_law_names_the_law_not_the_runs(tmp_path)
     law = laws.ChinchillaLaw(E_irr=3.5, A=0.72, B=7.9e-6, alpha=2.53, beta=148.6)
     with pytest.raises(ValueError, match=r"law fitted on all budgets \(alpha=2.53, beta=148.6\) has no finite L\*"):
         study.frontier_check(runs.average_repeats(), runs, law, average_seeds=True, n_resamples=5)
+
+
+def test_markdown_says_how_many_budgets_approach2_used_when_it_skips_some(tmp_path):
+    p = tmp_path / "runs.jsonl"
+    results.write_synthetic(p, {("dense", 1, 1): JOINT.at_experts(1), ("moe", 8, 1): JOINT.at_experts(8)},
+                            BUDGETS, noise=0.0, seed=3)
+    rows = [json.loads(line) for line in p.read_text().splitlines()]
+    mid = [r for r in rows if r["arch"] == "dense" and r["budget_flops"] == BUDGETS[1]]
+    mid.sort(key=lambda r: r["params_active_non_embedding"])
+    for r, loss in zip(mid, np.linspace(5.0, 4.0, len(mid))):  # monotone in N: no minimum bracketed
+        r["train_loss"] = r["held_out_loss"] = float(loss)
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = study.run_study(p, n_resamples=4, grid=F.TINY_GRID)
+    md = study.report_markdown(s)
+    assert "dense, Approach 2 fitted on 3 of 4 budgets; skipped: budget 3e+17 FLOPs" in md
+    assert "moe E=8 k=1, Approach 2 fitted on" not in md  # nothing skipped, no note

@@ -437,7 +437,9 @@ def report_markdown(s: Study) -> str:
                      _iv(g.approach2.a) if g.approach2 else f"- ({g.approach2_error})",
                      _iv(g.approach2.b) if g.approach2 else "-"])
         if g.approach2 is not None and g.approach2.fit.skipped:
-            notes.append(f"{g.label}, Approach 2 skipped: " + "; ".join(g.approach2.fit.skipped))
+            fit2 = g.approach2.fit
+            notes.append(f"{g.label}, Approach 2 fitted on {len(fit2.isoflops)} of "
+                         f"{len(fit2.isoflops) + len(fit2.skipped)} budgets; skipped: " + "; ".join(fit2.skipped))
         if g.approach2 is not None:
             notes.append(f"{g.label}, Approach 2 intervals: {g.approach2.a.n_resamples} of {g.approach2.n_attempted} "
                          "resamples kept (a resample counts only if every budget's parabola is usable, as in the "
