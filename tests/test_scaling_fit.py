@@ -200,3 +200,29 @@ def test_an_interval_from_too_few_resamples_says_so():
     assert few.too_few_resamples and not enough.too_few_resamples
     assert _iv(few).endswith("(only 7 resamples)") and "resamples" not in _iv(enough)
     assert F._interval(1.0, [np.nan] * 50, 0.95).too_few_resamples  # non-finite resamples do not count
+
+
+def test_joint_bootstrap_starts_from_the_fits_log_constants_when_c_underflows(tmp_path):
+    # a fit that drives the irreducible loss to zero can end at log c = -800: exp underflows to c = 0,
+    # and the bootstrap must still start from the optimum (there is no log of the law's c)
+    import attrs
+
+    from perfmodel.scaling import moe_laws, results
+
+    j = moe_laws.JointMoELaw(a=30.0, alpha=-0.2, delta=-0.2, gamma=0.01, b=40.0, beta=-0.18, omega=0.5,
+                             zeta=-0.02, c=1.3)
+    p = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): j.at_experts(1),
+                                                       ("moe", 8, 1): j.at_experts(8)}, (1e17, 1e18, 1e19))
+    r = results.read_runs(p)
+    fit = F.fit_joint(r.params, r.tokens, r.loss, r.n_experts, starts=2)
+    assert len(fit.log_constants) == len(F.JOINT_NAMES)
+    assert math.isclose(math.exp(fit.log_constants[-1]), fit.law.c)
+    low = attrs.evolve(fit, law=attrs.evolve(fit.law, c=math.exp(-800.0)),
+                       log_constants=fit.log_constants[:-1] + (-800.0,))
+    assert low.law.c == 0.0
+    boot = F.bootstrap_joint(r.params, r.tokens, r.loss, r.n_experts, fit=low, n_resamples=2)
+    assert boot.constants["c"].n_resamples == 2
+    assert all(math.isfinite(v.point) for k, v in boot.constants.items() if k != "c")
+    with pytest.raises(ValueError, match="log_constants"):
+        F.bootstrap_joint(r.params, r.tokens, r.loss, r.n_experts, fit=attrs.evolve(fit, log_constants=()),
+                          n_resamples=2)

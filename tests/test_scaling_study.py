@@ -306,3 +306,14 @@ def test_markdown_says_how_many_budgets_approach2_used_when_it_skips_some(tmp_pa
     md = study.report_markdown(s)
     assert "dense, Approach 2 fitted on 3 of 4 budgets; skipped: budget 3e+17 FLOPs" in md
     assert "moe E=8 k=1, Approach 2 fitted on" not in md  # nothing skipped, no note
+
+
+def test_a_joint_law_without_intervals_says_why(sweep, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("resamples went nowhere")
+
+    monkeypatch.setattr(F, "bootstrap_joint", fail)
+    s = study.run_study(sweep, n_resamples=4, grid=F.TINY_GRID)
+    assert s.joint is not None and s.joint_bootstrap is None and s.joint_error is None
+    assert "no bootstrap intervals (resamples went nowhere):" in study.report_markdown(s)
+    assert study.report_json(s)["joint_bootstrap_error"] == "resamples went nowhere"

@@ -578,6 +578,8 @@ class JointFit:
     objective: float
     n_points: int
     experts: tuple[int, ...]
+    # BFGS's end point in JOINT_NAMES order (a, b, c as logs): exp(log_c) can underflow to c = 0
+    log_constants: tuple[float, ...] = ()
 
 
 def _minimize_joint(task) -> tuple[np.ndarray, float]:
@@ -622,7 +624,8 @@ def fit_joint(params, tokens, loss, n_experts, *, delta: float = HUBER_DELTA, st
     la, al, de, ga, lb, be, om, ze, lc = (float(v) for v in best)
     law = JointMoELaw(name="fitted joint", a=math.exp(la), alpha=al, delta=de, gamma=ga, b=math.exp(lb), beta=be,
                       omega=om, zeta=ze, c=math.exp(lc), E_start=pub.E_start, E_max=pub.E_max)
-    return JointFit(law=law, objective=best_val, n_points=n.size, experts=distinct)
+    return JointFit(law=law, objective=best_val, n_points=n.size, experts=distinct,
+                    log_constants=tuple(float(v) for v in best))
 
 
 def _refit_joint(task) -> np.ndarray | None:
@@ -655,8 +658,11 @@ def bootstrap_joint(params, tokens, loss, n_experts, *, fit: JointFit | None = N
     fit = fit or fit_joint(n, d, l, e, seed=seed)
     pub = fit.law
     log_e = np.log([pub.effective_experts(x) for x in e])
-    x0 = np.array([math.log(pub.a), pub.alpha, pub.delta, pub.gamma, math.log(pub.b), pub.beta, pub.omega, pub.zeta,
-                   math.log(pub.c)])
+    # from the optimum's own log constants: the law's c may have underflowed to 0 (no log of it)
+    x0 = np.array(fit.log_constants, float)
+    if x0.size != len(JOINT_NAMES):
+        raise ValueError(f"fit.log_constants must hold the {len(JOINT_NAMES)} constants {JOINT_NAMES}, "
+                         f"got {fit.log_constants!r}")
     starts = warm_starts(x0, floor_index=JOINT_NAMES.index("log_c"))
     groups = [np.flatnonzero(e == x) for x in np.unique(e)]
     rng = np.random.default_rng(seed)

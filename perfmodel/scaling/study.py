@@ -130,7 +130,8 @@ class Study:
     skipped: tuple[str, ...]  # groups skipped, with the reason
     joint: F.JointFit | None = None  # joint law in E over all fitted groups (>= 2 expert counts)
     joint_bootstrap: F.JointBootstrap | None = None
-    joint_error: str | None = None
+    joint_error: str | None = None  # why the joint law was not fitted
+    joint_bootstrap_error: str | None = None  # why a fitted joint law has no intervals
 
 
 def _pct(pred: float, obs: float) -> float:
@@ -387,18 +388,22 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
         raise ValueError(f"{path}: no architecture group can be fitted: " + "; ".join(skipped))
     dense = next((g for g in fits if g.label == "dense"), None)
     comps = tuple(compare(dense, g) for g in fits if dense is not None and g is not dense)
-    joint, joint_err, joint_boot = None, None, None
+    joint, joint_err, joint_boot, joint_boot_err = None, None, None, None
+    cat = {k: np.concatenate([getattr(g.runs, k) for g in fits]) for k in ("params", "tokens", "loss", "n_experts")}
     try:
-        cat = {k: np.concatenate([getattr(g.runs, k) for g in fits]) for k in ("params", "tokens", "loss", "n_experts")}
         joint = F.fit_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], seed=seed)
-        joint_boot = F.bootstrap_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], fit=joint,
-                                       n_resamples=n_resamples_joint or max(2, n_resamples // 4), seed=seed)
     except (ValueError, RuntimeError) as err:
-        joint_err, joint_boot = str(err), None
+        joint_err = str(err)
+    if joint is not None:
+        try:
+            joint_boot = F.bootstrap_joint(cat["params"], cat["tokens"], cat["loss"], cat["n_experts"], fit=joint,
+                                           n_resamples=n_resamples_joint or max(2, n_resamples // 4), seed=seed)
+        except (ValueError, RuntimeError) as err:
+            joint_boot_err = str(err)
     return Study(source=str(path), loss_key=loss, params_key=params_key, average_seeds=average_seeds,
                  groups=tuple(fits), comparisons=comps,
                  skipped=tuple(skipped), joint=joint, joint_error=joint_err,
-                 joint_bootstrap=joint_boot)
+                 joint_bootstrap=joint_boot, joint_bootstrap_error=joint_boot_err)
 
 
 # ---------------------------------------------------------------- reports
@@ -476,7 +481,8 @@ def report_markdown(s: Study) -> str:
         out += ["## Joint law in E (Ludziejewski et al. 2025 form, E_start and E_max at published values)", "",
                 f"Fitted on {s.joint.n_points} runs at E = {', '.join(map(str, s.joint.experts))} (top-k as run); "
                 + (f"bootstrap intervals from {s.joint_bootstrap.constants['c'].n_resamples} resamples:"
-                   if s.joint_bootstrap else ""), "",
+                   if s.joint_bootstrap else f"no bootstrap intervals ({s.joint_bootstrap_error}):"
+                   if s.joint_bootstrap_error else ""), "",
                 markdown_table(["constant", "value"],
                                [[k, _iv(v)] for k, v in s.joint_bootstrap.constants.items()] if s.joint_bootstrap
                                else [[k, f"{getattr(j, k):.4g}"] for k in
@@ -663,7 +669,8 @@ def report_json(s: Study) -> dict:
         {k: _ivd(v) for k, v in s.joint_bootstrap.constants.items()}}
     return {"source": s.source, "loss": s.loss_key, "params": s.params_key, "average_seeds": s.average_seeds,
             "groups": groups,
-            "comparisons": comps, "joint": joint, "joint_error": s.joint_error, "skipped": list(s.skipped)}
+            "comparisons": comps, "joint": joint, "joint_error": s.joint_error,
+            "joint_bootstrap_error": s.joint_bootstrap_error, "skipped": list(s.skipped)}
 
 
 def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True, stem: str = "scaling_fit") -> list[pathlib.Path]:
