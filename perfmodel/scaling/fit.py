@@ -656,8 +656,7 @@ def bootstrap_joint(params, tokens, loss, n_experts, *, fit: JointFit | None = N
     n, d, l = _check_runs(params, tokens, loss)
     e = np.asarray(n_experts, float).ravel()
     fit = fit or fit_joint(n, d, l, e, seed=seed)
-    pub = fit.law
-    log_e = np.log([pub.effective_experts(x) for x in e])
+    log_e = np.log([fit.law.effective_experts(x) for x in e])
     # from the optimum's own log constants: the law's c may have underflowed to 0 (no log of it)
     x0 = np.array(fit.log_constants, float)
     if x0.size != len(JOINT_NAMES):
@@ -669,10 +668,10 @@ def bootstrap_joint(params, tokens, loss, n_experts, *, fit: JointFit | None = N
     draws = [np.concatenate([rng.choice(g, g.size) for g in groups]) for _ in range(n_resamples)]
     refits = parallel.pmap(_refit_joint, [((np.log(n[idx]), np.log(d[idx]), log_e[idx], np.log(l[idx]), HUBER_DELTA),
                                            starts) for idx in draws])
-    s = np.array([x for x in refits if x is not None], float).reshape(-1, 9)
+    s = np.array([x for x in refits if x is not None], float).reshape(-1, len(JOINT_NAMES))
     out = {}
     for i, name in enumerate(JOINT_NAMES):
         key = name.removeprefix("log_")
         vals = np.exp(s[:, i]) if name.startswith("log_") else s[:, i]
-        out[key] = _interval(getattr(pub, key), vals, level)
+        out[key] = _interval(getattr(fit.law, key), vals, level)
     return JointBootstrap(fit=fit, constants=out)
