@@ -93,3 +93,51 @@ def test_average_repeats_means_seeds(tmp_path):
     avg = runs.average_repeats()
     assert len(runs) == 3 and len(avg) == 2  # key (arch, E, k, budget, N)
     assert list(avg.loss) == [2.5, 5.0]
+
+
+def test_an_moe_tag_gives_the_expert_count_and_a_moe_record_without_one_is_an_error(tmp_path):
+    p = tmp_path / "r.jsonl"
+    bare = {"params": {"active_non_embedding": 1e5}, "tokens": 1e7, "budget_flops": 6e12, "final_eval_loss": 2.1}
+    p.write_text(json.dumps({**bare, "arch": "moe-E8k2"}) + "\n" + json.dumps({**bare, "arch": "dense"}) + "\n")
+    runs = results.read_runs(p)
+    assert list(runs.labels) == ["moe E=8 k=2", "dense"]  # not silently counted as dense
+    p.write_text(json.dumps({**bare, "arch": "moe"}) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:1: arch 'moe' is MoE but the record has no expert count"):
+        results.read_runs(p)
+    p.write_text(json.dumps({**bare, "arch": "moe-E8k2", "n_experts": 4}) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:1: n_experts=4 disagrees with arch 'moe-E8k2'"):
+        results.read_runs(p)
+
+
+@pytest.mark.parametrize("field,value", [("n_experts", float("nan")), ("n_experts", float("inf")),
+                                         ("n_experts", 2.5), ("top_k", 0), ("top_k", float("nan"))])
+def test_a_bad_expert_count_is_named_with_its_line(tmp_path, field, value):
+    p = tmp_path / "r.jsonl"
+    row = json.loads(_line())
+    row["config"] = {"arch": "moe", "n_experts": 8, "top_k": 2, field: value}
+    p.write_text(_line() + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=rf"r.jsonl:2: {field} must be a positive integer, got {value!r}"):
+        results.read_runs(p)
+
+
+def test_top_k_above_the_expert_count_is_an_error(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(_line(config={"arch": "moe", "n_experts": 2, "top_k": 4}) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:1: top_k=4 exceeds n_experts=2"):
+        results.read_runs(p)
+
+
+def test_a_null_field_is_named_null_and_a_later_alias_still_applies(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(_line(final_eval_loss=None) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:1: eval is null \(final_eval_loss\)"):
+        results.read_runs(p)
+    p.write_text(_line(held_out_loss=None) + "\n")  # held_out_loss is looked up before final_eval_loss
+    assert results.read_runs(p).loss.tolist() == [2.1]
+
+
+def test_a_non_finite_total_parameter_count_is_an_error(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(_line(params={"active_non_embedding": 1e5, "total": float("nan")}) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:1: params total must be finite and positive, got nan"):
+        results.read_runs(p)

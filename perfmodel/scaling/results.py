@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 
 import attrs
@@ -70,16 +71,29 @@ def _flatten(obj: Mapping, prefix: str = "") -> dict[str, object]:
 
 
 def _lookup(flat: dict[str, object], names: Iterable[str]):
+    """The first of ``names`` (dotted paths, then bare names matched against any leaf) with a non-null value;
+    ``None`` if there is none (a JSON ``null`` counts as absent, so a later alias still applies)."""
+    names = tuple(names)
     leaves: dict[str, object] = {}
     for path, value in flat.items():
-        leaves.setdefault(path.rsplit(".", 1)[-1], value)
+        if value is not None:
+            leaves.setdefault(path.rsplit(".", 1)[-1], value)
     for name in names:
-        if name in flat:
+        if flat.get(name) is not None:
             return flat[name]
     for name in names:
         if "." not in name and name in leaves:
             return leaves[name]
     return None
+
+
+def _null_keys(flat: dict[str, object], names: Iterable[str]) -> list[str]:
+    """The keys among ``names`` present in the record with a JSON ``null`` value."""
+    return [path for path, value in flat.items() if value is None
+            for name in names if path == name or ("." not in name and path.rsplit(".", 1)[-1] == name)]
+
+
+_MOE_TAG = re.compile(r"moe-E(\d+)k(\d+)$", re.IGNORECASE)  # the sweep's arch tag (validation/arith/sweep.py)
 
 
 @attrs.frozen(kw_only=True)
@@ -157,6 +171,14 @@ def _group_order(label: str):
     return (label != "dense", label)
 
 
+def _count(value, what: str, where: str) -> int:
+    """``value`` as a positive integer (a JSON ``8`` or ``8.0``); ``ValueError`` naming the line and field."""
+    x = _number(value, what, where)
+    if not (math.isfinite(x) and x >= 1 and x == int(x)):
+        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
+    return int(x)
+
+
 def _number(value, what: str, where: str) -> float:
     try:
         if isinstance(value, bool):  # JSON true/false: float() would read them as 1.0 and 0.0
@@ -220,15 +242,31 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
             names = names or FIELDS[field]
             v = _lookup(flat, names)
             if v is None:
-                raise ValueError(f"{where}: missing {field} (looked for {', '.join(names)})")
+                nulls = _null_keys(flat, names)
+                raise ValueError(f"{where}: {field} is null ({', '.join(nulls)})" if nulls else
+                                 f"{where}: missing {field} (looked for {', '.join(names)})")
             return v
 
         n_exp = _lookup(flat, FIELDS["n_experts"])
-        n_exp = 1 if n_exp is None else int(_number(n_exp, "n_experts", where))
-        arch = str(_lookup(flat, FIELDS["arch"]) or ("moe" if n_exp > 1 else "dense"))
-        arch = "moe" if arch.lower().startswith("moe") or n_exp > 1 else "dense"  # sweep tags: "moe-E8k2"
+        n_exp = None if n_exp is None else _count(n_exp, "n_experts", where)
         top_k = _lookup(flat, FIELDS["top_k"])
-        top_k = 1 if top_k is None else int(_number(top_k, "top_k", where))
+        top_k = None if top_k is None else _count(top_k, "top_k", where)
+        tag = str(_lookup(flat, FIELDS["arch"]) or "")
+        if tag.lower().startswith("moe"):
+            m = _MOE_TAG.match(tag)  # "moe-E8k2" carries E and k when the record does not
+            for what, given, tagged in (("n_experts", n_exp, m and int(m[1])), ("top_k", top_k, m and int(m[2]))):
+                if given is not None and tagged is not None and given != tagged:
+                    raise ValueError(f"{where}: {what}={given} disagrees with arch {tag!r}")
+            n_exp = n_exp if n_exp is not None else m and int(m[1])
+            top_k = top_k if top_k is not None else m and int(m[2])
+            if n_exp is None:
+                raise ValueError(f"{where}: arch {tag!r} is MoE but the record has no expert count (looked for "
+                                 f"{', '.join(FIELDS['n_experts'])}, or an arch tag like 'moe-E8k2')")
+        n_exp = 1 if n_exp is None else n_exp
+        top_k = 1 if top_k is None else top_k
+        if top_k > n_exp > 1:
+            raise ValueError(f"{where}: top_k={top_k} exceeds n_experts={n_exp}")
+        arch = "moe" if tag.lower().startswith("moe") or n_exp > 1 else "dense"
         n = _number(need("params", PARAM_ALIASES[params_key]), params_key, where)
         total = _lookup(flat, FIELDS["params_total"])
         d = _number(need("tokens"), "tokens", where)
@@ -247,7 +285,9 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
             raise ValueError(f"{where}: non-finite {loss} loss {lv!r}; drop diverged runs from the sweep")
         if not lv > 0:
             raise ValueError(f"{where}: {loss} loss must be positive (a cross-entropy), got {lv!r}")
-        for what, v in (("params", n), ("tokens", d), ("budget_flops", _number(budget, "budget_flops", where)),
+        total = _number(total, "params total", where) if total is not None else n
+        for what, v in (("params", n), ("params total", total), ("tokens", d),
+                        ("budget_flops", _number(budget, "budget_flops", where)),
                         ("compute_flops", _number(comp, "compute_flops", where))):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{where}: {what} must be finite and positive, got {v!r}")
@@ -255,7 +295,7 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
         cols["n_experts"].append(n_exp)
         cols["top_k"].append(top_k)
         cols["params"].append(n)
-        cols["params_total"].append(_number(total, "params total", where) if total is not None else n)
+        cols["params_total"].append(total)
         cols["tokens"].append(d)
         cols["budget_flops"].append(_number(budget, "budget_flops", where))
         cols["compute_flops"].append(_number(comp, "compute_flops", where))
