@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 
+from perfmodel import jsonout
 from perfmodel.hardware import CATALOG, DEFAULT_CHIPS, canonical_chip_names, format_si, get_chip
 from perfmodel.tables import markdown_table
 
@@ -503,7 +504,7 @@ def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[s
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         md = [f"# perfmodel report\n\nGenerated {now} by `perfmodel report` for chips: {', '.join(chips)}.\n"]
         md += [f"## {s.title}\n\n{s.markdown}\n" for s in sections]
-        (stage / "report.json").write_text(json.dumps(
+        (stage / "report.json").write_text(jsonout.dumps(
             {"generated_at": now, "chips": chips, "sections": {s.key: s.data for s in sections}}, indent=2,
             default=str))
         (stage / "report.md").write_text("\n".join(md))

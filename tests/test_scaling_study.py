@@ -2,6 +2,7 @@
 
 import json
 
+import attrs
 import numpy as np
 import pytest
 
@@ -317,3 +318,32 @@ def test_a_joint_law_without_intervals_says_why(sweep, monkeypatch):
     assert s.joint is not None and s.joint_bootstrap is None and s.joint_error is None
     assert "no bootstrap intervals (resamples went nowhere):" in study.report_markdown(s)
     assert study.report_json(s)["joint_bootstrap_error"] == "resamples went nowhere"
+
+
+def test_moe_without_a_budget_in_common_with_dense_is_reported_not_a_crash(tmp_path):
+    dense = results.write_synthetic(tmp_path / "d.jsonl", {("dense", 1, 1): JOINT.at_experts(1)}, BUDGETS[:3],
+                                    noise=0.002, seed=1)
+    moe = results.write_synthetic(tmp_path / "m.jsonl", {("moe", 8, 1): JOINT.at_experts(8)},
+                                  tuple(2 * c for c in BUDGETS[:3]), noise=0.002, seed=2)
+    p = tmp_path / "runs.jsonl"
+    p.write_text(dense.read_text() + moe.read_text())
+    s = study.run_study(p, n_resamples=3, grid=F.TINY_GRID)
+    assert s.comparisons == () and len(s.uncompared) == 1
+    md, js = study.write_outputs(s, tmp_path / "out", plots=False)
+    assert "Not compared with dense: moe E=8 k=1: no compute budget in common with dense" in md.read_text()
+    assert json.loads(js.read_text())["uncompared"] == list(s.uncompared)
+
+
+def test_report_json_is_strict_json_with_null_for_missing_numbers(sweep, tmp_path):
+    s = study.run_study(sweep, n_resamples=3, grid=F.TINY_GRID)
+    g = s.groups[0]
+    empty = F.Interval(point=float("nan"), low=float("nan"), high=float("inf"), level=0.95, n_resamples=0)
+    s = attrs.evolve(s, groups=(attrs.evolve(g, approach3=attrs.evolve(g.approach3, alpha=empty)),) + s.groups[1:])
+    _, js = study.write_outputs(s, tmp_path / "out", plots=False)
+
+    def reject(token):
+        raise AssertionError(f"non-JSON token {token} in {js.name}")
+
+    data = json.loads(js.read_text(), parse_constant=reject)
+    alpha = data["groups"][0]["approach3"]["alpha"]
+    assert alpha["point"] is None and alpha["high"] is None and alpha["n_resamples"] == 0

@@ -6,12 +6,12 @@ def write_md_json(out_dir, stem: str, markdown: str, data) -> tuple:
 
     Creates ``out_dir``; returns the two paths (markdown, JSON).
     """
-    import json
+    from perfmodel import jsonout
     import pathlib
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / f"{stem}.md", out / f"{stem}.json"
     md.write_text(markdown)
-    js.write_text(json.dumps(data, indent=2) + "\n")
+    js.write_text(jsonout.dumps(data, indent=2) + "\n")
     return md, js

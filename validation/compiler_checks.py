@@ -26,7 +26,6 @@ instructions, not per program argument.
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import re
@@ -35,6 +34,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from perfmodel import jsonout
 from perfmodel.api import predict
 from perfmodel.hardware import dtype_bytes, get_chip
 from perfmodel.tables import markdown_table, text_table
@@ -345,5 +345,5 @@ def write(report: Report, out_dir) -> tuple[pathlib.Path, pathlib.Path]:
     d.mkdir(parents=True, exist_ok=True)
     md, js = d / "report.md", d / "report.json"
     md.write_text(markdown(report) + "\n")
-    js.write_text(json.dumps(to_json(report), indent=1) + "\n")
+    js.write_text(jsonout.dumps(to_json(report), indent=1) + "\n")
     return md, js

@@ -43,6 +43,7 @@ import re
 import attrs
 import numpy as np
 
+from perfmodel import jsonout
 from perfmodel.hardware import canonical_dtype, get_chip
 from perfmodel.tiling.params import DEFAULT, TimingParams
 from perfmodel.tiling.predict import GroupedMatmulTime, tokamax_time, xla_ragged_dot_time
@@ -424,7 +425,7 @@ def write_report(out_dir, chip, files, before: list[Result], after: list[Result]
     md = out_dir / f"{stem}.md"
     md.write_text("\n".join(lines))
     js = out_dir / f"{stem}.json"
-    js.write_text(json.dumps({
+    js.write_text(jsonout.dumps({
         "chip": chip.name, "files": [str(f) for f in files], "fitted_now": fitted_now,
         "params": attrs.asdict(params),
         "summary_before": [attrs.asdict(s) for s in summarize(before)],

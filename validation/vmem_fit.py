@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import pathlib
 import time
 
 import attrs
+
+from perfmodel import jsonout
 
 SHAPE = dict(m=2048, k=2048, n=2048, num_groups=4)
 SWEEP: tuple[tuple[int, int, int], ...] = (
@@ -145,7 +146,7 @@ def write_report(cases: list[VmemCase], out_dir) -> tuple[pathlib.Path, pathlib.
     md = out_dir / "vmem_fit.md"
     md.write_text("\n".join(lines) + "\n")
     js = out_dir / "vmem_fit.json"
-    js.write_text(json.dumps({"shape": SHAPE, "agreement": [agree, len(judged)],
+    js.write_text(jsonout.dumps({"shape": SHAPE, "agreement": [agree, len(judged)],
                               "cases": [attrs.asdict(c) for c in cases]}, indent=1))
     return md, js
 

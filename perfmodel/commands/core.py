@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from perfmodel import jsonout
 from perfmodel.commands import int_in
 
 
@@ -57,7 +56,7 @@ def _chips(args) -> int:
 
         chips.append(cpu_chip(cal))
     if args.json:
-        print(json.dumps([attrs.asdict(c) for c in chips], indent=2, default=str))
+        print(jsonout.dumps([attrs.asdict(c) for c in chips], indent=2, default=str))
         return 0
     rows = []
     for c in chips:
@@ -136,7 +135,7 @@ def _predict(args) -> int:
             "parts": [{"name": n, "flops": pr.flops, "hbm_bytes": pr.hbm_bytes, "lower_s": pr.lower_s,
                        "bound": pr.bound} for n, pr in pred.parts],
         }
-        print(json.dumps(out, indent=2))
+        print(jsonout.dumps(out, indent=2))
         return 0
     dims = " ".join(f"{k}={v}" for k, v in kw.items())
     print(f"{pred.op} on {pred.chip} ({pred.dtype}) {dims}")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from perfmodel import jsonout
 from perfmodel.commands import chip_list, int_in, out_folder
 
 
@@ -95,7 +94,7 @@ def _fusion(args) -> int:
                        activation=args.activation, dtype=args.dtype, distribution=args.dist, tiles=tiles,
                        seed=args.seed, allow_compile=args.compile)
     if args.json:
-        print(json.dumps(prediction_json(p), indent=2))
+        print(jsonout.dumps(prediction_json(p), indent=2))
         return 0
     print(f"MoE FFN on {p.chip}: tokens={p.tokens} k={p.k} -> rows={p.rows}, D={p.D}, F={p.F}, E={p.E}, "
           f"{'GLU ' if p.glu else ''}{p.activation}, {p.dtype}, groups {p.distribution} "

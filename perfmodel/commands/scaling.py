@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
+from perfmodel import jsonout
 from perfmodel.commands import add_jobs, comma_list, in_file, int_in, out_file, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
@@ -112,7 +112,7 @@ def _validate_chinchilla(args) -> int:
     out = pathlib.Path(args.out) if args.out else pathlib.Path(V.__file__).resolve().parent / "results"
     md, js = V.write_reports(r, out)
     if args.json:
-        print(json.dumps(V.report_json(r), indent=2))
+        print(jsonout.dumps(V.report_json(r), indent=2))
     else:
         print(V.report_markdown(r))
         print(f"wrote {md} and {js}")
@@ -163,7 +163,7 @@ def _optimal(args) -> int:
     rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=args.granularity,
                           results=args.results)
     if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        print(jsonout.dumps([r.as_dict() for r in rows], indent=2))
         return 0
     print(f"compute-optimal allocation at C = {args.compute:.3g} FLOPs ({args.law})")
     print(text_table(O.ROW_HEADERS, [r.cells() for r in rows]))
@@ -189,7 +189,7 @@ def _time_optimal(args) -> int:
     res = H.compare(chip=args.chip, time_s=args.hours * 3600, n_experts=args.experts, ffn=args.ffn,
                     tokens_per_step=args.tokens_per_chip_step, plot_path=args.plot)
     if args.json:
-        print(json.dumps([r.as_dict() for r in res], indent=2))
+        print(jsonout.dumps([r.as_dict() for r in res], indent=2))
         return 0
     print(f"time budget {args.hours:g} chip-hours on {res[0].chip}; loss from the joint MoE law "
           f"(Ludziejewski et al. 2025); step time from perfmodel roofline (decoder_train_step), MoE FFN: {args.ffn}")

@@ -25,13 +25,12 @@ groups' bootstrap samples).
 
 from __future__ import annotations
 
-import json
-import math
 import pathlib
 
 import attrs
 import numpy as np
 
+from perfmodel import jsonout
 from perfmodel.scaling import fit as F
 from perfmodel.scaling import laws
 from perfmodel.scaling.results import Runs, read_runs
@@ -132,6 +131,7 @@ class Study:
     joint_bootstrap: F.JointBootstrap | None = None
     joint_error: str | None = None  # why the joint law was not fitted
     joint_bootstrap_error: str | None = None  # why a fitted joint law has no intervals
+    uncompared: tuple[str, ...] = ()  # MoE groups not compared with dense, with the reason (no common budget)
 
 
 def _pct(pred: float, obs: float) -> float:
@@ -387,7 +387,16 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
     if not fits:
         raise ValueError(f"{path}: no architecture group can be fitted: " + "; ".join(skipped))
     dense = next((g for g in fits if g.label == "dense"), None)
-    comps = tuple(compare(dense, g) for g in fits if dense is not None and g is not dense)
+    comps, uncompared = [], []
+    for g in fits:
+        if dense is None or g is dense:
+            continue
+        if set(g.approach3.budgets_flops) & set(dense.approach3.budgets_flops):
+            comps.append(compare(dense, g))
+        else:
+            uncompared.append(f"{g.label}: no compute budget in common with dense (dense: "
+                              f"{_budget_list(dense.approach3.budgets_flops)}; {g.label}: "
+                              f"{_budget_list(g.approach3.budgets_flops)}), so no comparison at equal compute")
     joint, joint_err, joint_boot, joint_boot_err = None, None, None, None
     cat = {k: np.concatenate([getattr(g.runs, k) for g in fits]) for k in ("params", "tokens", "loss", "n_experts")}
     try:
@@ -401,9 +410,13 @@ def run_study(path, *, loss: str = "eval", params_key: str = "active_non_embeddi
         except (ValueError, RuntimeError) as err:
             joint_boot_err = str(err)
     return Study(source=str(path), loss_key=loss, params_key=params_key, average_seeds=average_seeds,
-                 groups=tuple(fits), comparisons=comps,
+                 groups=tuple(fits), comparisons=tuple(comps), uncompared=tuple(uncompared),
                  skipped=tuple(skipped), joint=joint, joint_error=joint_err,
                  joint_bootstrap=joint_boot, joint_bootstrap_error=joint_boot_err)
+
+
+def _budget_list(budgets_flops) -> str:
+    return ", ".join(f"{c:.3g}" for c in budgets_flops)
 
 
 # ---------------------------------------------------------------- reports
@@ -547,9 +560,10 @@ def answer_markdown(s: Study) -> list[str]:
     the D/N ratio MoE / dense is the ratio of the two point estimates.
     """
     dense = next((g for g in s.groups if g.label == "dense"), None)
-    if dense is None or not s.comparisons:
+    if dense is None or not (s.comparisons or s.uncompared):
         return []
     out = ["## Answer: how MoE changes the compute-optimal allocation", ""]
+    out += [f"- Not compared with dense: {u}." for u in s.uncompared]
     for cmp in s.comparisons:
         moe = next(g for g in s.groups if g.label == cmp.label)
         c, adv = cmp.budgets_flops[-1], cmp.loss_advantage[-1]
@@ -670,7 +684,8 @@ def report_json(s: Study) -> dict:
     return {"source": s.source, "loss": s.loss_key, "params": s.params_key, "average_seeds": s.average_seeds,
             "groups": groups,
             "comparisons": comps, "joint": joint, "joint_error": s.joint_error,
-            "joint_bootstrap_error": s.joint_bootstrap_error, "skipped": list(s.skipped)}
+            "joint_bootstrap_error": s.joint_bootstrap_error, "skipped": list(s.skipped),
+            "uncompared": list(s.uncompared)}
 
 
 def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True, stem: str = "scaling_fit") -> list[pathlib.Path]:
@@ -678,7 +693,7 @@ def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True, stem: 
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     md.write_text(report_markdown(s))
-    js.write_text(json.dumps(report_json(s), indent=2, default=_json_default) + "\n")
+    js.write_text(jsonout.dumps(report_json(s), indent=2) + "\n")
     paths = [md, js]
     if plots:
         from perfmodel.scaling import plots as P
@@ -686,10 +701,3 @@ def write_outputs(s: Study, out_dir: pathlib.Path, *, plots: bool = True, stem: 
         paths += P.plot_study(s, out_dir, suffix=stem.removeprefix("scaling_fit"))
     return paths
 
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(x)}")
