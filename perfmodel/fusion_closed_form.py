@@ -26,7 +26,13 @@ Fused kernel (:mod:`kernels.fused_moe`), grid ``(V, F / tf)``:
 
 Time of one kernel: ``t_launch + max(C, B / W) + steps t_step`` with ``C`` the
 MXU time including the fill cost of every weight tile (``mxu_fill_rows``
-row-cycles per ``X x X`` tile) on the cores the kernel uses. This is a
+row-cycles per ``X x X`` tile) on the cores the kernel uses, each core with
+its share of the chip's HBM bandwidth. On megacore chips (v4, v5p) XLA's
+ragged_dot splits its parallel ``n`` axis over both TensorCores, and the fused
+kernel its token tiles once there are at least two
+(:func:`kernels.fused_spec.megacore_cores`); the closed form splits the work
+evenly (the kernel cuts at the tile boundary that best halves its steps, and a
+group cut in two has its weights read by both cores when ``tf = F``). This is a
 whole-kernel roofline plus fixed costs; the walker's per-step
 ``max(compute, DMA)``, prologue and epilogue make it slightly slower. The
 activation pass between the ragged_dots is ``t_launch + bytes / W``.
@@ -71,7 +77,7 @@ class KernelForm:
     mxu_flops: sp.Expr
     fill_flops: sp.Expr  # sum over steps of 2 ceilX(k) ceilX(n) per block matmul
     vpu_ops: sp.Expr
-    cores: int = 1
+    cores: int | sp.Expr = 1  # TensorCores sharing the work (an expression in T, tm for the fused kernel)
 
     def time(self, fill_rows) -> sp.Expr:
         mxu = (self.mxu_flops + fill_rows * self.fill_flops) / (self.cores * S.P)
@@ -80,11 +86,13 @@ class KernelForm:
         return S.t_launch + sp.Max(mxu, vpu, memory) + self.steps / self.cores * S.t_step
 
 
-def fused_form(*, glu: bool, mxu_tile: int) -> KernelForm:
+def fused_form(*, glu: bool, mxu_tile: int, megacore: bool = False) -> KernelForm:
     T, D, F, E, tm, tf, q = S.T, S.D, S.F, S.E, S.tm, S.tf, S.q
     n = 2 if glu else 1
     g = T / E
     tiles_m = sp.ceiling(T / tm)
+    # As kernels.fused_spec.megacore_cores: both TensorCores once there are 2 token tiles.
+    cores = sp.Piecewise((2, tiles_m >= 2), (1, True)) if megacore else 1
     visits = tiles_m + (E - 1) - sp.floor((E - 1) * Gcd(g, tm) / tm)
     # Rows of a partial last tile form a tail group: one more visit with no DMA or compute.
     tail = tiles_m - sp.floor(T / tm)
@@ -100,7 +108,7 @@ def fused_form(*, glu: bool, mxu_tile: int) -> KernelForm:
     straddling = sp.Piecewise((visits, g < tm), (2 * boundaries, True)) + tail
     mask_steps = sp.Min(straddling, visits) * F / tf
     return KernelForm("fused", steps, 2 * T * D * q + weights, real_steps * per_step, real_steps * fill,
-                      real_steps * v_fused + mask_steps * v_mask, cores=1)
+                      real_steps * v_fused + mask_steps * v_mask, cores=cores)
 
 
 def _gmm_form(name, K, N, tm, tk, tn, vpu, *, mxu_tile: int, cores: int) -> KernelForm:
@@ -144,7 +152,7 @@ class SpeedupForm:
 
 @functools.cache
 def speedup_form(*, glu: bool, activation: str, mxu_tile: int, megacore: bool, fill_rows: float) -> SpeedupForm:
-    fused = fused_form(glu=glu, mxu_tile=mxu_tile)
+    fused = fused_form(glu=glu, mxu_tile=mxu_tile, megacore=megacore)
     # XLA's ragged_dot kernel has a "parallel" n axis: megacore chips split it over 2 cores.
     unf = unfused_forms(glu=glu, mxu_tile=mxu_tile, cores=2 if megacore else 1)
     act = activation_time(glu=glu, activation=activation)
@@ -183,8 +191,10 @@ class ClosedFormTimes:
 
 
 def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_step, q: int, glu: bool,
-                   activation: str, params: TimingParams = FITTED) -> ClosedFormTimes:
+                   activation: str, dtype: str = "bf16", params: TimingParams = FITTED) -> ClosedFormTimes:
     """Numeric closed-form times (numpy arrays broadcast together).
+
+    ``dtype`` selects the MXU peak ``P`` (as the walker's ``mxu_dtype``); ``q`` is its bytes per element.
 
     ``xla_up`` / ``xla_down``: ``(tm, tk, tn)`` arrays of XLA's tiles for the
     up ``[rows, D] @ [E, D, F]`` and down ``[rows, F] @ [E, F, D]`` calls;
@@ -195,7 +205,7 @@ def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_ste
     fn = _compiled(glu, activation, c.mxu_tile, bool(c.megacore), float(params.mxu_fill_rows))
     launch = c.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
     step = (c.grid_step_overhead_s or 0.0) if params.grid_step_overhead_s is None else params.grid_step_overhead_s
-    P = c.per_core_flops_per_s("bf16") * params.mxu_efficiency
+    P = c.per_core_flops_per_s(dtype) * params.mxu_efficiency
     W = c.per_core_hbm_bytes_per_s() * params.hbm_efficiency
     from perfmodel.tiling.walker import core_clock_hz
 

@@ -124,7 +124,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
             times = evaluate_times(c, rows=R2, D=D, F=F2, E=E, tm=tm, tf=tf, xla_up=(up[..., 0], up[..., 1], up[..., 2]),
                                    xla_down=(dn[..., 0], dn[..., 1], dn[..., 2]),
                                    vpu_per_step=(vpu, vpu_mask, up[..., 3], dn[..., 3]), q=q, glu=glu, activation=act,
-                                   params=params)
+                                   dtype=dt, params=params)
             better = ok & (times.fused_time_s < best_t)
             best_t = np.where(better, times.fused_time_s, best_t)
             best_unf = np.where(np.isnan(best_unf), times.unfused_time_s, best_unf)

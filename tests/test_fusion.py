@@ -103,6 +103,20 @@ def test_closed_form_speedup_tracks_the_walker():
         assert float(cf.speedup) == pytest.approx(p.speedup, rel=0.15)
 
 
+@pytest.mark.parametrize("chip, dtype", [("v4", "bf16"), ("v5p", "bf16"), ("v5e", "int8"), ("v5p", "int8")])
+def test_speedup_map_fused_time_tracks_the_walker_on_megacore_chips_and_other_dtypes(chip, dtype):
+    """The map's closed form uses both TensorCores where the kernel does (v4, v5p) and the dtype's MXU peak;
+    it used one core and the bf16 peak (fused times off by up to 2x and 3x)."""
+    from perfmodel.fusion_map import speedup_map
+
+    m = speedup_map(chip, D=1024, E=8, glu=True, n=3, dtype=dtype, tokens_per_expert=(512, 4096))
+    for i, F in enumerate(m.F):
+        for j, g in enumerate(m.tokens_per_expert):
+            p = predict_fusion(chip=chip, tokens=int(g) * 8, k=1, D=1024, F=int(F), E=8, glu=True, dtype=dtype,
+                               tiles=(int(m.tm[i, j]), int(m.tf[i, j])))
+            assert m.fused_time_s[i, j] == pytest.approx(p.fused.time_s, rel=0.12)
+
+
 def test_symbolic_crossover_zeroes_the_byte_difference():
     c = crossover(glu=True)
     assert sp.simplify(c.byte_difference.subs(S.T, c.rows)) == 0
