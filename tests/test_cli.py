@@ -199,6 +199,23 @@ def test_roofline_plot_places_the_activation_pass_at_its_own_flops(capsys, tmp_p
     assert act.hbm_bytes == 2 * 2 * elements  # reads up, writes h, bf16
 
 
+def test_plot_dtype_reaches_the_roofline_and_the_fusion_map(capsys, tmp_path, monkeypatch):
+    """--dtype int8 drew v5e's bf16 roofline (197 TFLOP/s, not 394) and the map had no --dtype at all."""
+    import perfmodel.fusion_map
+    import perfmodel.plots
+
+    seen = {}
+    monkeypatch.setattr(perfmodel.plots, "roofline_plot", lambda chips, pts, path, **kw: seen.update(kw) or path)
+    code, _, _ = run(capsys, "plot", "roofline", "--chips", "v5e", "--tokens", "256", "--D", "256", "--F", "512",
+                     "--E", "4", "--dtype", "int8", "--out", str(tmp_path))
+    assert code == 0 and seen["dtype"] == "int8"
+    real = perfmodel.fusion_map.speedup_map
+    monkeypatch.setattr(perfmodel.fusion_map, "speedup_map", lambda *a, **kw: seen.update(map=kw) or real(*a, **kw))
+    code, _, _ = run(capsys, "plot", "fusion-map", "--chip", "v5e", "--n", "3", "--dtype", "int8",
+                     "--out", str(tmp_path))
+    assert code == 0 and seen["map"]["dtype"] == "int8"
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--chips", ""], "--chips must be a comma-separated list of chip names, got chips=''"),
     (["--chips", "v5e,,v6e"], "got chips='v5e,,v6e'"),  # an empty item was dropped silently

@@ -51,6 +51,7 @@ def register(cli) -> None:
     p.add_argument("--E", type=int, default=8)
     p.add_argument("--glu", action="store_true")
     p.add_argument("--n", type=int_in(2, 2000), default=200, help="grid points per axis, 2-2000 (default 200)")
+    p.add_argument("--dtype", default="bf16", help="operand dtype: bf16 (default), f32, int8, fp8 where the chip has it")
     p.add_argument("--out", type=out_folder, default="perfmodel-plots")
     p.set_defaults(func=_plot_map)
 
@@ -156,7 +157,7 @@ def _plot_roofline(args) -> int:
         pts = [RooflinePoint(f"{o.name} kernel", o.executed_flops or act_flops, o.hbm_bytes, "ragged_dot path")
                for o in p.unfused]
         pts.append(RooflinePoint("fused kernel", p.fused.executed_flops, p.fused.hbm_bytes, "fused"))
-        path = roofline_plot([chip], pts, out / f"roofline_moe_{chip}.png",
+        path = roofline_plot([chip], pts, out / f"roofline_moe_{chip}.png", dtype=p.dtype,
                              title=f"{chip}: MoE FFN kernels (tokens={args.tokens}, k={args.k}, D={args.D}, "
                                    f"F={args.F}, E={args.E}), executed FLOPs and tiled bytes")
         print(f"wrote {path} (+ .svg)")
@@ -171,7 +172,7 @@ def _plot_map(args) -> int:
     from perfmodel.plots import fusion_map_plot
 
     t0 = time.perf_counter()
-    m = speedup_map(args.chip, D=args.D, E=args.E, glu=args.glu, n=args.n)
+    m = speedup_map(args.chip, D=args.D, E=args.E, glu=args.glu, n=args.n, dtype=args.dtype)
     path = fusion_map_plot(m, pathlib.Path(args.out) / f"fusion_map_{m.chip}.png")
     print(f"wrote {path} (+ .svg): {m.speedup.shape[1]} x {m.speedup.shape[0]} cells in "
           f"{time.perf_counter() - t0:.1f} s; speedup {m.speedup.min():.2f}x .. {m.speedup.max():.2f}x")
