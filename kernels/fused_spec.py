@@ -416,12 +416,20 @@ TM_CANDIDATES = (128, 256, 512, 1024)
 TF_CANDIDATES = (128, 256, 512, 1024, 2048)
 
 
-def candidate_tiles(*, T: int, F: int) -> list[FusedTiles]:
+def candidate_tiles(*, T: int, F: int, split_cores: bool = False) -> list[FusedTiles]:
     """Tiles worth considering: ``tm`` from :data:`TM_CANDIDATES` below ``T`` plus the smallest
-    covering ``T`` (just ``T`` rounded up to 8 when that is smaller); ``tf`` dividing ``F``."""
+    covering ``T`` (just ``T`` rounded up to 8 when that is smaller); ``tf`` dividing ``F``.
+
+    ``split_cores`` (a megacore chip, :func:`megacore_cores`): when every candidate above leaves one
+    token tile (``T <= 128``), half of ``T`` rounded up to 8 too, so the two TensorCores can share the
+    work (each streams only the weights of its own groups).
+    """
     cover = next((tm for tm in TM_CANDIDATES if tm >= T), TM_CANDIDATES[-1])
     cover = min(cover, -(-T // 8) * 8)
     tms = [tm for tm in TM_CANDIDATES if tm < cover] + [cover]
+    half = -(-T // 16) * 8  # ceil8(ceil(T / 2)): two token tiles
+    if split_cores and len(tms) == 1 and half < cover:
+        tms.insert(0, half)
     tfs = [tf for tf in TF_CANDIDATES if F % tf == 0] or [F]
     return [FusedTiles(tm=tm, tf=tf) for tm in dict.fromkeys(tms) for tf in tfs]
 
@@ -430,7 +438,7 @@ def candidate_tiles(*, T: int, F: int) -> list[FusedTiles]:
 def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
     chip = get_chip(chip_name)
     best, smallest = None, None
-    for tiles in candidate_tiles(T=T, F=F):
+    for tiles in candidate_tiles(T=T, F=F, split_cores=megacore_cores(chip, T=T, tm=8) == 2):
         spec = fused_moe_spec(T=T, D=D, F=F, G=G, dtype=dtype, tiles=tiles, glu=glu, activation=activation,
                               chip=chip)
         if smallest is None or spec.vmem_bytes < smallest[0]:
@@ -442,17 +450,21 @@ def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
             best = (time_s, tiles)
     if best is None:
         raise ValueError(f"no candidate tiles fit {chip.name}'s VMEM for T={T}, D={D}, F={F}, dtype={dtype}"
-                         f"{', GLU' if glu else ''}: {no_tiles_fit_reason(chip, *smallest)}")
+                         f"{', GLU' if glu else ''}: {no_tiles_fit_reason(chip, *smallest, F=F)}")
     return best[1]
 
 
-def no_tiles_fit_reason(chip: Chip, need_bytes: int, tiles: FusedTiles) -> str:
+def no_tiles_fit_reason(chip: Chip, need_bytes: int, tiles: FusedTiles, *, F: int | None = None) -> str:
     """Why no candidate fits: the smallest candidate's footprint (``need_bytes``) against the chip's VMEM, and
-    that D is never tiled (what a user can change)."""
-    return (f"the smallest, tm={tiles.tm} tf={tiles.tf}, needs {need_bytes / 2**20:.1f} MiB of the "
-            f"{chip.vmem_bytes_per_core / 2**20:.0f} MiB per TensorCore. The kernel tiles rows and F, never D: "
-            f"D-wide rows of x, out and the f32 accumulator and D x tf weight slabs (double-buffered) stay in "
-            f"VMEM, so only a smaller D, a narrower dtype or the ragged_dot path fit")
+    what a user can change: D is never tiled, and an ``F`` that no :data:`TF_CANDIDATES` divides is one chunk."""
+    head = (f"the smallest, tm={tiles.tm} tf={tiles.tf}, needs {need_bytes / 2**20:.1f} MiB of the "
+            f"{chip.vmem_bytes_per_core / 2**20:.0f} MiB per TensorCore. ")
+    if F is not None and tiles.tf == F and not any(F % tf == 0 for tf in TF_CANDIDATES):
+        return head + (f"No F chunk in {TF_CANDIDATES} divides F={F}, so the kernel streams all of F at once "
+                       f"(tf = F); pad F to a multiple of {TF_CANDIDATES[0]} or use the ragged_dot path")
+    return head + ("The kernel tiles rows and F, never D: "
+                   "D-wide rows of x, out and the f32 accumulator and D x tf weight slabs (double-buffered) stay in "
+                   "VMEM, so only a smaller D, a narrower dtype or the ragged_dot path fit")
 
 
 def default_tiles(*, T: int, D: int, F: int, G: int, dtype, glu: bool, chip, activation: str | None = None

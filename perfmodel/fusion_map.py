@@ -3,7 +3,8 @@
 Each map cell is one uniform-group MoE FFN call evaluated with the closed
 forms of :mod:`perfmodel.fusion_closed_form` (vectorised numpy), with the
 fused kernel's tiles chosen per cell as the fastest candidate that fits VMEM
-(the candidates of :func:`kernels.fused_moe.candidate_tiles`) and XLA's
+(the candidates of :func:`kernels.fused_moe.candidate_tiles`, without its megacore
+half-of-T tile for calls of at most 128 rows: such cells keep one core on v4 and v5p) and XLA's
 ragged_dot tiles from :mod:`perfmodel.xla_tiling` (shipped table or rule).
 The crossover is where the speedup crosses 1 along the tokens axis,
 interpolated in log space.

@@ -145,6 +145,24 @@ def test_default_tiles_fit_vmem(chip):
     assert spec.grid[0] == (2 if get_chip(chip).megacore else 1)
 
 
+@pytest.mark.parametrize("chip, tm, cores", [("v4", 8, 2), ("v5p", 8, 2), ("v5e", 16, 1)])
+def test_few_rows_on_a_megacore_chip_get_two_token_tiles(chip, tm, cores):
+    """16 rows (2 per expert): the only candidates used to be one 16-row tile, leaving v4's and v5p's second
+    TensorCore idle while one core streamed every expert's weights; half the rows per tile splits them."""
+    T, D, F, G = 16, 512, 2048, 8
+    tiles = default_tiles(T=T, D=D, F=F, G=G, dtype="bf16", glu=True, chip=chip)
+    assert tiles.tm == tm
+    assert fused_moe_spec(T=T, D=D, F=F, G=G, dtype="bf16", tiles=tiles, glu=True, chip=chip).grid[0] == cores
+    assert {t.tm for t in candidate_tiles(T=200, F=F, split_cores=True)} == {128, 200}  # 128 already splits
+
+
+def test_an_f_without_a_lane_aligned_chunk_is_named_as_the_cause():
+    """F=8191: no F chunk divides it, so tf = F; the message blamed D (which changes nothing here)."""
+    with pytest.raises(ValueError, match=r"No F chunk in \(128, 256, 512, 1024, 2048\) divides F=8191.*"
+                                         r"pad F to a multiple of 128"):
+        default_tiles(T=4096, D=2048, F=8191, G=8, dtype="bf16", glu=False, chip="v5e")
+
+
 def test_when_no_tiles_fit_the_error_says_how_far_off_and_why():
     """D is never tiled: on v4 (16 MiB) D=6144 bf16 does not fit at any candidate; the message names the
     smallest footprint (the spec's own count) against the chip's VMEM and points at D."""
