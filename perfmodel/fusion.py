@@ -197,11 +197,11 @@ def predict_fusion(*, chip: str = "v5e", tokens: int, D: int, F: int, E: int, k:
     projections = [("up", D, F)] + ([("gate", D, F)] if glu else [])
     for name, kk, nn in projections:
         t = xla_ragged_dot_time(c, gs, kk, nn, m=rows, dtype=dt, params=params, allow_compile=allow_compile)
-        ops.append(_ragged_op(name, t))
+        ops.append(_ragged_op(name, t, useful_flops=2 * int(gs.sum()) * kk * nn))
         sources.append(t.tiling_source)
     ops.append(_activation_op(c, rows, F, glu=glu, activation=act, dtype=dt, params=params))
     t = xla_ragged_dot_time(c, gs, F, D, m=rows, dtype=dt, params=params, allow_compile=allow_compile)
-    ops.append(_ragged_op("down", t))
+    ops.append(_ragged_op("down", t, useful_flops=2 * int(gs.sum()) * F * D))
     sources.append(t.tiling_source)
 
     q = dtype_bytes(dt)
@@ -220,10 +220,15 @@ def predict_fusion(*, chip: str = "v5e", tokens: int, D: int, F: int, E: int, k:
         params_source=params.source, tiling_sources=tuple(dict.fromkeys(sources)))
 
 
-def _ragged_op(name: str, t) -> OpTime:
-    if t.kernel is None:  # XLA's dense lowering (m not a multiple of 8)
-        return OpTime(name=name, time_s=t.time_s, compute_s=t.extra_s, memory_s=0.0, overhead_s=0.0,
-                      executed_flops=float(t.extra_flops), useful_flops=float(t.extra_flops),
+def _ragged_op(name: str, t, *, useful_flops: float) -> OpTime:
+    """One ragged_dot call as an :class:`OpTime`; ``useful_flops`` = 2 (rows with an expert) K N."""
+    if t.kernel is None:  # XLA's dense lowering (m not a multiple of 8): every group's matmul over all rows
+        from perfmodel.tiling.predict import extra_time_parts
+
+        compute, memory, overhead = extra_time_parts(t.chip, t.extra_flops, t.extra_hbm_bytes, t.extra_launches,
+                                                     t.dtype, t.params)
+        return OpTime(name=name, time_s=t.time_s, compute_s=compute, memory_s=memory, overhead_s=overhead,
+                      executed_flops=float(t.extra_flops), useful_flops=float(useful_flops),
                       hbm_bytes=float(t.extra_hbm_bytes), bytes_by_tensor=(("dense", float(t.extra_hbm_bytes)),),
                       grid_steps=0, tiles="dense lowering")
     op = _op_from_kernel(name, t.kernel, "tm={} tk={} tn={}".format(*t.tiles))
@@ -238,6 +243,10 @@ def _percent(fraction: float) -> str:
     return f"{pct:.0f}%" if pct >= 1 or pct == 0 else f"{pct:.2g}%"
 
 
+def _rows_text(rows: float) -> str:
+    return f"{rows:.0f}" if rows >= 10 else f"{rows:.3g}"
+
+
 def explain(p: FusionPrediction) -> str:
     """One sentence naming the dominant cause of the predicted speedup or slowdown."""
     s = p.speedup
@@ -246,19 +255,35 @@ def explain(p: FusionPrediction) -> str:
     fb = p.fused.bound
     ub = max(p.unfused, key=lambda o: o.time_s).bound
     bounds = f"fused {fb}-bound, ragged_dot path {ub}-bound"
-    causes = []
+    causes = []  # (bytes, +1 if the cause favours fusion else -1, text)
     if p.intermediate_bytes:
-        causes.append((p.intermediate_bytes, f"fusion removes the [T,F] round trip, "
-                                             f"{_percent(p.intermediate_bytes / unf_bytes)} of unfused bytes"))
+        causes.append((p.intermediate_bytes, 1, f"fusion removes the [T,F] round trip, "
+                                                f"{_percent(p.intermediate_bytes / unf_bytes)} of unfused bytes"))
     if p.weight_reread_bytes:
         share = p.weight_reread_bytes / max(p.fused.hbm_bytes, 1)
         tm = p.fused_tiles[0]
-        causes.append((p.weight_reread_bytes,
+        causes.append((p.weight_reread_bytes, -1,
                        f"fusion re-reads each expert's weights once per {tm}-row tile "
                        f"(~{p.tokens_per_expert / tm:.1f} tiles per expert), {_percent(share)} of fused bytes"))
     if p.x_reread_bytes:
-        causes.append((p.x_reread_bytes, f"ragged_dot re-reads activations once per output column tile "
-                                         f"({_percent(p.x_reread_bytes / unf_bytes)} of unfused bytes)"))
+        causes.append((p.x_reread_bytes, 1, f"ragged_dot re-reads activations once per output column tile "
+                                            f"({_percent(p.x_reread_bytes / unf_bytes)} of unfused bytes)"))
+    chip = get_tpu_chip(p.chip, what="the fused kernel (Pallas TPU)")
+    # Weigh every cause in seconds at the chip's peaks: bytes / bandwidth, padded FLOPs / MXU peak.
+    causes = [(b / chip.hbm_bytes_per_s, way, text) for b, way, text in causes]
+    mxu_ops = [o for o in p.unfused if o.executed_flops]
+    pad_flops = (sum(o.executed_flops - o.useful_flops for o in mxu_ops)
+                 - (p.fused.executed_flops - p.fused.useful_flops))
+    if (pad_flops > 0 and ub == "compute") or (pad_flops < 0 and fb == "compute"):
+        ratio_u = sum(o.executed_flops for o in mxu_ops) / max(sum(o.useful_flops for o in mxu_ops), 1)
+        ratio_f = p.fused.executed_flops / max(p.fused.useful_flops, 1)
+        who = "ragged_dot" if pad_flops > 0 else "the fused kernel"
+        causes.append((abs(pad_flops) / chip.peak_flops_per_s(p.dtype), 1 if pad_flops > 0 else -1,
+                       f"{who} pads the {_rows_text(p.tokens_per_expert)} rows per expert to its row tiles: the "
+                       f"ragged_dot path runs {ratio_u:.1f}x its useful MXU FLOPs, the fused kernel {ratio_f:.1f}x"))
+    # Only a cause pointing the way of the verdict can explain it (a tie: either way).
+    winner = 1 if s > 1.02 else -1 if s < 0.98 else 0
+    causes = [c for c in causes if winner == 0 or c[1] == winner]
     overhead_gap = sum(o.overhead_s for o in p.unfused) - p.fused.overhead_s
     # Both memory-bound: each path's time is its DMA time plus its fixed costs, so the byte causes act through
     # the DMA gap; fixed costs dominate when their gap is the larger of the two.
@@ -269,13 +294,23 @@ def explain(p: FusionPrediction) -> str:
     if fb == "compute" and ub == "compute":
         fc = p.fused.compute_s
         uc = sum(o.compute_s for o in p.unfused)
-        main = (f"both compute-bound: MXU time {uc * 1e6:.0f} us (ragged_dot path, incl. its "
+        main = (f"both compute-bound: MXU time {uc * 1e6:.0f} us (ragged_dot path, plus its "
                 f"activation pass {p.unfused[-2].time_s * 1e6:.0f} us) vs {fc * 1e6:.0f} us fused")
     elif fixed_dominate:
         main = (f"fixed costs dominate: {len(p.unfused)} launches and their grid steps cost "
                 f"{sum(o.overhead_s for o in p.unfused) * 1e6:.1f} us vs {p.fused.overhead_s * 1e6:.1f} us fused")
     elif causes:
-        main = max(causes)[1]
+        main = max(causes)[2]
     else:
-        main = "the paths move the same bytes"
+        def parts(ops):
+            return (f"MXU {sum(o.compute_s for o in ops) * 1e6:.0f} us, DMA {sum(o.memory_s for o in ops) * 1e6:.0f}"
+                    f" us, fixed {sum(o.overhead_s for o in ops) * 1e6:.0f} us")
+
+        from kernels.fused_spec import megacore_cores
+
+        one_core = chip.megacore and megacore_cores(chip, T=p.rows, tm=p.fused_tiles[0]) == 1
+        main = ((f"the fused kernel has one {p.fused_tiles[0]}-row tile for {p.rows} rows, so it runs on one of "
+                 f"{chip.name}'s 2 TensorCores while ragged_dot splits over both; " if one_core else
+                 "no byte saving or padding decides it: ")
+                + f"fused {parts([p.fused])} vs ragged_dot path {parts(p.unfused)}")
     return f"{main}; {bounds} -> {verdict}"

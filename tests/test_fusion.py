@@ -61,6 +61,38 @@ def test_explanation_names_a_cause_and_the_verdict():
     assert ("fusion wins" in s) == (p.speedup > 1.02)
 
 
+FAVOURS_FUSION = ("fusion removes the [T,F] round trip", "ragged_dot re-reads activations", "ragged_dot pads")
+FAVOURS_RAGGED_DOT = ("fusion re-reads each expert's weights", "the fused kernel pads", "the fused kernel has one")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(chip="v4", tokens=16, D=2048, F=8192, E=8, glu=True, tiles=(16, 512)),
+    dict(chip="v6e", tokens=256, D=2048, F=2048, E=8),
+    dict(chip="v6e", tokens=1024, D=2048, F=2048, E=8, tiles=(1024, 256)),
+    dict(chip="v5e", tokens=4096, D=2048, F=8192, E=8, k=2, glu=True),
+    dict(chip="v5p", tokens=128, D=1024, F=4096, E=8, tiles=(128, 512)),
+])
+def test_the_named_cause_points_the_way_of_the_verdict(kw):
+    """The sentence used to name the largest byte cause whichever path it favoured: a 0.57x loss on v4 was
+    explained by the [T,F] round trip that fusion removes (0.19% of the bytes)."""
+    p = predict_fusion(**kw)
+    main = p.sentence.split(";")[0]
+    if p.speedup < 0.98:
+        assert not main.startswith(FAVOURS_FUSION), p.sentence
+    if p.speedup > 1.02:
+        assert not main.startswith(FAVOURS_RAGGED_DOT), p.sentence
+
+
+def test_a_fused_kernel_on_one_of_two_cores_and_ragged_dot_padding_are_named():
+    one = predict_fusion(chip="v4", tokens=16, D=2048, F=8192, E=8, glu=True, tiles=(16, 512))
+    assert one.speedup < 1 and one.sentence.startswith("the fused kernel has one 16-row tile for 16 rows, so it "
+                                                       "runs on one of v4's 2 TensorCores")
+    pad = predict_fusion(chip="v6e", tokens=256, D=2048, F=2048, E=8)
+    ratio = sum(o.executed_flops for o in pad.unfused) / sum(o.useful_flops for o in pad.unfused)
+    assert pad.sentence.startswith("ragged_dot pads the 32 rows per expert to its row tiles: the ragged_dot path "
+                                   f"runs {ratio:.1f}x its useful MXU FLOPs")
+
+
 def test_weight_rereads_appear_when_groups_span_several_tiles():
     one = predict_fusion(chip="v5e", tokens=1024, D=512, F=2048, E=8, glu=False, tiles=(128, 512))
     many = predict_fusion(chip="v5e", tokens=8192, D=512, F=2048, E=8, glu=False, tiles=(128, 512))
@@ -115,6 +147,17 @@ def test_speedup_map_fused_time_tracks_the_walker_on_megacore_chips_and_other_dt
             p = predict_fusion(chip=chip, tokens=int(g) * 8, k=1, D=1024, F=int(F), E=8, glu=True, dtype=dtype,
                                tiles=(int(m.tm[i, j]), int(m.tf[i, j])))
             assert m.fused_time_s[i, j] == pytest.approx(p.fused.time_s, rel=0.12)
+
+
+def test_xla_dense_lowering_is_split_into_compute_memory_and_launch():
+    """9 rows (not a multiple of 8): XLA runs every expert's matmul over all rows. That op was shown as all MXU
+    time (compute-bound, run/useful 1.00) although its 270 MB of traffic takes 27x its MXU time."""
+    p = predict_fusion(chip="v5e", tokens=9, D=2048, F=8192, E=8, glu=False)
+    up = p.unfused[0]
+    assert up.tiles == "dense lowering" and up.bound == "memory"
+    assert up.time_s == pytest.approx(max(up.compute_s, up.memory_s) + up.overhead_s)
+    assert up.overhead_s == get_chip("v5e").launch_overhead_s
+    assert up.useful_flops == 2 * 9 * 2048 * 8192 and up.executed_flops == 8 * up.useful_flops
 
 
 def test_symbolic_crossover_zeroes_the_byte_difference():

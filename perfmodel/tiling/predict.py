@@ -77,15 +77,23 @@ class GroupedMatmulTime:
         return attrs.evolve(self, kernel=kernel, params=params)
 
 
-def extra_time_s(chip, flops: int, hbm_bytes: int, launches: int, dtype: str, params: TimingParams) -> float:
-    """Roofline ``max(flops / peak, bytes / bandwidth)`` plus launches, at the params' efficiencies."""
-    if not (flops or hbm_bytes or launches):
-        return 0.0
+def extra_time_parts(chip, flops: int, hbm_bytes: int, launches: int, dtype: str, params: TimingParams
+                     ) -> tuple[float, float, float]:
+    """``(compute_s, memory_s, overhead_s)`` of work outside a walked kernel: ``flops / peak``,
+    ``bytes / bandwidth`` (one TensorCore, at the params' efficiencies) and ``launches`` launch costs."""
     chip = get_chip(chip)
     launch = chip.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
     compute = flops / (chip.per_core_flops_per_s(dtype) * params.mxu_efficiency)
     memory = hbm_bytes / (chip.per_core_hbm_bytes_per_s() * params.hbm_efficiency)
-    return max(compute, memory) + launches * launch
+    return compute, memory, launches * launch
+
+
+def extra_time_s(chip, flops: int, hbm_bytes: int, launches: int, dtype: str, params: TimingParams) -> float:
+    """Roofline ``max(flops / peak, bytes / bandwidth)`` plus launches (:func:`extra_time_parts`)."""
+    if not (flops or hbm_bytes or launches):
+        return 0.0
+    compute, memory, overhead = extra_time_parts(chip, flops, hbm_bytes, launches, dtype, params)
+    return max(compute, memory) + overhead
 
 
 def _check_kind(kind: str) -> str:
