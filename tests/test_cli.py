@@ -59,6 +59,7 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
      "Hkv must be a positive integer, got Hkv=0"),
     (["tiling", "gmm", "--impl", "xla", "M=0", "K=128", "N=128", "G=2"], "M must be a positive integer, got M=0"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "glu=true"], "unknown dimension 'glu'"),
+    (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "M=8"], "M given twice (M=256 and M=8)"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "tm=128"], "uses the tiles XLA picks"),
     (["kernel-table", "--chips", "bogus"], "unknown chip 'bogus'"),
     (["kernel-table", "--tokens-per-expert", "0"], "--tokens-per-expert"),

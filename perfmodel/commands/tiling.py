@@ -127,6 +127,8 @@ def _gmm(args) -> int:
         key, value = (x.strip() for x in item.split("=", 1))
         if key not in known:
             raise ValueError(f"unknown dimension {key!r}; known: {sorted(known)}")
+        if key in dims:
+            raise ValueError(f"{key} given twice ({key}={dims[key]} and {item})")
         try:
             dims[key] = int(value)
         except ValueError:

@@ -21,9 +21,11 @@ How each is modelled:
   a roofline ``max(FLOPs / peak, bytes / bandwidth)`` with ``bytes`` = lhs and
   rhs read once per group plus the output (we cannot see inside XLA's fusion).
 * tokamax Pallas: megablox gmm (forward, dlhs with transposed rhs) or tgmm
-  (drhs) at the config's ``(tile_m, tile_k, tile_n)``, each tile clamped to
-  its dimension (a tile larger than the array dim covers it in one block),
-  with ``input_buffer_count`` buffers.
+  (drhs) at the config's ``(tile_m, tile_k, tile_n)``, ``tile_k`` and
+  ``tile_n`` clamped to their dimension (a tile larger than the array dim
+  covers it in one block), ``tile_m`` as given (row tiles are padded, so a
+  ``tile_m`` above ``m`` computes the padding), with ``input_buffer_count``
+  buffers.
 """
 
 from __future__ import annotations
