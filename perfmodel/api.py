@@ -19,8 +19,9 @@ class Prediction:
     dtype: str
     cost: CostValues
     roofline: Roofline
-    parts: tuple[tuple[str, Roofline], ...]
+    parts: tuple[tuple[str, Roofline], ...]  # top-level parts; a composite part's roofline is its aggregate
     symbolic: Cost = attrs.field(repr=False)
+    kernels: tuple[tuple[str, Roofline], ...] = ()  # every leaf kernel, dotted path ("layers.attention.qkv")
 
     @property
     def formula(self):
@@ -30,8 +31,19 @@ class Prediction:
 
     @property
     def time_s(self):
-        """Roofline lower bound (perfect compute/memory overlap within each kernel, summed over kernels)."""
-        return sum(r.lower_s for _, r in self.parts) if self.parts else self.roofline.lower_s
+        """Roofline lower bound: ``sum over leaf kernels of max(compute_s, memory_s)`` (perfect overlap
+        within a kernel, none across kernels: each is its own HBM round trip)."""
+        return self.time_of("")
+
+    def time_of(self, part: str) -> float:
+        """Lower bound of the leaf kernels under ``part`` (a dotted path, ``""`` for the whole op)."""
+        if not self.kernels:
+            return self.roofline.lower_s
+        inside = [r.lower_s for path, r in self.kernels
+                  if not part or path == part or path.startswith(part + ".")]
+        if not inside:
+            raise ValueError(f"{self.op} has no part {part!r}; kernels: {[path for path, _ in self.kernels]}")
+        return sum(inside)
 
 
 @attrs.frozen
@@ -57,8 +69,9 @@ def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_optio
     ``dims_and_options`` are the op's dimensions (``M=, K=, N=`` for matmul;
     see ``perfmodel.ops.OPS[op].builder`` for each op's letters) as numbers
     or numpy arrays, and its structural options (``glu=True``). Multi-kernel
-    ops (e.g. the unfused MoE FFN) report a roofline per kernel in ``parts``;
-    their ``time_s`` sums the kernels' lower bounds.
+    ops (e.g. the unfused MoE FFN) report a roofline per top-level part in ``parts`` and per leaf kernel in
+    ``kernels`` (the attention and FFN kernels inside ``transformer_layer``); ``time_s`` sums the leaf
+    kernels' lower bounds.
 
     >>> p = predict("matmul", chip="v5e", M=8192, K=8192, N=8192)
     >>> p.roofline.bound
@@ -74,13 +87,17 @@ def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_optio
     check_dims(dims)
     cost = get_op(op, **options)
     values = cost.evaluate(q=dtype_bytes(dt), **dims)
-    parts = []
-    for part in cost.parts:
-        v = part.evaluate(**_dims_for(part, dims, dt))
-        parts.append((part.name, roofline(v.flops, v.hbm_bytes, c, dt)))
-    return Prediction(op=op, chip=c.name, dtype=dt, cost=values,
-                      roofline=roofline(values.flops, values.hbm_bytes, c, dt),
-                      parts=tuple(parts), symbolic=cost)
+    def rooflines(named):
+        out = []
+        for name, part in named:
+            v = part.evaluate(**_dims_for(part, dims, dt))
+            out.append((name, roofline(v.flops, v.hbm_bytes, c, dt)))
+        return tuple(out)
+
+    total = roofline(values.flops, values.hbm_bytes, c, dt)
+    return Prediction(op=op, chip=c.name, dtype=dt, cost=values, roofline=total,
+                      parts=rooflines((p.name, p) for p in cost.parts), symbolic=cost,
+                      kernels=rooflines(cost.kernels()) if cost.parts else ((cost.name, total),))
 
 
 def _dims_for(part: Cost, dims: dict, dt: str) -> dict:

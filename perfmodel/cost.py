@@ -61,6 +61,24 @@ class Cost:
     description: str = ""
 
     # -- symbolic view -----------------------------------------------------
+    def scaled(self, factor, *, name: str | None = None, description: str | None = None) -> "Cost":
+        """The same kernels with every term multiplied by ``factor`` (``L`` identical layers, a backward pass
+        taken as 2x the forward): the part structure is kept, so each kernel stays its own roofline."""
+        return Cost(name or self.name, terms=tuple(attrs.evolve(t, expr=factor * t.expr) for t in self.terms),
+                    parts=tuple(p.scaled(factor) for p in self.parts),
+                    description=self.description if description is None else description)
+
+    def kernels(self) -> tuple[tuple[str, "Cost"], ...]:
+        """The leaf kernels under this cost as ``(dotted path, cost)``, paths relative to this cost
+        (``"layers.attention.qkv"``); a leaf cost is its own single kernel, path ``name``. A cost with both
+        terms and parts counts its own terms as one more kernel, path ``name``."""
+        if not self.parts:
+            return ((self.name, self),)
+        out = [(self.name, Cost(self.name, terms=self.terms))] if self.terms else []
+        for part in self.parts:
+            out += [(path if not part.parts else f"{part.name}.{path}", c) for path, c in part.kernels()]
+        return tuple(out)
+
     def all_terms(self) -> tuple[Term, ...]:
         """Every term, parts included, with part-prefixed names."""
         out = list(self.terms)

@@ -199,10 +199,10 @@ def decoder_forward(B=S.B, T=S.T, D=S.D, F=S.F, H=S.H, Hkv=S.Hkv, Dh=S.Dh, E=S.E
                     L=S.L, V=S.V, *, moe: bool = False, glu: bool = False, q=S.q) -> Cost:
     """Embedding gather, ``L`` layers, final norm, unembedding ``[B T, D] @ [D, V]``.
 
-    The ``L`` layers are one layer cost multiplied by ``L`` (identical layers).
+    The ``L`` layers are one layer cost multiplied by ``L`` (identical layers), kernel by kernel.
     """
     layer = transformer_layer(B, T, D, F, H, Hkv, Dh, E, k, moe=moe, glu=glu, q=q)
-    layers = Cost("layers", terms=tuple(attrs.evolve(t, expr=L * t.expr) for t in layer.all_terms()))
+    layers = layer.scaled(L, name="layers")
     embed = Cost("embed", terms=(read("table_rows", B * T * D * q), write("x", B * T * D * q)))
     final = rmsnorm(B * T, D, name="final_norm", q=q)
     unembed = matmul(B * T, D, V, name="unembed", lhs="x", rhs="w_unembed", out="logits", q=q)
@@ -221,7 +221,7 @@ def decoder_train_step(B=S.B, T=S.T, D=S.D, F=S.F, H=S.H, Hkv=S.Hkv, Dh=S.Dh, E=
     from perfmodel.transformer import param_counts_symbolic
 
     fwd = decoder_forward(B, T, D, F, H, Hkv, Dh, E, k, L, V, moe=moe, glu=glu, q=q)
-    bwd = Cost("backward", terms=tuple(attrs.evolve(t, expr=2 * t.expr) for t in fwd.all_terms()))
+    bwd = fwd.scaled(2, name="backward", description="backward: 2 x each forward kernel")
     P = param_counts_symbolic(moe=moe, glu=glu).total
     opt = Cost("adamw", terms=(flops("update", 12 * P), transcendentals("sqrt", P),
                                read("params", P * q), read("grads", P * q), read("moments", 2 * P * 4),

@@ -94,3 +94,31 @@ def test_attention_counts_the_full_square():
     proj = 2 * 1024 * 512 * (3 * 512) + 2 * 1024 * 512 * 512
     square = 4 * 1024 * 1024 * 8 * 64
     assert vals.flops - 3 * 8 * 1024 * 1024 == proj + square
+
+
+LAYER = dict(B=2, T=512, D=1024, F=4096, H=8, Hkv=4, Dh=128, E=8, k=2, moe=True, glu=True)
+
+
+def test_time_sums_every_leaf_kernel_of_nested_ops():
+    """A composite part (the MoE FFN and attention inside a layer, the L layers of a decoder) was one roofline
+    with perfect overlap across its kernels, so the same FFN read faster inside a layer than on its own."""
+    from perfmodel.api import predict
+
+    layer = predict("transformer_layer", chip="v6e", **LAYER)
+    ffn = predict("moe_ffn_unfused", chip="v6e", T=2 * 512, D=1024, F=4096, E=8, k=2, glu=True)
+    assert layer.time_of("moe_ffn_unfused") == pytest.approx(ffn.time_s)
+    assert layer.time_s == pytest.approx(sum(r.lower_s for _, r in layer.kernels))
+    assert {p for p, _ in layer.kernels} >= {"attention.qkv", "attention.core", "moe_ffn_unfused.up", "norm1"}
+    for L in (1, 3):
+        dec = predict("decoder_forward", chip="v6e", L=L, V=32000, **LAYER)
+        assert dec.time_of("layers") == pytest.approx(L * layer.time_s)
+    with pytest.raises(ValueError, match="has no part 'nope'"):
+        layer.time_of("nope")
+
+
+def test_scaled_costs_keep_their_kernels_and_term_names():
+    layer = ops.transformer_layer(moe=True, glu=True)
+    three = layer.scaled(3, name="layers")
+    assert [t.name for t in three.all_terms()] == [t.name for t in layer.all_terms()]
+    assert sp.simplify(three.flops - 3 * layer.flops) == 0
+    assert [p for p, _ in three.kernels()] == [p for p, _ in layer.kernels()]

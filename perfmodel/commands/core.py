@@ -134,6 +134,8 @@ def _predict(args) -> int:
             "terms": [{"name": t.name, "kind": t.kind, "value": t.value} for t in pred.cost.terms],
             "parts": [{"name": n, "flops": pr.flops, "hbm_bytes": pr.hbm_bytes, "lower_s": pr.lower_s,
                        "bound": pr.bound} for n, pr in pred.parts],
+            "kernels": [{"name": n, "flops": pr.flops, "hbm_bytes": pr.hbm_bytes, "lower_s": pr.lower_s,
+                         "bound": pr.bound} for n, pr in pred.kernels],
         }
         print(jsonout.dumps(out, indent=2))
         return 0
@@ -150,7 +152,7 @@ def _predict(args) -> int:
         print("\nper kernel (time = sum of per-kernel lower bounds: " + _fmt(pred.time_s, "s") + ")")
         print(text_table(["kernel", "FLOPs", "HBM bytes", "intensity", "lower bound", "bound"],
                          [[n, _fmt(p.flops), _fmt(p.hbm_bytes, "B"), f"{p.intensity_flops_per_byte:.1f}",
-                           _fmt(p.lower_s, "s"), p.bound] for n, p in pred.parts]))
+                           _fmt(p.lower_s, "s"), p.bound] for n, p in pred.kernels]))
     print("\nbytes by tensor")
     print(text_table(["term", "bytes"], [[n, _fmt(v, "B")] for n, v in pred.cost.bytes_by_tensor().items()]))
     return 0

@@ -19,7 +19,10 @@ Time per token::
     t_tok(N) = (t_fwd + t_bwd) / tokens_per_step + t_adamw / global_batch_tokens
 
 with ``t_fwd, t_bwd, t_adamw`` the roofline lower bounds of the three parts of
-``decoder_train_step`` at ``tokens_per_step`` tokens per chip (B x T); the
+``decoder_train_step`` at ``tokens_per_step`` tokens per chip (B x T), each
+the sum of its kernels' ``max(compute, memory)`` (:meth:`Prediction.time_of`:
+no overlap across kernels, so a memory-bound norm does not hide under a
+compute-bound matmul); the
 optimizer update is sharded over the chips (ZeRO-style), so it is paid once
 per *global* batch. The time budget is in chip-seconds (perfect scaling over
 chips; no communication). Tokens ``D(N) = time_s / t_tok(N)``; loss from
@@ -62,8 +65,8 @@ DEPTHS = tuple(range(1, 97))
 HEADERS = ["arch", "choice", "L", "d_model", "N_act", "N_total", "tokens", "D/N_act", "MFU", "C achieved",
            "loss"]
 ASSUMPTIONS = ("family d_model = 128 L, F = 4 d_model, head dim 128, V = 32000, T = 2048; MoE top-1 with E experts "
-               "of width F. Time = roofline lower bound per part of decoder_train_step (no overheads, no "
-               "communication), optimizer sharded over the global batch; budget in chip-seconds. MFU = 6 N_act D / "
+               "of width F. Time = sum of the roofline lower bounds of decoder_train_step's kernels (no "
+               "overheads, no communication), optimizer sharded over the global batch; budget in chip-seconds. MFU = 6 N_act D / "
                "(time x peak).")
 
 MoeFfnTime = Callable[..., float]
@@ -190,15 +193,14 @@ def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: st
     if moe:
         dims |= dict(E=n_experts, k=1, moe=True)
     pred = predict("decoder_train_step", chip=chip, dtype=dtype, **dims)
-    parts = dict(pred.parts)
-    step_s = parts["decoder_forward"].lower_s + parts["backward"].lower_s
+    step_s = pred.time_of("decoder_forward") + pred.time_of("backward")
     hook = moe_ffn_train_time_s or {"ideal": None, "ideal-fused": ideal_fused_ffn_train_time_s,
                                      "xla-ragged-dot": xla_ragged_dot_ffn_train_time_s}[ffn]
     if moe and hook is not None:
         ffn_dims = dict(T=tokens_per_step, D=shape.d_model, F=shape.d_ff, E=n_experts, k=1)
         base = 3 * predict("moe_ffn_unfused", chip=chip, dtype=dtype, **ffn_dims).time_s  # fwd + 2 x fwd
         step_s += n_layers * (float(hook(chip, dtype, **ffn_dims)) - base)
-    per_token = step_s / tokens_per_step + parts["adamw"].lower_s / global_batch_tokens
+    per_token = step_s / tokens_per_step + pred.time_of("adamw") / global_batch_tokens
     p = shape.params()
     return SizeCost(n_layers=n_layers, d_model=shape.d_model, params_active=float(p.active_non_embedding),
                     params_total=float(p.non_embedding), seconds_per_token=per_token)
