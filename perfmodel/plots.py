@@ -49,11 +49,18 @@ def roofline_plot(chips: Sequence[str], points: Sequence[RooflinePoint], path, *
 
     Each point sits at its arithmetic intensity and, once per chip in that
     chip's colour, at the FLOP/s it attains there under the roofline lower
-    bound (FLOPs / max(compute, memory time)).
+    bound (FLOPs / max(compute, memory time)). A point with 0 FLOPs (a pure
+    copy, intensity 0) or 0 HBM bytes (infinite intensity) has no place on
+    the log axes: it is listed in the legend as not drawn.
     """
+    for p in points:
+        for name, v in (("flops", p.flops), ("hbm_bytes", p.hbm_bytes)):
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"point {p.label!r}: {name} must be finite and >= 0, got {name}={v!r}")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    intensities = [p.flops / p.hbm_bytes for p in points if p.hbm_bytes > 0]
+    drawn = [p for p in points if p.flops > 0 and p.hbm_bytes > 0]
+    intensities = [p.flops / p.hbm_bytes for p in drawn]
     lo = min([1.0] + [i / 3 for i in intensities])
     hi = max([1e4] + [i * 3 for i in intensities])
     x = np.logspace(np.log10(lo), np.log10(hi), 400)
@@ -66,12 +73,16 @@ def roofline_plot(chips: Sequence[str], points: Sequence[RooflinePoint], path, *
         ax.plot(x, np.minimum(peak, x * bw), color=col, lw=2,
                 label=f"{chip.name}: {peak / 1e12:.0f} TFLOP/s, {bw / 1e9:.0f} GB/s, ridge {peak / bw:.0f}")
         for pi, p in enumerate(points):
+            if p not in drawn:
+                continue
             inten = p.flops / p.hbm_bytes
             attained = p.flops / max(p.flops / peak, p.hbm_bytes / bw)
             ax.scatter([inten], [attained], color=col, marker=markers[pi % len(markers)], s=40, zorder=3,
                        edgecolor="k", lw=0.5)
     for pi, p in enumerate(points):
         label = f"{p.group}: {p.label}" if p.group else p.label
+        if p not in drawn:
+            label += f" (not drawn: 0 {'FLOPs' if p.flops == 0 else 'HBM bytes'})"
         ax.scatter([], [], color="lightgrey", marker=markers[pi % len(markers)], edgecolor="k", lw=0.5, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")

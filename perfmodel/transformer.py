@@ -111,6 +111,10 @@ class TransformerShape:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
+        for name in ("glu", "tied_embeddings", "learned_positions"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):  # glu="false" is truthy: it counted the gate projection
+                raise ValueError(f"{name} must be True or False, got {name}={v!r}")
         from perfmodel.ops import check_dims
 
         check_dims({"k": self.top_k, "E": self.n_experts, "H": self.n_heads, "Hkv": self.hkv},

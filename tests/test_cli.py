@@ -104,6 +104,8 @@ def test_predict_list_shows_every_op(capsys):
 
     code, out, _ = run(capsys, "predict", "list")
     assert code == 0 and all(name in out for name in OPS)
+    matmul = next(line for line in out.splitlines() if line.startswith("matmul "))
+    assert matmul.split()[1:4] == ["K", "M", "N"] and " q " not in matmul  # q is refused: it comes from --dtype
 
 
 def _jsonl(path, rows):

@@ -76,3 +76,26 @@ def test_roofline_refuses_negative_or_non_finite_work(kw, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
         roofline(chip="v5e", **kw)
     assert roofline(flops=0.0, hbm_bytes=0.0, chip="v5e").lower_s == 0.0  # no work is allowed
+
+
+def test_roofline_plot_keeps_its_roofs_when_a_point_has_no_flops_or_no_bytes(monkeypatch, tmp_path):
+    """decoder_forward's embed part has 0 FLOPs: log10(0) made every roof line NaN (none drawn); a point with
+    0 bytes raised ZeroDivisionError."""
+    import warnings
+
+    from perfmodel import plots
+
+    seen = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path: seen.update(fig=fig) or path)
+    pts = [plots.RooflinePoint("matmul", 2e12, 1e9), plots.RooflinePoint("embed", 0.0, 1e8),
+           plots.RooflinePoint("in-register", 1e9, 0.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.roofline_plot(["v5e", "v6e"], pts, tmp_path / "r.png")
+    ax = seen["fig"].axes[0]
+    roofs = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+    assert len(roofs) == 2 and all(np.isfinite(line.get_ydata()).all() for line in roofs)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "embed (not drawn: 0 FLOPs)" in labels and "in-register (not drawn: 0 HBM bytes)" in labels
+    with pytest.raises(ValueError, match="point 'bad': flops must be finite and >= 0, got flops=nan"):
+        plots.roofline_plot(["v5e"], [plots.RooflinePoint("bad", float("nan"), 1.0)], tmp_path / "b.png")

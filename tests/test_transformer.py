@@ -108,6 +108,9 @@ def test_transformer_shape_validates_arguments():
         with pytest.raises(ValueError, match=f"{name}={bad}"):
             TransformerShape(d_model=64, d_ff=4, n_layers=1, vocab=4, seq_len=4, n_heads=4, **{name: bad})
     assert TransformerShape(d_model=64, d_ff=4, n_layers=1, vocab=4, seq_len=4, n_heads=4, n_kv_heads=2).hkv == 2
+    for name in ("glu", "tied_embeddings", "learned_positions"):  # "false" is truthy: it counted a gate
+        with pytest.raises(ValueError, match=f"{name} must be True or False, got {name}='false'"):
+            TransformerShape(d_model=64, d_ff=4, n_layers=1, vocab=4, seq_len=4, n_heads=4, **{name: "false"})
 
 
 def test_symbolic_counts_are_cached_and_reused():

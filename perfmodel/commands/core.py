@@ -116,9 +116,11 @@ def _predict(args) -> int:
     from perfmodel.tables import text_table
 
     if args.op == "list":
-        rows = [[name, " ".join(get_op(name).argument_names), ", ".join(spec.options) or "-", spec.summary]
-                for name, spec in OPS.items()]
+        # q (bytes per element) comes from --dtype, not from a NAME=VALUE
+        rows = [[name, " ".join(n for n in get_op(name).argument_names if n != "q"), ", ".join(spec.options) or "-",
+                 spec.summary] for name, spec in OPS.items()]
         print(text_table(["op", "dims", "options", "what"], rows))
+        print("\nbytes per element come from --dtype (bf16 default)")
         return 0
     kw = parse_assignments(args.dims)
     pred = predict(args.op, chip=args.chip, dtype=args.dtype, **kw)
