@@ -83,3 +83,14 @@ def test_bad_inputs_raise():
             law.loss(**kw)  # was nan / inf with a numpy warning
     with pytest.raises(ValueError, match="params must be positive and finite, got params=nan"):
         law.loss(np.array([1e9, np.nan]), 1e10)
+
+
+def test_flops_per_param_token_must_be_positive_and_numpy_numbers_are_numbers():
+    """c_f = 0 was accepted (optimal() then returned inf and nan); np.int64(6) was refused as not a number."""
+    kw = dict(E_irr=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    with pytest.raises(ValueError, match="flops_per_param_token=0.0"):
+        laws.ChinchillaLaw(**kw, flops_per_param_token=0.0)
+    six = laws.ChinchillaLaw(**kw, flops_per_param_token=np.int64(6))
+    assert float(six.optimal(1e20).params) == float(laws.ChinchillaLaw(**kw).optimal(1e20).params)
+    with pytest.raises(ValueError, match="E_irr must be a finite non-negative number, got E_irr=True"):
+        laws.ChinchillaLaw(**{**kw, "E_irr": True})

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import attrs
 import numpy as np
@@ -152,11 +153,13 @@ class ChinchillaLaw:
     def __attrs_post_init__(self):
         for f in ("E_irr", "A", "B", "alpha", "beta", "flops_per_param_token"):
             v = getattr(self, f)
-            if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v >= 0):
+            if not (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+                    and v >= 0):
                 raise ValueError(f"{f} must be a finite non-negative number, got {f}={v!r}")
-        if self.alpha <= 0 or self.beta <= 0 or self.A <= 0 or self.B <= 0:
-            raise ValueError(f"A, B, alpha, beta must be positive, got A={self.A}, B={self.B}, "
-                             f"alpha={self.alpha}, beta={self.beta}")
+        if self.alpha <= 0 or self.beta <= 0 or self.A <= 0 or self.B <= 0 or self.flops_per_param_token <= 0:
+            raise ValueError(f"A, B, alpha, beta and flops_per_param_token must be positive, got A={self.A}, "
+                             f"B={self.B}, alpha={self.alpha}, beta={self.beta}, "
+                             f"flops_per_param_token={self.flops_per_param_token}")
 
     @property
     def constants(self) -> tuple[float, float, float, float, float]:
