@@ -95,9 +95,11 @@ def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_optio
         return tuple(out)
 
     total = roofline(values.flops, values.hbm_bytes, c, dt)
-    return Prediction(op=op, chip=c.name, dtype=dt, cost=values, roofline=total,
-                      parts=rooflines((p.name, p) for p in cost.parts), symbolic=cost,
-                      kernels=rooflines(cost.kernels()) if cost.parts else ((cost.name, total),))
+    kernels = rooflines(cost.kernels()) if cost.parts else ((cost.name, total),)
+    leaf = dict(kernels)  # a leaf part is its own kernel: evaluated once
+    parts = tuple((p.name, leaf[p.name]) if not p.parts else rooflines([(p.name, p)])[0] for p in cost.parts)
+    return Prediction(op=op, chip=c.name, dtype=dt, cost=values, roofline=total, parts=parts, symbolic=cost,
+                      kernels=kernels)
 
 
 def _dims_for(part: Cost, dims: dict, dt: str) -> dict:
