@@ -203,6 +203,10 @@ def check_shapes(x, group_sizes, w_up, w_down, w_gate=None) -> tuple[int, int, i
     if x.ndim != 2:
         raise ValueError(f"x should be [T, D], got x.shape={x.shape}")
     T, D = x.shape
+    if T == 0 or D == 0:  # fused picked tm=0 and gmm failed inside megablox; refuse it the same way everywhere
+        raise ValueError(f"x should have at least one row and one column, got x.shape={x.shape}")
+    if str(x.dtype) not in ("bfloat16", "float32"):  # int8 ran and saturated; fp8 gave NaN through ragged_dot
+        raise ValueError(f"x.dtype={x.dtype} should be bfloat16 or float32")
     if w_up.ndim != 3 or w_up.shape[1] != D:
         raise ValueError(f"w_up should be [G, D={D}, F], got w_up.shape={w_up.shape}")
     G, _, F = w_up.shape
@@ -217,7 +221,6 @@ def check_shapes(x, group_sizes, w_up, w_down, w_gate=None) -> tuple[int, int, i
     for name, w in (("w_up", w_up), ("w_down", w_down), ("w_gate", w_gate)):
         if w is not None and w.dtype != x.dtype:
             raise ValueError(f"{name}.dtype={w.dtype} should equal x.dtype={x.dtype}")
-    canonical_dtype(x.dtype)
     return T, D, F, G
 
 

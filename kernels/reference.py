@@ -36,10 +36,13 @@ def moe_ffn_reference(x, group_sizes, w_up, w_down, w_gate=None, *, activation: 
     xf = x.astype(jnp.float32)
     y = jnp.zeros((T, w_down.shape[-1]), jnp.float32)
     for g in range(G):
-        up = jnp.dot(xf, w_up[g].astype(jnp.float32), precision=hi)
-        gate = None if w_gate is None else jnp.dot(xf, w_gate[g].astype(jnp.float32), precision=hi)
+        in_group = (rows >= starts[g]) & (rows < ends[g])
+        # Rows of other groups (and padding, which may hold inf or NaN) are zeroed before the matmuls, not
+        # only masked after: a masked-out NaN still meets a zero cotangent and makes the weight gradient NaN.
+        xg = jnp.where(in_group, xf, 0.0)
+        up = jnp.dot(xg, w_up[g].astype(jnp.float32), precision=hi)
+        gate = None if w_gate is None else jnp.dot(xg, w_gate[g].astype(jnp.float32), precision=hi)
         h = ffn_hidden(up, gate, activation=activation)
         out = jnp.dot(h, w_down[g].astype(jnp.float32), precision=hi)
-        in_group = (rows >= starts[g]) & (rows < ends[g])
         y = jnp.where(in_group, out, y)
     return y.astype(x.dtype)

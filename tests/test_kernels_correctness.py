@@ -156,6 +156,35 @@ def test_bad_group_sizes_fail_the_same_way_for_every_implementation(implementati
 
 
 @pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype, rows, needle", [
+    (jnp.int8, 200, "x.dtype=int8 should be bfloat16 or float32"),  # ran and saturated
+    (jnp.float8_e4m3fn, 200, "x.dtype=float8_e4m3fn should be bfloat16 or float32"),  # NaN via ragged_dot
+    (jnp.float32, 0, r"x should have at least one row and one column, got x.shape=\(0, 128\)"),  # fused: tm=0
+])
+def test_unsupported_dtypes_and_empty_inputs_fail_the_same_way_for_every_implementation(implementation, dtype,
+                                                                                         rows, needle):
+    x, w_up, w_down, _ = _weights("f32", False)
+    x, w_up, w_down = x[:rows].astype(dtype), w_up.astype(dtype), w_down.astype(dtype)
+    sizes = jnp.array([rows // 2, 0, rows - rows // 2, 0], jnp.int32)
+    with pytest.raises(ValueError, match=needle):
+        moe_ffn(x, sizes, w_up, w_down, implementation=implementation, interpret=True)
+
+
+def test_reference_weight_gradients_ignore_non_finite_padding_rows():
+    """The reference (the gradient oracle) masked after its dense per-expert matmuls: inf/NaN in padding rows
+    met a zero cotangent and made dw_up, dw_down and dw_gate NaN, where fused and ragged_dot stay finite."""
+    x, w_up, w_down, w_gate = _weights("f32", True, seed=4)
+    x = x.at[180].set(jnp.inf).at[190].set(jnp.nan)  # rows past sum(group_sizes) = 170
+    gs = jnp.array([50, 0, 100, 20], jnp.int32)
+
+    def loss(w_up, w_down, w_gate):
+        return jnp.sum(moe_ffn(x, gs, w_up, w_down, w_gate, implementation="reference")[:170])
+
+    for name, g in zip(("dw_up", "dw_down", "dw_gate"), jax.grad(loss, argnums=(0, 1, 2))(w_up, w_down, w_gate)):
+        assert np.isfinite(np.asarray(g)).all(), name
+
+
+@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
 def test_a_python_list_is_named_not_an_attribute_error(implementation):
     x, w_up, w_down, _ = _weights("f32", False)
     with pytest.raises(TypeError, match=r"group_sizes must be an array .* got list group_sizes=\[100, 100, 0, 0\]"):
