@@ -71,3 +71,12 @@ def test_moe_parts_and_fused_formula_are_as_the_readme_says(api):
     total = perfmodel.get_op("moe_ffn_fused", glu=True).total("hbm_bytes")  # what .formula() prints
     claimed = _comment(block, 'perfmodel.get_op("moe_ffn_fused"')
     assert sp.simplify(total - _sympify(claimed, total)) == 0
+
+
+def test_layer_time_sums_its_kernels_as_the_readme_says(api):
+    block, ns = api
+    total, ffn = re.match(r"([\d.]+) ms, ([\d.]+) ms", _comment(block, "layer.time_s")).groups()
+    layer = ns["layer"]
+    assert (f"{layer.time_s * 1e3:.1f}", f"{layer.time_of('moe_ffn_unfused') * 1e3:.1f}") == (total, ffn)
+    names = [n.strip() for n in _comment(block, "[name for name, _ in layer.kernels]").split(",")]
+    assert [name for name, _ in layer.kernels][:3] == names
