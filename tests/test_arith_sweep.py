@@ -53,6 +53,8 @@ def test_append_is_line_atomic_and_torn_lines_are_ignored(tmp_path):
     sweep.append_record(p, {"run_id": "c", "x": 3})
     assert set(sweep.read_done(p)) == {"a", "c"}
     assert all(line.endswith("\n") for line in p.read_text().splitlines(keepends=True))
+    # the torn fragment is cut off, not kept as a garbage line that the fitter (read_runs) refuses
+    assert [line[:14] for line in p.read_text().splitlines()] == ['{"run_id": "a"', '{"run_id": "c"']
 
 
 _CHILD = """
@@ -96,6 +98,27 @@ def test_a_budget_below_one_batch_is_refused_not_overspent():
     for r in sweep.plan(sweep.STUDIES["quick"]):  # every run spends its budget to within one step
         fpt = r.config.model.shape.flops_per_token().train_exact
         assert r.config.steps * r.config.tokens_per_step * fpt <= r.budget_flops * (1 + 1 / r.config.steps)
+
+
+def test_budgets_sharing_a_run_id_are_refused():
+    """1e8 and 1.4e8 both print as C1e+08: both budgets were trained under one id each, and the fitter refused
+    the file as a run recorded twice."""
+    import attrs
+
+    with pytest.raises(ValueError, match=r"budgets 1e\+08 and 1.4e\+08 FLOPs get the same run id"):
+        sweep.plan(attrs.evolve(sweep.STUDIES["quick"], budgets_flops=(1e8, 1.4e8)), archs=("dense",))
+
+
+def test_an_output_that_cannot_be_created_is_refused_before_training(tmp_path, capsys):
+    from perfmodel.cli import main
+
+    (tmp_path / "afile").write_text("")
+    for out, needle in ((str(tmp_path / "afile" / "x.jsonl"), "afile' is a file, not a folder"),
+                        ("", "must name a file, got ''")):  # "" appended to the repository's own results file
+        with pytest.raises(SystemExit) as exit_:  # argparse refuses it: before the device line or any run
+            main(["train", "sweep", "--out", out])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "argument --out: " in err and needle in err
 
 
 @pytest.mark.parametrize("argv, name", [

@@ -72,14 +72,34 @@ def positive(option: str, value) -> None:
         raise ValueError(f"{option} must be a finite positive number, got {option}={value!r}")
 
 
-def out_folder(text: str) -> str:
-    """An argparse ``type`` for an output folder: refused up front if it names an existing file (else the
-    outputs, written last, would fail after all the work). argparse names the option in its message."""
+def _check_creatable(text: str, path: str) -> None:
+    """``ArgumentTypeError`` unless ``path`` could be created: its nearest existing ancestor is a writable
+    folder (a file there, or a read-only folder, would fail only when the outputs are written, after the work)."""
     import argparse
     import os
 
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {parent!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {parent!r} is not writable")
+
+
+def out_folder(text: str) -> str:
+    """An argparse ``type`` for an output folder: refused up front if it is empty, names an existing file or
+    cannot be created (else the outputs, written last, would fail after all the work). argparse names the
+    option in its message."""
+    import argparse
+    import os
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a folder, got {text!r}")
     if os.path.exists(text) and not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is an existing file, not a folder")
+    if not os.path.exists(text):
+        _check_creatable(text, text)
     return text
 
 
@@ -97,10 +117,17 @@ def in_file(text: str) -> str:
 
 
 def out_file(text: str) -> str:
-    """An argparse ``type`` for an output file: refused up front if it names an existing folder."""
+    """An argparse ``type`` for an output file: refused up front if it is empty, names an existing folder or
+    cannot be created."""
     import argparse
     import os
 
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a file, got {text!r}")
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    if not os.path.exists(text):
+        _check_creatable(text, text)
+    elif not os.access(text, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} is not writable")
     return text

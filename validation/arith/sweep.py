@@ -150,6 +150,14 @@ def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int
                 rid = f"{study.task}/{tag}/C{c:.0e}/D{d}L{study.n_layers}/{dtype}/seed{seed}" + (
                     f"/lr_x{study.lr_scale:g}" if study.lr_scale != 1.0 else "")
                 runs.append(PlannedRun(run_id=rid, arch=tag, budget_flops=c, config=rc))
+    first: dict[str, float] = {}
+    for r in runs:  # the id keeps one significant digit of the budget: 1e8 and 1.4e8 would share every id
+        other = first.setdefault(r.run_id, r.budget_flops)
+        if other != r.budget_flops:
+            raise ValueError(f"budgets {other:g} and {r.budget_flops:g} FLOPs get the same run id {r.run_id!r} "
+                             f"(run ids carry the budget to one significant digit), so one would be recorded as "
+                             f"the other; use budgets that differ in their first digit, got "
+                             f"budgets_flops={','.join(f'{c:g}' for c in study.budgets_flops)}")
     return runs
 
 
@@ -175,11 +183,11 @@ def append_record(path: pathlib.Path, record: dict) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
-        if size:  # a torn line from a killed writer: terminate it so ours stays parseable
-            with open(path, "rb") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":
-                    os.write(fd, b"\n")
+        if size:  # a torn last line from a killed writer: cut it off (terminated, it stays as a garbage line
+            with open(path, "rb") as f:  # that read_runs and `perfmodel scaling fit` refuse)
+                data = f.read()
+            if not data.endswith(b"\n"):
+                os.ftruncate(fd, data.rfind(b"\n") + 1)
         os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
         os.fsync(fd)
     finally:
