@@ -248,7 +248,13 @@ def _rows_text(rows: float) -> str:
 
 
 def explain(p: FusionPrediction) -> str:
-    """One sentence naming the dominant cause of the predicted speedup or slowdown."""
+    """One sentence naming the dominant cause of the predicted speedup or slowdown.
+
+    Both paths compute-bound: their MXU times; fixed costs larger than the time gap they act on: the launches
+    and grid steps; else the largest cause pointing the verdict's way (bytes one path moves and the other does
+    not, and MXU padding of a compute-bound path), each weighed in seconds at the chip's HBM bandwidth and MXU
+    peak; with none, the per-path MXU / DMA / fixed times (and a fused kernel left on one of two TensorCores).
+    """
     s = p.speedup
     verdict = f"{s:.2f}x" + (" (fusion wins)" if s > 1.02 else " (ragged_dot wins)" if s < 0.98 else " (a tie)")
     unf_bytes = p.unfused_hbm_bytes
