@@ -94,3 +94,19 @@ def test_flops_per_param_token_must_be_positive_and_numpy_numbers_are_numbers():
     assert float(six.optimal(1e20).params) == float(laws.ChinchillaLaw(**kw).optimal(1e20).params)
     with pytest.raises(ValueError, match="E_irr must be a finite non-negative number, got E_irr=True"):
         laws.ChinchillaLaw(**{**kw, "E_irr": True})
+
+
+def test_steep_law_whose_direct_closed_form_overflows_still_gives_the_optimum():
+    # beta = 14 at C = 1e30: the derived form's C^beta (1e420) overflowed, and optimal() returned
+    # inf / nan although N_opt ~ 5e15 and D_opt ~ 3e13 are ordinary numbers.
+    law = laws.ChinchillaLaw(name="steep", E_irr=0.0, A=1.0, B=3.0, alpha=12.0, beta=14.0)
+    c = np.array([1e20, 1e30])
+    o = law.optimal(c)
+    for v in (o.params, o.tokens, o.loss, o.loss_exponent, o.tokens_per_param):
+        assert np.all(np.isfinite(v)) and np.all(v != 0)
+    np.testing.assert_allclose(6 * o.params * o.tokens, c, rtol=1e-12)
+    n_bf, d_bf, l_bf = laws.brute_force_optimal(law, 1e30)
+    np.testing.assert_allclose(o.params[1], n_bf, rtol=1e-3)
+    np.testing.assert_allclose(o.loss[1], l_bf, rtol=1e-6)
+    gamma = law.alpha * law.beta / (law.alpha + law.beta)
+    np.testing.assert_allclose(o.loss_exponent, -gamma, rtol=1e-10)  # E_irr = 0: the frontier is a power law

@@ -286,11 +286,22 @@ def test_one_run_per_configuration_claims_no_seed_interval_or_resolved_bend(tmp_
 
 
 def test_frontier_check_of_a_degenerate_law_names_the_law_not_the_runs(tmp_path):
-    # L*(C) overflows to inf (D_opt < 1 token raised to -148): the error used to say the runs' loss was not finite
+    # N_opt = (alpha A / (beta B))^(1 / (alpha + beta)) (C/6)^(1/2) = 1e3^1000 ...: no float holds it, L* is not
+    # finite; the error used to say the runs' loss was not finite
+    runs = _seeds(tmp_path, "r", 0.01, n_seeds=2)
+    law = laws.ChinchillaLaw(E_irr=3.5, A=1e3, B=1.0, alpha=5e-4, beta=5e-4)
+    with pytest.raises(ValueError, match=r"law fitted on all budgets \(alpha=0.0005, beta=0.0005\) has no finite L\*"):
+        study.frontier_check(runs.average_repeats(), runs, law, average_seeds=True, n_resamples=5)
+
+
+def test_frontier_check_of_a_steep_law_reads_its_flat_frontier(tmp_path):
+    # beta = 148.6 (a real degenerate fit): C^beta overflowed and the check refused the law; its optimum
+    # is D_opt ~ 2 tokens with L* = E_irr, a flat frontier
     runs = _seeds(tmp_path, "r", 0.01, n_seeds=2)
     law = laws.ChinchillaLaw(E_irr=3.5, A=0.72, B=7.9e-6, alpha=2.53, beta=148.6)
-    with pytest.raises(ValueError, match=r"law fitted on all budgets \(alpha=2.53, beta=148.6\) has no finite L\*"):
-        study.frontier_check(runs.average_repeats(), runs, law, average_seeds=True, n_resamples=5)
+    fr = study.frontier_check(runs.average_repeats(), runs, law, average_seeds=True, n_resamples=5)
+    assert fr.law_overall == pytest.approx(0.0, abs=1e-12)
+    assert all(g == pytest.approx(0.0, abs=1e-12) for g in fr.law_exponents)
 
 
 def test_markdown_says_how_many_budgets_approach2_used_when_it_skips_some(tmp_path):

@@ -114,6 +114,9 @@ def _compiled():
     e = compute_optimal_exprs()
     f = {name: sp.lambdify(_ARGS, getattr(e, name), "numpy")
          for name in ("params", "tokens", "loss", "tokens_per_param", "loss_exponent")}
+    # log N_opt expanded into a sum of logs: finite wherever N_opt is representable, even when the
+    # direct form's intermediate C^beta overflows (beta log10 C > 308).
+    f["log_params"] = sp.lambdify(_ARGS, sp.expand_log(sp.log(e.params), force=True), "numpy")
     f["a"] = sp.lambdify((alpha, beta), e.a, "numpy")
     f["b"] = sp.lambdify((alpha, beta), e.b, "numpy")
     f["law"] = sp.lambdify((N, D, E_irr, A_coef, B_coef, alpha, beta), chinchilla_loss_expr(), "numpy")
@@ -178,7 +181,11 @@ class ChinchillaLaw:
                 c_f: self.flops_per_param_token}
 
     def optimal(self, compute_flops) -> ComputeOptimal:
-        """N_opt, D_opt, L*, D/N at ``compute_flops`` (scalar or array) from the derived closed form."""
+        """N_opt, D_opt, L*, D/N at ``compute_flops`` (scalar or array) from the derived closed form.
+
+        Budgets where the direct form overflows (its ``C^beta`` passes 1e308 for steep fitted laws)
+        are recomputed from the derived ``log N_opt``, so a representable optimum is never inf or nan.
+        """
         c = np.asarray(compute_flops, float)
         if not np.all(np.isfinite(c)) or np.any(c <= 0):
             raise ValueError(f"compute_flops must be finite and positive, got {compute_flops!r}")
@@ -189,6 +196,16 @@ class ChinchillaLaw:
             params, tokens = np.asarray(f["params"](*args)), np.asarray(f["tokens"](*args))
             loss = np.asarray(f["loss"](*args))
             loss_exponent = np.asarray(f["loss_exponent"](*args))
+            bad = ~(np.isfinite(params) & np.isfinite(tokens) & (params > 0) & (tokens > 0) & np.isfinite(loss)
+                     & np.isfinite(loss_exponent))
+            if np.any(bad):  # an intermediate of the direct form overflowed: redo those budgets in logs
+                log_n = np.broadcast_to(np.asarray(f["log_params"](*args), float), bad.shape)
+                log_d = np.log(c) - math.log(self.flops_per_param_token) - log_n
+                params, tokens = np.where(bad, np.exp(log_n), params), np.where(bad, np.exp(log_d), tokens)
+                loss = np.where(bad, f["law"](params, tokens, *self.constants), loss)
+                # g(C) = -gamma (L* - E_irr) / L* (ComputeOptimalExprs; the tests check the derived form)
+                gamma = self.alpha * self.beta / (self.alpha + self.beta)
+                loss_exponent = np.where(bad, -gamma * (loss - self.E_irr) / loss, loss_exponent)
             ratio = tokens / params  # = the derived tokens_per_param, better conditioned
         return ComputeOptimal(
             law=self.name, compute_flops=c, params=params, tokens=tokens, loss=loss, tokens_per_param=ratio,
