@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 
 class Registry:
@@ -66,7 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's time limit) raised in the main thread as an interrupt.
+
+    A subclass of ``KeyboardInterrupt``, so every place that saves finished work or removes a staging
+    folder on Ctrl-C (sweeps, the kernel harness, ``perfmodel report``) does the same on SIGTERM.
+    """
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit status 2 for bad input, 130 on Ctrl-C, 143 on SIGTERM."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # NAME=VALUE lists may follow options (``predict matmul --chip v5e M=1``).
@@ -84,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ParallelError) as err:  # OSError: a missing file, a directory given as a file, ...
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

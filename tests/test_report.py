@@ -268,3 +268,31 @@ def test_a_measured_cpu_chip_gets_a_hardware_row_with_its_source(tmp_path, monke
     assert "perfmodel calibrate cpu" in row
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [c["chip"] for c in data["sections"]["hardware"]][-1] == "cpu"
+
+
+def test_a_report_killed_with_sigterm_removes_its_staging_folder(tmp_path):
+    """``kill`` (or a scheduler's time limit) used to leave a hidden .report.partial-* folder behind:
+    SIGTERM is now handled like Ctrl-C, and the exit status says which signal stopped the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "rep"
+    proc = subprocess.Popen([sys.executable, "-m", "perfmodel", "report", "--out", str(out), "--chips", "v5e"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".report.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None and list(out.glob(".report.partial-*")), "the report never started staging"
+        time.sleep(0.5)  # inside a section
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []
