@@ -141,3 +141,11 @@ def test_a_non_finite_total_parameter_count_is_an_error(tmp_path):
     p.write_text(_line(params={"active_non_embedding": 1e5, "total": float("nan")}) + "\n")
     with pytest.raises(ValueError, match=r"r.jsonl:1: params total must be finite and positive, got nan"):
         results.read_runs(p)
+
+
+def test_a_results_file_that_is_not_text_is_named(tmp_path):
+    # was "'utf-8' codec can't decode byte 0xff in position 0", with neither file nor format named
+    p = tmp_path / "bin.jsonl"
+    p.write_bytes(b"\xff\xfe{}\n")
+    with pytest.raises(ValueError, match=r"results file .*bin.jsonl is not UTF-8 text \(byte 0"):
+        results.read_runs(p)

@@ -103,10 +103,12 @@ def parse_assignments(items: list[str]) -> dict:
             out[key] = False
         else:
             try:
-                num = float(value)
-                out[key] = int(num) if num.is_integer() and "e" not in low and "." not in low else num
+                out[key] = int(value)  # exact: going through float turned 2**53 + 1 into 2**53
             except ValueError:
-                out[key] = value
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    out[key] = value
     return out
 
 

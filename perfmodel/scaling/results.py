@@ -215,7 +215,12 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
     cols: dict[str, list] = {k: [] for k in ("arch", "n_experts", "top_k", "params", "params_total", "tokens",
                                              "budget_flops", "compute_flops", "loss")}
     first_line: dict = {}  # run_id -> line it was read on
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"results file {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                         "expected JSON lines, one run per line") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path.name}:{lineno}"

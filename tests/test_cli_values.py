@@ -1,0 +1,25 @@
+"""NAME=VALUE arguments on the command line keep the value the user typed."""
+
+import json
+
+from perfmodel.cli import main
+from perfmodel.commands.core import parse_assignments
+
+
+def test_large_integers_are_kept_exactly():
+    # they went through float(): 2**53 + 1 became 2**53, 10**23 became 99999999999999991611392
+    kw = parse_assignments(["M=9007199254740993", "K=100000000000000000000000", "N=-3"])
+    assert kw == {"M": 2**53 + 1, "K": 10**23, "N": -3}
+    assert all(type(v) is int for v in kw.values())
+
+
+def test_floats_booleans_and_words_keep_their_types():
+    kw = parse_assignments(["a=1e3", "b=2.5", "c=3.0", "d=true", "e=no", "f=swish"])
+    assert kw == {"a": 1000.0, "b": 2.5, "c": 3.0, "d": True, "e": False, "f": "swish"}
+    assert type(kw["a"]) is float and type(kw["c"]) is float
+
+
+def test_predict_json_echoes_the_exact_dimension(capsys):
+    assert main(["predict", "matmul", "M=9007199254740993", "K=1", "N=1", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["dims"]["M"] == 9007199254740993
