@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from kernels.fused_moe import fused_moe_spec
 from perfmodel.cli import main
 from perfmodel.hardware import get_chip
@@ -37,3 +41,27 @@ def test_boundary_tiles_straddle_the_chip_vmem():
         size = lambda t: fused_moe_spec(T=T, D=D, F=F, G=G, dtype="bf16", tiles=t, glu=glu, chip=chip).vmem_bytes
         cap = get_chip(chip).vmem_bytes_per_core
         assert size(fits) <= cap < size(over)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--dtypes", "xx"], r"--dtypes: unknown dtype 'xx'"),
+    (["--dtypes", "fp8"], r"--dtypes: chip 'v5e' has no fp8"),
+    (["--dtypes", ","], r"--dtypes must be a comma-separated list of dtypes, got dtypes=','"),
+    (["--dtypes", "bf16,bfloat16"], r"--dtypes lists a dtype more than once"),
+    (["--chips", "a100"], r"--chips: .*needs a TPU.*'a100'"),
+    (["--chips", "v5e,nope"], r"--chips: unknown chip 'nope'"),
+])
+def test_kernel_aot_refuses_bad_chips_and_dtypes_before_compiling(argv, match, capsys, tmp_path, monkeypatch):
+    """Each used to become outcome "no_tiles" for every shape, counted as agreement: "4/4", exit 0."""
+    monkeypatch.setattr(kernel_aot, "compile_one", lambda *a, **k: pytest.fail("compiled"))
+    rc = main(["validate", "kernel-aot", "--chips", "v5e", "--no-boundary", "--out", str(tmp_path / "o"), *argv])
+    assert rc == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_kernel_aot_run_refuses_a_pair_default_tiles_refuses():
+    with pytest.raises(ValueError, match="no fp8 matmul peak"):
+        kernel_aot.run(chips=("v5e",), dtypes=("fp8",), boundary=False, log=lambda s: None)
+    with pytest.raises(ValueError, match="needs a TPU"):
+        kernel_aot.run(chips=("a100",), boundary=False, log=lambda s: None)

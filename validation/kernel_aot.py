@@ -129,7 +129,14 @@ def boundary_tiles(chip: str, *, T, D, F, G, glu, dtype):
 
 def run(*, chips=CHIPS, dtypes=DTYPES, shapes=SHAPES, boundary=True, log=print) -> list[CompileRecord]:
     from kernels.fused_moe import default_tiles
+    from perfmodel.hardware import get_tpu_chip
 
+    # Every chip a TPU with every dtype, before any compile: default_tiles refuses a bad pair with a
+    # ValueError, which the loop below would record as the model's "no_tiles" verdict, an agreement.
+    for chip in chips:
+        tpu = get_tpu_chip(chip, what="the fused kernel (Pallas TPU)")
+        for dtype in dtypes:
+            tpu.peak_flops_per_s(dtype)
     records = []
     for chip in chips:
         for dtype in dtypes:

@@ -22,18 +22,56 @@ def comma_list(text: str, convert, option: str, what: str, *, unique: str | None
     return items
 
 
-def chip_list(text: str, option: str = "--chips") -> list[str]:
+def chip_list(text: str, option: str = "--chips", *, tpu_for: str | None = None) -> list[str]:
     """``"v5e,v6e"`` -> ``["v5e", "v6e"]``: every name checked against the catalog before any work is done
-    (an unknown chip is an error naming it and the known ones); an empty item is an error naming ``option``."""
-    from perfmodel.hardware import get_chip
+    (an unknown chip is an error naming it and the known ones); an empty item is an error naming ``option``.
 
+    ``tpu_for`` (what needs the TPU, e.g. "AOT compilation") also refuses a chip that is not a TPU
+    (``a100``, ``cpu``) with a message naming ``option``: such a chip would otherwise match nothing and
+    the command would report 0 of 0 checks as a pass.
+    """
+    from perfmodel.hardware import get_chip, get_tpu_chip
+
+    name = option.lstrip("-").replace("-", "_")
     names = [c.strip() for c in text.split(",")]
     if not all(names):
-        name = option.lstrip("-").replace("-", "_")
         raise ValueError(f"{option} must be a comma-separated list of chip names, got {name}={text!r}")
     for n in names:
-        get_chip(n)
+        if tpu_for is None:
+            get_chip(n)
+            continue
+        try:
+            get_tpu_chip(n, what=tpu_for)
+        except ValueError as err:
+            raise ValueError(f"{option}: {err} (in {name}={text!r})") from None
     return names
+
+
+def dtype_list(text: str, option: str = "--dtypes", *, chips=()) -> list[str]:
+    """``"bf16,float32"`` -> ``["bf16", "f32"]`` (:func:`perfmodel.hardware.canonical_dtype` names).
+
+    An unknown or empty item, a dtype listed twice (``bf16,bfloat16`` too), or one that a chip of ``chips``
+    has no matmul datapath for (fp8 on v5e) is a ``ValueError`` naming ``option`` and the value, raised
+    before any work: each would otherwise be dropped or recorded as a trivial pass.
+    """
+    from perfmodel.hardware import canonical_dtype, get_chip
+
+    name = option.lstrip("-").replace("-", "_")
+    items = [d.strip() for d in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{option} must be a comma-separated list of dtypes, got {name}={text!r}")
+    try:
+        dtypes = [canonical_dtype(d) for d in items]
+    except ValueError as err:
+        raise ValueError(f"{option}: {err} (in {name}={text!r})") from None
+    if len(set(dtypes)) < len(dtypes):
+        raise ValueError(f"{option} lists a dtype more than once, got {name}={text!r}")
+    for chip in map(get_chip, chips):
+        missing = [d for d in dtypes if d not in chip.dtypes]
+        if missing:
+            raise ValueError(f"{option}: chip {chip.name!r} has no {', '.join(missing)} matmul datapath "
+                             f"(it has {list(chip.dtypes)}), got {name}={text!r}")
+    return dtypes
 
 
 def int_in(low: int, high: int | None = None):

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from perfmodel.commands import chip_list, comma_list, out_file, out_folder
+from perfmodel.commands import chip_list, comma_list, dtype_list, out_file, out_folder
 
 
 def register(cli) -> None:
@@ -44,10 +44,12 @@ def _kernel_aot(args) -> int:
     from perfmodel.tpu_compile import libtpu_available
     from validation import kernel_aot
 
+    # every chip a TPU and every dtype one each chip has: else default_tiles refuses the pair, which the
+    # sweep records as "no_tiles" (the model's own verdict) and counts as agreement
+    chips = chip_list(args.chips, tpu_for="validate kernel-aot (the fused Pallas TPU kernel)")
+    dtypes = dtype_list(args.dtypes, chips=chips)
     if not libtpu_available():
         raise ValueError("libtpu is not installed: pip install 'jax[tpu]' to compile for TPU targets")
-    chips = chip_list(args.chips)
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     records = kernel_aot.run(chips=chips, dtypes=dtypes, boundary=not args.no_boundary)
     md, js = kernel_aot.write(records, args.out)
     print(kernel_aot.to_markdown(records).strip().splitlines()[-1])
