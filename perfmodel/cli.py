@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -81,7 +82,7 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; exit status 2 for bad input, 130 on Ctrl-C, 143 on SIGTERM."""
+    """Run one command; exit status 2 for bad input, 130 on Ctrl-C, 143 on SIGTERM, 141 on a closed pipe."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
@@ -106,6 +107,12 @@ def _main(argv: list[str] | None) -> int:
         if getattr(args, "jobs", None) is not None:  # commands.add_jobs
             set_jobs(args.jobs)
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `perfmodel ... | head`: the reader has gone, which is not an error of ours
+        try:  # no flush at exit into the closed pipe (it would print "Exception ignored ... BrokenPipeError")
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (captured)
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except (ValueError, OSError, ParallelError) as err:  # OSError: a missing file, a directory given as a file, ...
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

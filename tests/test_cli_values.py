@@ -23,3 +23,17 @@ def test_predict_json_echoes_the_exact_dimension(capsys):
     assert main(["predict", "matmul", "M=9007199254740993", "K=1", "N=1", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["dims"]["M"] == 9007199254740993
+
+
+def test_output_into_a_closed_pipe_is_not_reported_as_an_error():
+    # `perfmodel chips --sources | head -1` printed "perfmodel chips: error: [Errno 32] Broken pipe"
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "perfmodel", "chips", "--sources"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader has gone before the first line is written
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 141, err
+    assert err == ""
