@@ -333,12 +333,19 @@ def _user_cache_path(cache_dir: str | None, xdg_cache_home: str | None, home: st
 
 
 def load_table(path: os.PathLike | str = TABLE_PATH) -> dict[str, RaggedDotTiling]:
-    """Tilings stored in a JSON table (``{"entries": {key: record}}``), by key."""
+    """Tilings stored in a JSON table (``{"entries": {key: record}}``), by key.
+
+    A missing file is an empty table (a sweep starts one; no user cache yet). A file that is not such a
+    table is a ``ValueError`` naming it.
+    """
     p = pathlib.Path(path)
     if not p.exists():
         return {}
-    data = json.loads(p.read_text())
-    return {k: RaggedDotTiling.from_json(v) for k, v in data.get("entries", {}).items()}
+    try:
+        data = json.loads(p.read_text())
+        return {k: RaggedDotTiling.from_json(v) for k, v in data.get("entries", {}).items()}
+    except (ValueError, AttributeError, KeyError, TypeError) as err:  # bad JSON, or JSON of another shape
+        raise ValueError(f"{str(p)!r} is not a tiling table ({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def save_table(tilings: Iterable[RaggedDotTiling], path: os.PathLike | str, **meta) -> None:
@@ -565,7 +572,7 @@ def rule_agreement(table: Mapping[str, RaggedDotTiling], *, chips=None, dtypes=N
     head = ("chip", "dtype", "rule = extracted", "calls", "agreement")
     body = [(ch, dt, a, n, f"{100 * a / n:.1f}%") for ch, dt, a, n in rows]
     tot_a, tot_n = sum(r[2] for r in rows), sum(r[3] for r in rows)
-    body.append(("all", "", tot_a, tot_n, f"{100 * tot_a / max(tot_n, 1):.1f}%"))
+    body.append(("all", "", tot_a, tot_n, f"{100 * tot_a / tot_n:.1f}%" if tot_n else "-"))  # 0 of 0 is no score
     mis_head = ("chip", "dtype", "variant", "m", "k", "n", "G", "extracted tm/tk/tn", "rule tm/tk/tn")
     mis = [(t.chip, t.dtype, t.variant, t.m, t.k, t.n, t.num_groups,
             f"{t.lowering} {t.tm}/{t.tk}/{t.tn}", f"{r.lowering} {r.tm}/{r.tk}/{r.tn}") for t, r in bad]

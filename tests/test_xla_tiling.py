@@ -90,6 +90,51 @@ def test_bad_input_is_named(kwargs, match):
                         **args)
 
 
+def test_missing_table_is_empty_and_a_malformed_one_is_named(tmp_path):
+    assert load_table(tmp_path / "none.json") == {}  # a sweep starts from it; no user cache yet
+    (tmp_path / "bad.json").write_text("{bad")
+    with pytest.raises(ValueError, match="bad.json' is not a tiling table"):
+        load_table(tmp_path / "bad.json")
+
+
+def test_zero_of_zero_calls_is_not_scored_as_zero_percent():
+    report = rule_agreement({}, chips=["v5e"])
+    assert report.total == 0
+    assert "0.0%" not in report.text and "0.0%" not in report.markdown
+
+
+def _cli_err(argv, capsys, tmp_path):
+    from perfmodel.cli import main
+
+    rc = main(["validate", "xla-tiling", "--chips", "v5e", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "o").exists(), err
+    return err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--table", "/nonexistent.json"], "--table: '/nonexistent.json' does not exist"),
+    (["--dtypes", "bf16,xx"], "--dtypes: unknown dtype 'xx'"),
+    (["--dtypes", "fp8"], "--dtypes: chip 'v5e' has no fp8"),
+    (["--chips", "a100"], "--chips: .*needs a TPU"),
+    (["--chips", "tpu7x", "--dtypes", "fp8"], "no extracted tilings of chips=tpu7x dtypes=fp8"),
+    (["--dtype-holdout", "xx"], "--dtype-holdout: unknown dtype 'xx'"),
+])
+def test_cli_refuses_what_would_score_nothing(argv, match, capsys, tmp_path):
+    """Each printed a score (0 of 0 as 0.0%, or bf16 alone for bf16,xx) and exited 0."""
+    import re
+
+    assert re.search(match, _cli_err(argv, capsys, tmp_path))
+
+
+def test_cli_names_a_table_that_is_a_folder_or_not_json(capsys, tmp_path):
+    (tmp_path / "bad.json").write_text("{bad")
+    err = _cli_err(["--table", str(tmp_path)], capsys, tmp_path)
+    assert "--table: " in err and "is a folder" in err
+    err = _cli_err(["--table", str(tmp_path / "bad.json")], capsys, tmp_path)
+    assert "--table: " in err and "bad.json' is not a tiling table" in err
+
+
 @needs_libtpu
 @pytest.mark.tpu_compile
 def test_extraction_from_a_real_compile_matches_the_rule():

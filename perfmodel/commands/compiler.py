@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfmodel.commands import int_in, out_folder
+from perfmodel.commands import chip_list, dtype_list, in_file, int_in, out_file, out_folder
 
 _DEFAULT_CHIPS = "v4,v5e,v5p,v6e,tpu7x"
 
@@ -58,17 +58,22 @@ def _xla_tiling(args) -> int:
     import time
 
     from perfmodel import xla_tiling as xt
-    from perfmodel.hardware import get_chip
+    from perfmodel.hardware import canonical_chip_names
 
-    chips = [get_chip(c).name for c in _split(args.chips, "chips")]
-    dtypes = _split(args.dtypes, "dtypes")
-    table_path = pathlib.Path(args.table) if args.table else xt.TABLE_PATH
+    # names as the table keys them (trillium -> v6e), TPUs only; dtypes each chip has: an unknown, non-TPU or
+    # unsupported one matched no entry and was scored "0 of 0"; a bad item was dropped
+    chips = canonical_chip_names(chip_list(args.chips, tpu_for="validate xla-tiling (XLA's TPU ragged_dot)"))
+    dtypes = dtype_list(args.dtypes, chips=chips)
+    dtype_holdout, *more = dtype_list(args.dtype_holdout, "--dtype-holdout", chips=chips)
+    if more:
+        raise ValueError(f"--dtype-holdout must name one dtype, got dtype_holdout={args.dtype_holdout!r}")
+    table_path = pathlib.Path(_table_arg(args.table, args.sweep)) if args.table is not None else xt.TABLE_PATH
     if args.sweep:
         from perfmodel.tpu_compile import libtpu_available
 
         if not libtpu_available():
             raise ValueError("--sweep needs libtpu: pip install 'jax[tpu]'")
-        table = xt.load_table(table_path)
+        table = _load(xt, table_path)
         todo = [(c, d, call) for c in chips for d in dtypes for call in xt.sweep_shapes(c, d)
                 if xt.tiling_key(c, *call[:4], d, call[4]) not in table]
         print(f"{len(table)} tilings in {table_path}; compiling {len(todo)} more")
@@ -83,7 +88,10 @@ def _xla_tiling(args) -> int:
             if i % 25 == 0 or i == len(todo):
                 xt.save_table(table.values(), table_path, **_provenance())
                 print(f"  {i}/{len(todo)} compiled, {time.perf_counter() - t0:.0f} s")
-    report = xt.rule_agreement(xt.load_table(table_path), chips=chips, dtypes=dtypes)
+    report = xt.rule_agreement(_load(xt, table_path), chips=chips, dtypes=dtypes)
+    if not report.total:
+        raise ValueError(f"no extracted tilings of chips={','.join(chips)} dtypes={','.join(dtypes)} in "
+                         f"{str(table_path)!r}: nothing to score (--sweep compiles them)")
     print(report.text)
     md = report.markdown
     if args.holdout:
@@ -91,7 +99,7 @@ def _xla_tiling(args) -> int:
         for c in chips:
             for m, k, n, g, v in xt.holdout_calls(args.holdout, seed=0):
                 try:
-                    t = xt.extract_ragged_dot_tiling(c, m, k, n, g, args.dtype_holdout, variant=v)
+                    t = xt.extract_ragged_dot_tiling(c, m, k, n, g, dtype_holdout, variant=v)
                 except Exception as err:  # noqa: BLE001 - e.g. weights larger than HBM
                     print(f"  skipped {c} m={m} k={k} n={n} G={g}: {str(err)[:120]}")
                     skipped += 1
@@ -100,7 +108,7 @@ def _xla_tiling(args) -> int:
         hold = xt.rule_agreement(held, chips=chips)
         print("\nheld-out random shapes (seed 0, not in the table):\n" + hold.text)
         body = hold.markdown.split("\n", 4)[-1]  # drop the title lines
-        md += (f"\n## Held out: {args.holdout} random off-grid shapes per chip ({args.dtype_holdout}, seed 0)\n\n"
+        md += (f"\n## Held out: {args.holdout} random off-grid shapes per chip ({dtype_holdout}, seed 0)\n\n"
                "m a multiple of 8 in [8, 32768]; k, n multiples of 64 in [64, 12288]; G in [1, 64] "
                f"(`perfmodel.xla_tiling.holdout_calls`). Compiled, not stored in the table; {skipped} calls "
                "skipped because the compiler refused them (e.g. weights larger than HBM).\n\n" + body)
@@ -109,6 +117,24 @@ def _xla_tiling(args) -> int:
     (out / "xla_tiling_rule.md").write_text(md + "\n")
     print(f"wrote {out / 'xla_tiling_rule.md'}")
     return 0
+
+
+def _table_arg(text: str, sweep: bool) -> str:
+    """``--table``: an existing file to score; with ``--sweep`` also a new file to start (a missing table
+    is then empty, as :func:`perfmodel.xla_tiling.load_table` reads it)."""
+    import argparse
+
+    try:
+        return (out_file if sweep else in_file)(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--table: {err}") from None
+
+
+def _load(xt, path):
+    try:
+        return xt.load_table(path)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"--table: {err}") from None
 
 
 def _provenance() -> dict:
