@@ -11,12 +11,14 @@ fast from a cold start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
 import signal
 import sys
 import threading
+import time
 
 
 class Registry:
@@ -81,15 +83,56 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+TERMINATE_GRACE_S = 20.0
+"""After SIGTERM, how long the main thread may take to stop (cleanup included) before the process exits anyway."""
+
+
+def _watchdog(read_fd: int, grace_s: float) -> None:
+    """Exit with 143 ``grace_s`` after SIGTERM if the process is still running.
+
+    The Python-level handler runs only when the main thread next executes bytecode; inside a long
+    compiled call (an XLA compile of a huge shape) that can be minutes, and ``timeout`` or a scheduler
+    would find SIGTERM ignored. The C-level handler writes the signal number to the wakeup fd, which
+    this thread reads.
+    """
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            data = b""
+        if not data:  # write end closed: the command finished
+            os.close(read_fd)
+            return
+        if signal.SIGTERM in data:
+            time.sleep(grace_s)
+            os.write(2, f"perfmodel: terminated (SIGTERM); still busy after {grace_s:g} s, inside compiled "
+                        "code; exiting without cleanup\n".encode())
+            os._exit(143)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt(grace_s: float = TERMINATE_GRACE_S):
+    """SIGTERM raises :class:`Terminated` in the main thread; a watchdog exits the process ``grace_s`` later."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    threading.Thread(target=_watchdog, args=(read_fd, grace_s), daemon=True, name="perfmodel-sigterm").start()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_fd)  # the watchdog reads EOF and ends; it closes nothing else
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; exit status 2 for bad input, 130 on Ctrl-C, 143 on SIGTERM, 141 on a closed pipe."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
-    try:
+    with terminate_as_interrupt():
         return _main(argv)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -37,3 +37,32 @@ def test_output_into_a_closed_pipe_is_not_reported_as_an_error():
     proc.wait(timeout=60)
     assert proc.returncode == 141, err
     assert err == ""
+
+
+def test_sigterm_stops_a_command_stuck_in_compiled_code(tmp_path):
+    # SIGTERM is handled in Python (Terminated) so cleanup runs; a main thread inside a long compiled call
+    # (an XLA compile) never got to run the handler, and `timeout` could not stop the process
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "from perfmodel import cli\n"
+        "with cli.terminate_as_interrupt(grace_s=0.5):\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # as deaf as a thread in C code\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - t0 < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "still busy after 0.5 s" in err
