@@ -63,3 +63,28 @@ def test_tiled_time_uses_xla_tiles_from_the_table():
     row = cc._tiled_row("v5e", "c", "s", 4096, 1024, 4096, 8, "forward", Compiled())
     assert "tiles 128/1024/1280" in row.note and row.ours > 0
     assert row.delta_pct == pytest.approx(100 * (row.ours / 1e-4 - 1))
+
+
+def test_run_resolves_every_chip_before_compiling(monkeypatch):
+    monkeypatch.setattr(tpu_compile, "compile_for_tpu", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(ValueError, match="chip='a100'"):
+        cc.run(chips=["v5e", "a100"])
+    with pytest.raises(ValueError, match="unknown chip 'nope'"):
+        cc.run(chips=["v5e", "nope"])
+    with pytest.raises(ValueError, match="no chips"):
+        cc.run(chips=[])
+
+
+@pytest.mark.parametrize("chips, match", [
+    ("v5e,nope", "--chips: unknown chip 'nope'"),
+    ("v5e,a100", "--chips: .*needs a TPU"),
+    ("v5e,,v6e", "--chips must be a comma-separated list of chip names"),  # the empty item was dropped
+])
+def test_cli_refuses_bad_chips_before_compiling(chips, match, monkeypatch, capsys, tmp_path):
+    import re
+
+    from perfmodel.cli import main
+
+    monkeypatch.setattr(tpu_compile, "compile_for_tpu", lambda *a, **k: pytest.fail("compiled"))
+    rc = main(["validate", "compiler", "--chips", chips, "--out", str(tmp_path / "o")])
+    assert rc == 2 and re.search(match, capsys.readouterr().err)

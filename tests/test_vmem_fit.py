@@ -50,3 +50,30 @@ def test_spill_estimate_only_on_128_wide_mxu_chips():
     assert spec.vmem_bytes == 13 * MIB
     assert not spec_vmem_verdict(spec, "v5e").fits
     assert spec_vmem_verdict(spec, "v6e").fits
+
+
+@pytest.mark.parametrize("chips, match", [
+    ("v5e,nope", "--chips: unknown chip 'nope'"),  # compiled v5e for 14 s first
+    ("", "--chips must be a comma-separated list of chip names, got chips=''"),  # was 0/0, exit 0
+    ("v5e,a100", "--chips: .*needs a TPU"),
+])
+def test_cli_refuses_bad_chips_before_compiling(chips, match, capsys, tmp_path, monkeypatch):
+    import re
+
+    from perfmodel.cli import main
+    from validation import vmem_fit
+
+    monkeypatch.setattr(vmem_fit, "run_case", lambda *a, **k: pytest.fail("compiled"))
+    rc = main(["validate", "vmem", "--chips", chips, "--quick", "--out", str(tmp_path / "o")])
+    assert rc == 2 and re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_main_resolves_every_chip_before_compiling(monkeypatch, tmp_path):
+    from validation import vmem_fit
+
+    monkeypatch.setattr(vmem_fit, "run_case", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(ValueError, match="chip='a100'"):
+        vmem_fit.main(["v5e", "a100"], out_dir=tmp_path, quick=True)
+    with pytest.raises(ValueError, match="no chips"):
+        vmem_fit.main([], out_dir=tmp_path, quick=True)

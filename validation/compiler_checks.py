@@ -134,11 +134,18 @@ def run(chips: Sequence[str] = CHIPS) -> Report:
     from perfmodel import tpu_compile
     from perfmodel.xla_tiling import _ragged_dot_fn, operand_shapes
 
+    # every chip resolved before the first compile (about a second each): a bad name last in the list
+    # would otherwise fail after the others were compiled
+    names = [get_chip(c).name for c in chips]
+    for name in names:
+        if name not in tpu_compile.TPU_CHIPS:
+            raise ValueError(f"chip must be one of {tpu_compile.TPU_CHIPS} for AOT compilation, got chip={name!r}")
+    if not names:
+        raise ValueError("no chips to check, got chips=[]")
     rows: list[Row] = []
     peaks: list[ImpliedPeak] = []
     q = dtype_bytes("bf16")
-    for chip_name in chips:
-        chip = get_chip(chip_name).name
+    for chip in names:
         peak = _implied_peak(chip)
         peaks.append(peak)
         for case, (m, k, n) in MATMUL_CASES.items():

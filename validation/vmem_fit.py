@@ -156,11 +156,16 @@ def main(chips, *, out_dir="validation/results", quick: bool = False) -> int:
     from perfmodel.tpu_compile import TPU_CHIPS
 
     sweep = QUICK if quick else SWEEP
-    cases = []
-    for name in chips:
+    resolved = []
+    for name in chips:  # all of them before the first compile, which takes seconds per chip
         chip = get_chip(name).name
         if chip not in TPU_CHIPS:
             raise ValueError(f"chip must be one of {TPU_CHIPS} for AOT compilation, got chip={name!r}")
+        resolved.append(chip)
+    if not resolved:
+        raise ValueError("no chips to check, got chips=[]")
+    cases = []
+    for chip in resolved:
         for tiles in sweep:
             c = run_case(chip, tiles)
             cases.append(c)

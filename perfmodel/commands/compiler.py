@@ -33,20 +33,14 @@ def register(cli) -> None:
     p.set_defaults(func=_xla_tiling)
 
 
-def _split(text: str, name: str) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise ValueError(f"--{name} must list at least one value, got {name}={text!r}")
-    return items
-
-
 def _compiler(args) -> int:
     from perfmodel.tpu_compile import libtpu_available
     from validation import compiler_checks
 
+    chips = chip_list(args.chips, tpu_for="validate compiler (libtpu AOT compiles)")
     if not libtpu_available():
         raise ValueError("libtpu is not installed: pip install 'jax[tpu]' to compile for TPU targets")
-    report = compiler_checks.run(chips=_split(args.chips, "chips"))
+    report = compiler_checks.run(chips=chips)
     md, js = compiler_checks.write(report, args.out)
     print(compiler_checks.summary(report))
     print(f"wrote {md} and {js}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from perfmodel.commands import out_folder
+from perfmodel.commands import chip_list, out_folder
 
 _DEFAULT_OUT = "validation/results"
 
@@ -105,7 +105,7 @@ def _vmem(args) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from validation import vmem_fit
 
-    chips = [c.strip() for c in args.chips.split(",") if c.strip()]
+    chips = chip_list(args.chips, tpu_for="validate vmem (libtpu AOT compiles)")
     return vmem_fit.main(chips, out_dir=args.out, quick=args.quick)
 
 
