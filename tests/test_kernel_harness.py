@@ -358,6 +358,56 @@ def test_interrupt_keeps_finished_points(tmp_path):
     assert "interrupted: partial results" in (tmp_path / "report.md").read_text()
 
 
+def test_a_tpu_point_that_raises_a_runtime_error_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """A Mosaic compile refusal or RESOURCE_EXHAUSTED is a JaxRuntimeError (a RuntimeError, not a ValueError):
+    it used to abort the sweep; it now costs its point only, recorded like a tile that does not fit."""
+    import jax
+
+    points = TPU_POINTS + (kh.TpuPoint(tokens=128, D=512, F=1024, E=8, k=2, glu=True),)
+    ok = _fake_tpu_timer(1.0, 1.0)
+    calls = []
+
+    def time_fns(point, pred, gs, **kw):
+        calls.append(point)
+        if len(calls) == 2:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem")
+        return ok(point, pred, gs, **kw)
+
+    res, _ = kh.run(sweep="quick", out=tmp_path, repeats=2, min_time_s=0, device=FakeDevice(), points=points,
+                    time_fns=time_fns, progress=lambda s: None)
+    assert len(res.tpu) == 2 and res.complete
+    assert res.errors == (f"{points[1].label}: JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory in memory "
+                          f"space vmem",)
+    assert [line["kind"] for line in _lines(tmp_path / "results.jsonl")] == ["info", "tpu", "error", "tpu"]
+    assert f"- {res.errors[0]}" in (tmp_path / "report.md").read_text()
+
+
+def test_any_exception_writes_the_outputs_of_the_finished_points_before_propagating(tmp_path, monkeypatch):
+    """Only KeyboardInterrupt used to write results.json / report.md / plots: a crash (here an XLA error on
+    the CPU path, which has no per-point handling) left only results.jsonl behind."""
+    import jax
+
+    real, calls = kh.run_cpu_point, []
+
+    def run_cpu_point(point, **kw):
+        calls.append(point)
+        if len(calls) == 2:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return real(point, **kw)
+
+    monkeypatch.setattr(kh, "run_cpu_point", run_cpu_point)
+    msgs = []
+    with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED"):
+        kh.run(sweep="quick", out=tmp_path, repeats=1, min_time_s=0, points=[kh.CpuPoint(T=32, D=16, F=64, E=4,
+               glu=False)] * 2, recalibrate=False, correctness_shapes=(), cost_check_shapes=(), progress=msgs.append)
+    res = kh.load_results(tmp_path / "results.json")
+    assert len(res.cpu) == 1 and not res.complete
+    assert "interrupted: partial results" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "predicted_vs_measured.png").exists()
+    assert msgs[-1] == ("failed (JaxRuntimeError: RESOURCE_EXHAUSTED: out of memory): writing the report from "
+                        "the finished points")
+
+
 def test_tpu_sweeps_span_tokens_per_expert_and_shapes():
     for sweep in kh.SWEEPS:
         pts = kh.tpu_points(sweep)

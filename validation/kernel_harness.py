@@ -29,8 +29,11 @@ until each function has ``min_time_s`` of timed calls), so that all formulations
 medians, the measured speedup is the median of the per-round ratios.
 
 Results are appended to ``results.jsonl`` point by point (an interrupt loses at
-most the point in progress); ``results.json``, ``report.md`` and the plots
-are (re)written at the end, also after an interrupt.
+most the point in progress); a point that raises (a forced tile that does not
+fit, a compile refusal, an out-of-memory) is recorded in ``Results.errors`` and
+the sweep goes on; ``results.json``, ``report.md`` and the plots are
+(re)written at the end, also after an interrupt or any other exception (from
+the finished points, marked partial, before the exception propagates).
 """
 
 from __future__ import annotations
@@ -932,8 +935,9 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
         else:
             _run_cpu(state, sink, points or cpu_points(sweep), chip, repeats, min_time_s, progress, recalibrate, t_start,
                      correctness_shapes, cost_check_shapes)
-    except KeyboardInterrupt:
-        progress("interrupted: writing the report from the finished points")
+    except BaseException as err:  # Ctrl-C, SIGTERM, or a failure outside the per-point handling
+        why = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({type(err).__name__}: {err})"
+        progress(f"{why}: writing the report from the finished points")
         results = Results(**state, complete=False)
         paths = write_outputs(results, outdir)
         raise
@@ -1000,11 +1004,15 @@ def _run_tpu(state, sink, points, chip, repeats, min_time_s, progress, time_fns,
     for i, p in enumerate(points):
         try:
             rec = run_tpu_point(p, chip=chip, repeats=repeats, min_time_s=min_time_s, time_fns=time_fns)
-        except ValueError as err:  # e.g. forced tiles that do not fit VMEM
-            errors.append(f"{p.label}: {err}")
+        except Exception as err:
+            # ValueError: e.g. forced tiles that do not fit VMEM; anything else (jax's JaxRuntimeError, a
+            # RuntimeError, for a Mosaic compile refusal or RESOURCE_EXHAUSTED) also costs only this point
+            what = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            errors.append(f"{p.label}: {what}")
             state["errors"] = tuple(errors)
-            sink.write("error", {"point": p, "error": str(err)})
-            progress(f"{_elapsed(t0)} [{i + 1}/{len(points)}] {p.label}: skipped ({err})")
+            sink.write("error", {"point": p, "error": what})
+            progress(f"{_elapsed(t0)} [{i + 1}/{len(points)}] {p.label}: "
+                     f"{'skipped' if isinstance(err, ValueError) else 'failed'} ({what})")
             continue
         recs.append(rec)
         sink.write("tpu", rec)
@@ -1449,5 +1457,5 @@ def _tpu_markdown(results: Results, markdown_table) -> list[str]:
                   f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points",
                   _measured_decided_line(s), ""]
     if results.errors:
-        lines += ["Skipped points:", ""] + [f"- {e}" for e in results.errors] + [""]
+        lines += ["Points not timed (skipped or failed):", ""] + [f"- {e}" for e in results.errors] + [""]
     return lines
