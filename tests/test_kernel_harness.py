@@ -358,6 +358,30 @@ def test_interrupt_keeps_finished_points(tmp_path):
     assert "interrupted: partial results" in (tmp_path / "report.md").read_text()
 
 
+def test_a_tpu_point_whose_fused_output_is_wrong_fails_the_cli(tmp_path, monkeypatch, capsys):
+    """On a TPU there are no interpret-mode correctness records: the fused output's max rel diff vs ragged_dot is
+    the only correctness check, and it is held to the CPU check's bf16 tolerance (a 90%-wrong kernel exited 0)."""
+    from perfmodel import tpu_compile
+    from perfmodel.cli import main
+
+    monkeypatch.setattr(tpu_compile, "default_device", FakeDevice)
+    monkeypatch.setattr(kh, "tpu_points", lambda sweep: TPU_POINTS)
+    diffs = iter((0.9, 1e-3))
+    monkeypatch.setattr(kh, "_time_tpu", lambda point, pred, gs, *, repeats, min_time_s, timer: (
+        (pred.fused_time_s,) * repeats, (pred.unfused_time_s,) * repeats, next(diffs)))
+    assert main(["validate", "kernel", "--out", str(tmp_path), "--repeats", "3", "--min-time", "0"]) == 1
+    assert "output vs ragged_dot FAILED at 1 TPU point(s) (tolerance 0.04)" in capsys.readouterr().out
+    res = kh.load_results(tmp_path / "results.json")
+    assert [r.ok for r in res.tpu] == [False, True] and res.tpu[0].tolerance == kh.TOLERANCE["bf16"]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [d["ok"] for d in data["derived_tpu"]] == [False, True]
+    assert dict(data["summary_tpu"]["extra"])["output_correct"] == 1
+    md = (tmp_path / "report.md").read_text()
+    assert "| output ok |" in md and "**NO**" in md and "**1/2 correct**; **WRONG OUTPUT** at" in md
+    diffs = iter((1e-3, 1e-3))
+    assert main(["validate", "kernel", "--out", str(tmp_path), "--repeats", "3", "--min-time", "0"]) == 0
+
+
 def test_a_tpu_point_that_raises_a_runtime_error_is_recorded_and_the_sweep_goes_on(tmp_path):
     """A Mosaic compile refusal or RESOURCE_EXHAUSTED is a JaxRuntimeError (a RuntimeError, not a ValueError):
     it used to abort the sweep; it now costs its point only, recorded like a tile that does not fit."""

@@ -92,7 +92,8 @@ def test_measured_tpu_kernel_results_become_validation_rows(tmp_path):
         "info": {"chip": "v5e", "device_kind": "TPU v5 lite", "sweep": "quick",
                  "command": "perfmodel validate kernel --sweep quick"},
         "summary_tpu": {"points": 10, "winner_correct": 9,
-                        "median_abs_rel_err": [["fused", 0.12], ["ragged_dot", 0.08], ["speedup", 0.15]]},
+                        "median_abs_rel_err": [["fused", 0.12], ["ragged_dot", 0.08], ["speedup", 0.15]],
+                        "extra": [["output_correct", 10.0]]},
     }))
     rows = measured_kernel_rows(tmp_path / "validation" / "results")
     assert len(rows) == 1 and rows[0]["ok"] is True
@@ -101,6 +102,29 @@ def test_measured_tpu_kernel_results_become_validation_rows(tmp_path):
     cpu_only.mkdir()
     (cpu_only / "results.json").write_text(json.dumps({"summary_tpu": {"points": 0}}))
     assert len(measured_kernel_rows(tmp_path / "validation" / "results")) == 1
+
+
+def test_a_measured_tpu_kernel_row_is_met_only_if_every_fused_output_was_correct(tmp_path):
+    """Winner right at 10/10 points is no pass when the fused kernel computed the wrong numbers at one of them
+    (the row's ``ok`` looked at the winners only); a file without the count is not met either."""
+    from perfmodel.report import measured_kernel_rows
+
+    run = tmp_path / "validation" / "results" / "kernel_v5e"
+    run.mkdir(parents=True)
+
+    def row(extra):
+        (run / "results.json").write_text(json.dumps({
+            "info": {"chip": "v5e", "device_kind": "TPU v5 lite", "sweep": "quick"},
+            "summary_tpu": {"points": 10, "winner_correct": 10, "extra": extra,
+                            "median_abs_rel_err": [["fused", 0.1], ["ragged_dot", 0.1], ["speedup", 0.1]]}}))
+        (r,) = measured_kernel_rows(tmp_path / "validation" / "results")
+        return r
+
+    r = row([["split_half_agree", 10.0], ["output_correct", 9.0]])
+    assert r["ok"] is False and "fused output = ragged_dot's at 9/10 points" in r["result"]
+    r = row([["split_half_agree", 10.0]])
+    assert r["ok"] is False and "not counted in this file" in r["result"]
+    assert row([["output_correct", 10.0]])["ok"] is True
 
 
 def test_cpu_validation_row_passes_only_if_every_committed_full_sweep_meets_the_target(tmp_path, monkeypatch):
@@ -197,7 +221,7 @@ def test_on_a_tpu_the_report_times_the_kernel_into_the_report_folder_and_adds_it
         pathlib.Path(out).mkdir(parents=True)
         (pathlib.Path(out) / "results.json").write_text(json.dumps({
             "info": {"chip": "v5e", "device_kind": device.device_kind, "sweep": sweep, "command": command},
-            "summary_tpu": {"points": 13, "winner_correct": 12,
+            "summary_tpu": {"points": 13, "winner_correct": 12, "extra": [["output_correct", 13.0]],
                             "median_abs_rel_err": [["fused", 0.2], ["ragged_dot", 0.1], ["speedup", 0.25]]}}))
 
     monkeypatch.setattr(tpu_compile, "default_device",

@@ -28,6 +28,11 @@ until each function has ``min_time_s`` of timed calls), so that all formulations
 (this 2-core machine is shared by several processes); reported times are
 medians, the measured speedup is the median of the per-round ratios.
 
+On a TPU the fused kernel's output is also checked against the ragged_dot
+path's at every timed point (``TpuRecord.ok``: within :data:`TOLERANCE` of
+bf16, the tolerance of the CPU correctness check); a point whose output is
+wrong fails the run (``perfmodel validate kernel`` exits 1).
+
 Results are appended to ``results.jsonl`` point by point (an interrupt loses at
 most the point in progress); a point that raises (a forced tile that does not
 fit, a compile refusal, an out-of-memory) is recorded in ``Results.errors`` and
@@ -487,6 +492,13 @@ class TpuRecord(_PairedRounds):
     fused_samples_s: tuple[float, ...]
     ragged_samples_s: tuple[float, ...]
     max_rel_diff: float  # fused vs ragged_dot outputs, relative to max |ragged_dot|
+    # bf16 runs: the CPU correctness check's bf16 tolerance (records written before the check get it on loading)
+    tolerance: float = TOLERANCE["bf16"]
+
+    @property
+    def ok(self) -> bool:
+        """The fused kernel's output matches the ragged_dot path's: ``max_rel_diff <= tolerance`` (NaN fails)."""
+        return self.max_rel_diff <= self.tolerance
 
     @property
     def meas_fused_s(self) -> float:
@@ -589,7 +601,8 @@ def summarize_tpu(records) -> Summary:
            ("ragged_dot", median([_abs_rel(r.pred_ragged_s, r.meas_ragged_s) for r in recs])),
            ("speedup", median([_abs_rel(r.pred_speedup, r.meas_speedup) for r in recs])))
     return Summary(points=len(recs), median_abs_rel_err=err, winner_correct=sum(r.winner_agrees for r in recs),
-                   extra=(("split_half_agree", float(sum(r.split_half_agrees for r in recs))),)
+                   extra=(("split_half_agree", float(sum(r.split_half_agrees for r in recs))),
+                          ("output_correct", float(sum(r.ok for r in recs))))
                    + _measured_decided(recs))
 
 
@@ -1020,7 +1033,8 @@ def _run_tpu(state, sink, points, chip, repeats, min_time_s, progress, time_fns,
         progress(f"{_elapsed(t0)} [{i + 1}/{len(points)}] {p.label}: fused {rec.meas_fused_s * 1e6:.1f} us (pred "
                  f"{rec.pred_fused_s * 1e6:.1f}), ragged_dot {rec.meas_ragged_s * 1e6:.1f} us (pred "
                  f"{rec.pred_ragged_s * 1e6:.1f}); speedup meas {rec.meas_speedup:.2f}x pred {rec.pred_speedup:.2f}x "
-                 f"{'ok' if rec.winner_agrees else 'WRONG WINNER'}")
+                 f"{'ok' if rec.winner_agrees else 'WRONG WINNER'}; output max rel diff {rec.max_rel_diff:.1e} "
+                 f"{'ok' if rec.ok else 'WRONG OUTPUT'}")
 
 
 def _rates_line(r) -> str:
@@ -1113,7 +1127,7 @@ def write_outputs(results: Results, outdir: pathlib.Path, *, rendered: str = "")
                                    meas_speedup=r.meas_speedup, pred_speedup=r.pred_speedup,
                                    meas_speedup_interval=r.meas_speedup_interval,
                                    measurement_decides=r.measurement_decides,
-                                   winner_agrees=r.winner_agrees) for r in results.tpu]
+                                   winner_agrees=r.winner_agrees, ok=r.ok) for r in results.tpu]
     js.write_text(json.dumps(payload, indent=1, default=_json_default))
     paths = [js]
     paths += plot_results(results, outdir)
@@ -1443,10 +1457,12 @@ def _tpu_markdown(results: Results, markdown_table) -> list[str]:
     if results.tpu:
         lines.append(markdown_table(
             ["point", "fused tiles", "pred fused", "meas fused", "pred ragged_dot", "meas ragged_dot",
-             "pred speedup", "meas speedup [95% CI]", "winner", "max rel diff", "model's explanation", "note"],
+             "pred speedup", "meas speedup [95% CI]", "winner", "max rel diff", "output ok", "model's explanation",
+             "note"],
             [[r.point.label, f"{r.fused_tiles[0]}x{r.fused_tiles[1]}", _us(r.pred_fused_s), _us(r.meas_fused_s),
               _us(r.pred_ragged_s), _us(r.meas_ragged_s), f"{r.pred_speedup:.2f}", _speedup_cell(r),
-              "ok" if r.winner_agrees else "**wrong**", f"{r.max_rel_diff:.1e}", r.sentence, r.point.note]
+              "ok" if r.winner_agrees else "**wrong**", f"{r.max_rel_diff:.1e}", "yes" if r.ok else "**NO**",
+              r.sentence, r.point.note]
              for r in results.tpu]))
         wins = sum(r.pred_speedup > 1 for r in results.tpu)
         lines += ["", "### Summary", ""]
@@ -1455,7 +1471,18 @@ def _tpu_markdown(results: Results, markdown_table) -> list[str]:
                   f"the model predicted fusion to win at {wins} and lose at {s.points - wins} points",
                   f"- measurement reliability: the first and second halves of the rounds name the same winner at "
                   f"{int(dict(s.extra)['split_half_agree'])}/{s.points} points",
-                  _measured_decided_line(s), ""]
+                  _measured_decided_line(s),
+                  _tpu_output_line(results.tpu), ""]
     if results.errors:
         lines += ["Points not timed (skipped or failed):", ""] + [f"- {e}" for e in results.errors] + [""]
     return lines
+
+
+def _tpu_output_line(records) -> str:
+    """How many points' fused output matches the ragged_dot path's (``TpuRecord.ok``), and which do not."""
+    bad = [r for r in records if not r.ok]
+    tol = ", ".join(f"{t:g}" for t in sorted({r.tolerance for r in records}))
+    return (f"- fused output vs ragged_dot (max |fused - ragged_dot| / max |ragged_dot| <= {tol}, the bf16 "
+            f"tolerance of the CPU correctness check): **{len(records) - len(bad)}/{len(records)} correct**"
+            + ("" if not bad else "; **WRONG OUTPUT** at " + ", ".join(
+                f"{r.point.label} ({r.max_rel_diff:.1e})" for r in bad)))

@@ -89,5 +89,12 @@ def _validate_kernel(args) -> int:
     bad = [r for r in results.correctness if not r.ok]
     if bad:
         print(f"fused kernel correctness FAILED at {len(bad)} shape(s)")
+    bad_tpu = [r for r in results.tpu if not r.ok]
+    if bad_tpu:
+        print(f"fused kernel output vs ragged_dot FAILED at {len(bad_tpu)} TPU point(s) (tolerance "
+              f"{bad_tpu[0].tolerance:g}): " + ", ".join(f"{r.point.label} (max rel diff {r.max_rel_diff:.1e})"
+                                                        for r in bad_tpu))
+    if results.errors:
+        print(f"{len(results.errors)} point(s) not timed (skipped or failed): " + "; ".join(results.errors))
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".md", ".json")))
-    return 1 if bad else 0
+    return 1 if bad or bad_tpu else 0
