@@ -113,3 +113,29 @@ def test_cli_bad_chip_is_an_error(capsys):
 
     assert main(["validate", "timings", str(PALLAS), "--chip", "nochip"]) == 2
     assert "nochip" in capsys.readouterr().err
+
+
+def test_a_file_given_twice_is_refused_naming_it(tmp_path):
+    """The same folder twice (or a folder and a file in it) used to double every row."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "ragged_dot.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(d / "ragged_dot.json")
+    assert V.expand_paths([d]) == [d / "ragged_dot.json"]
+    for paths in ([d, d], [d, d / "ragged_dot.json"], [d / "ragged_dot.json", tmp_path / "link.json"]):
+        with pytest.raises(ValueError, match=r"ragged_dot.json' is given twice \(by "):
+            V.expand_paths(paths)
+
+
+def test_cli_refuses_a_folder_given_twice(capsys, tmp_path):
+    from perfmodel.cli import main
+
+    d = tmp_path / "d"
+    d.mkdir()
+    key = _key("bf16[1024,512]", "bf16[8,512,768]", [128] * 8, [[1], [1]])
+    cfg = json.dumps({"tile_m": 128, "tile_k": 512, "tile_n": 256})
+    (d / "pallas_mosaic_tpu_ragged_dot.json").write_text(json.dumps({key: {cfg: {"evaluation_times_ms": [0.1]}}}))
+    assert len(V.load_rows(d / "pallas_mosaic_tpu_ragged_dot.json")) == 1
+    assert main(["validate", "timings", str(d), str(d), "--chip", "v5e", "--no-compile",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "is given twice" in capsys.readouterr().err

@@ -146,14 +146,28 @@ def load_rows(path: str | pathlib.Path) -> list[Row]:
 
 
 def expand_paths(paths) -> list[pathlib.Path]:
+    """The timing files named by ``paths`` (files, or folders: their tokamax cache files).
+
+    A file reached twice (the same folder twice, a folder and a file in it, a symlink) is a ``ValueError``
+    naming it: its rows would be counted twice, as :func:`load_rows` cannot tell.
+    """
     out = []
-    for p in map(pathlib.Path, paths):
+    seen: dict[pathlib.Path, str] = {}  # resolved file -> the argument that named it
+    for arg in paths:
+        p = pathlib.Path(arg)
         if p.is_dir():
-            out += sorted(q for q in p.glob("*.json") if q.name in IMPLEMENTATIONS)
+            found = sorted(q for q in p.glob("*.json") if q.name in IMPLEMENTATIONS)
         elif p.exists():
-            out.append(p)
+            found = [p]
         else:
             raise FileNotFoundError(f"no such timing file or directory: {p}")
+        for q in found:
+            key = q.resolve()
+            if key in seen:
+                raise ValueError(f"timing file {str(key)!r} is given twice (by {seen[key]!r} and {str(arg)!r}): "
+                                 "its rows would be counted twice")
+            seen[key] = str(arg)
+            out.append(q)
     if not out:
         raise ValueError(f"no tokamax cache files among {list(map(str, paths))}")
     return out
