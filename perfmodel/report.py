@@ -386,7 +386,13 @@ def measured_kernel_rows(results_dir: pathlib.Path) -> list[dict]:
 
 
 def measure_on_tpu(out: pathlib.Path, *, log=print) -> list[dict]:
-    """On a TPU, run ``perfmodel validate kernel --sweep quick`` into ``out`` and return its rows."""
+    """On a TPU, run ``perfmodel validate kernel --sweep quick`` into ``out`` and return its rows.
+
+    The measurement never costs the rest of the report: a TPU the catalog does not know (``get_chip`` refuses
+    its ``device_kind``, e.g. 'TPU v3') gives one "not measured: <reason>" row (met: None), and any other
+    exception from the harness is logged and gives one failed row (met: False) naming the error; the harness
+    has then written what it finished into ``out/kernel_<chip>``. An interrupt (KeyboardInterrupt) propagates.
+    """
     from perfmodel.tpu_compile import default_device
 
     device = default_device()
@@ -394,18 +400,34 @@ def measure_on_tpu(out: pathlib.Path, *, log=print) -> list[dict]:
         return []
     from validation import kernel_harness
 
-    chip = get_chip(device.device_kind).name
+    def row(chip: str, data: str, result: str, command: str, ok: bool | None) -> dict:
+        return dict(check=f"fused vs ragged_dot measured on {chip}",
+                    against=f"timed on {device.device_kind} (quick sweep)", data=data, result=result,
+                    target=MEASURED_KERNEL_TARGET, date=datetime.date.today().isoformat(), command=command, ok=ok)
+
+    try:
+        chip = get_chip(device.device_kind).name
+    except ValueError as err:
+        log(f"[report] TPU found ({device.device_kind}) but not measured: {err}")
+        return [row(device.device_kind, "-", f"not measured: {err}", "perfmodel validate kernel", None)]
     target = out / f"kernel_{chip}"
+    command = f"perfmodel validate kernel --sweep quick --out {target}"
     log(f"[report] TPU found ({device.device_kind}): timing fused vs ragged_dot (quick sweep) into {target}")
-    kernel_harness.run(sweep="quick", out=target, device=device, progress=log,
-                       command=f"perfmodel validate kernel --sweep quick --out {target}")
+    try:
+        kernel_harness.run(sweep="quick", out=target, device=device, progress=log, command=command)
+    except Exception as err:
+        log(f"[report] timing fused vs ragged_dot on {device.device_kind} failed "
+            f"({type(err).__name__}: {err}); the rest of the report is still written")
+        return [row(chip, str(target), f"failed: {type(err).__name__}: {err} (any points finished before it "
+                    f"are in {target})", command, False)]
     return measured_kernel_rows(out)
 
 
 def validation_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
     # TPU measurements go straight into the final folder: the harness resumes there, so an interrupted report
     # keeps every kernel it has timed (the rendered files are staged, see write_report)
-    rows = validation_rows() + ctx.get("validation_rows", []) + measure_on_tpu(ctx.get("final_out", out))
+    rows = (validation_rows() + ctx.get("validation_rows", [])
+            + measure_on_tpu(ctx.get("final_out", out), log=ctx.get("log", print)))
     md = ("Every check perfmodel makes against something real, read from the results files the "
           "validation commands committed (re-run the command to refresh a row).\n\n")
     md += markdown_table(["check", "against", "data", "result", "target", "met", "date", "command"],
@@ -511,7 +533,7 @@ def write_report(out: str | pathlib.Path = "perfmodel-report", chips: Sequence[s
     out.mkdir(parents=True, exist_ok=True)
     stage = pathlib.Path(tempfile.mkdtemp(prefix=".report.partial-", dir=out))  # inside out: writable, same disk
     try:
-        sections, ctx = [], {"final_out": out}
+        sections, ctx = [], {"final_out": out, "log": log}
         for fn in SECTIONS:
             t0 = time.perf_counter()
             sections.append(fn(stage, chips, ctx))

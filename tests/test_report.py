@@ -127,6 +127,58 @@ def test_a_measured_tpu_kernel_row_is_met_only_if_every_fused_output_was_correct
     assert row([["output_correct", 10.0]])["ok"] is True
 
 
+def _fake_tpu(monkeypatch, device_kind):
+    import types
+
+    from perfmodel import tpu_compile
+
+    monkeypatch.setattr(tpu_compile, "default_device",
+                        lambda: types.SimpleNamespace(platform="tpu", device_kind=device_kind))
+
+
+def test_on_a_tpu_the_catalog_does_not_know_the_report_says_not_measured_and_is_written(tmp_path, monkeypatch):
+    """'TPU v3' (get_chip refuses it) used to raise inside the last section, and write_report discarded the
+    whole report; now the validation table says why the kernel was not measured."""
+    from perfmodel import report as R
+
+    _fake_tpu(monkeypatch, "TPU v3")
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.validation_section))
+    md = R.write_report(tmp_path / "rep", log=lambda s: None).read_text()
+    assert "## Hardware catalog" in md
+    (row,) = [r for r in json.loads((tmp_path / "rep" / "report.json").read_text())["sections"]["validation"]
+              if r["check"] == "fused vs ragged_dot measured on TPU v3"]
+    assert row["ok"] is None and row["result"].startswith("not measured: unknown chip 'TPU v3'")
+    assert "| not measured: unknown chip 'TPU v3'" in md
+
+
+def test_a_failing_kernel_harness_gives_a_failed_row_and_the_rest_of_the_report(tmp_path, monkeypatch):
+    """Any exception from the harness is logged and becomes a failed row (met: no); an interrupt still stops."""
+    import jax
+
+    from perfmodel import report as R
+    from validation import kernel_harness
+
+    def crash(**kw):
+        raise jax.errors.JaxRuntimeError("INTERNAL: Mosaic failed to compile TPU kernel")
+
+    _fake_tpu(monkeypatch, "TPU v5 lite")
+    monkeypatch.setattr(kernel_harness, "run", crash)
+    monkeypatch.setattr(R, "SECTIONS", (R.hardware_section, R.validation_section))
+    logs = []
+    md = R.write_report(tmp_path / "rep", log=logs.append).read_text()
+    assert "## Hardware catalog" in md and any("failed (JaxRuntimeError: INTERNAL" in s for s in logs)
+    (row,) = [r for r in json.loads((tmp_path / "rep" / "report.json").read_text())["sections"]["validation"]
+              if r["check"] == "fused vs ragged_dot measured on v5e"]
+    assert row["ok"] is False and row["result"].startswith("failed: JaxRuntimeError: INTERNAL: Mosaic")
+
+    def interrupted(**kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kernel_harness, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        R.measure_on_tpu(tmp_path / "rep", log=lambda s: None)
+
+
 def test_cpu_validation_row_passes_only_if_every_committed_full_sweep_meets_the_target(tmp_path, monkeypatch):
     """One lucky run is not the model's score: the row quotes each full sweep and needs all of them >= 90%."""
     from perfmodel import report
