@@ -424,8 +424,9 @@ def measure_on_tpu(out: pathlib.Path, *, log=print) -> list[dict]:
 
 
 def validation_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Section:
-    # TPU measurements go straight into the final folder: the harness resumes there, so an interrupted report
-    # keeps every kernel it has timed (the rendered files are staged, see write_report)
+    # TPU measurements go straight into the final folder, not the staging one that write_report deletes when a
+    # run stops: an interrupted report keeps the points it timed there (the harness writes its outputs from the
+    # finished points on any exception). It does not resume: a new report times the whole sweep again.
     rows = (validation_rows() + ctx.get("validation_rows", [])
             + measure_on_tpu(ctx.get("final_out", out), log=ctx.get("log", print)))
     md = ("Every check perfmodel makes against something real, read from the results files the "

@@ -432,6 +432,14 @@ def test_any_exception_writes_the_outputs_of_the_finished_points_before_propagat
                         "the finished points")
 
 
+def test_a_second_run_into_the_same_folder_starts_over(tmp_path):
+    """No resume: results.jsonl is emptied and every point is timed again (what perfmodel report's comment says)."""
+    for _ in range(2):
+        kh.run(sweep="quick", out=tmp_path, repeats=2, min_time_s=0, device=FakeDevice(), points=TPU_POINTS,
+               time_fns=_fake_tpu_timer(1.0, 1.0), progress=lambda s: None)
+    assert [line["kind"] for line in _lines(tmp_path / "results.jsonl")] == ["info", "tpu", "tpu"]
+
+
 def test_tpu_sweeps_span_tokens_per_expert_and_shapes():
     for sweep in kh.SWEEPS:
         pts = kh.tpu_points(sweep)

@@ -259,7 +259,8 @@ def test_a_rerun_for_other_chips_removes_the_plots_only_the_earlier_report_wrote
 
 def test_on_a_tpu_the_report_times_the_kernel_into_the_report_folder_and_adds_its_row(tmp_path, monkeypatch):
     """Issue 8.2 end to end with a stand-in TPU: ``write_report`` runs the quick sweep into ``--out/kernel_<chip>``
-    (the final folder, where the harness resumes, not the staging one) and the validation table gains its row."""
+    (the final folder, which keeps the timed points if the report stops, not the staging one) and the validation
+    table gains its row."""
     import types
 
     from perfmodel import report as R
