@@ -65,3 +65,26 @@ def test_kernel_aot_run_refuses_a_pair_default_tiles_refuses():
         kernel_aot.run(chips=("v5e",), dtypes=("fp8",), boundary=False, log=lambda s: None)
     with pytest.raises(ValueError, match="needs a TPU"):
         kernel_aot.run(chips=("a100",), boundary=False, log=lambda s: None)
+
+
+_ONE_SHAPE = ["--tokens-per-expert", "32", "--D", "512", "--ratios", "2"]
+
+
+@pytest.mark.parametrize("chips", ["v5e,v5e", "v5e,v5litepod"])
+def test_kernel_table_lists_each_chip_once(chips, capsys):
+    """Chips are canonicalised like plot roofline's: v5e,v5e printed every v5e row twice."""
+    assert main(["kernel-table", "--chips", chips, *_ONE_SHAPE]) == 0
+    assert sum(line.startswith("| v5e |") for line in capsys.readouterr().out.splitlines()) == 1
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("--D", "512,512", "--D lists a width more than once, got D='512,512'"),
+    ("--tokens-per-expert", "32,32", "--tokens-per-expert lists a token count more than once"),
+    ("--ratios", "2,2", "--ratios lists a ratio more than once"),
+    ("--chips", "v5e,a100", "--chips: .*needs a TPU.*'a100'"),  # was a row of n/a per shape
+])
+def test_kernel_table_refuses_repeated_values_and_non_tpus(option, value, match, capsys):
+    argv = ["kernel-table", "--chips", "v5e", *_ONE_SHAPE, option, value]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert re.search(match, captured.err) and "| v5e |" not in captured.out

@@ -41,12 +41,13 @@ def register(cli) -> None:
 
 
 def _kernel_aot(args) -> int:
+    from perfmodel.hardware import canonical_chip_names
     from perfmodel.tpu_compile import libtpu_available
     from validation import kernel_aot
 
     # every chip a TPU and every dtype one each chip has: else default_tiles refuses the pair, which the
     # sweep records as "no_tiles" (the model's own verdict) and counts as agreement
-    chips = chip_list(args.chips, tpu_for="validate kernel-aot (the fused Pallas TPU kernel)")
+    chips = canonical_chip_names(chip_list(args.chips, tpu_for="validate kernel-aot (the fused Pallas TPU kernel)"))
     dtypes = dtype_list(args.dtypes, chips=chips)
     if not libtpu_available():
         raise ValueError("libtpu is not installed: pip install 'jax[tpu]' to compile for TPU targets")
@@ -58,9 +59,10 @@ def _kernel_aot(args) -> int:
     return 1 if failed else 0
 
 
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    """A comma list of positive integers (:func:`comma_list`); errors name ``option`` and the value."""
-    values = comma_list(text, int, option, "positive integers")
+def _ints(text: str, option: str, unique: str) -> tuple[int, ...]:
+    """A comma list of distinct positive integers (:func:`comma_list`; ``unique`` is the item's noun, a value
+    listed twice would repeat its rows); errors name ``option`` and the value."""
+    values = comma_list(text, int, option, "positive integers", unique=unique)
     if min(values) <= 0:
         raise ValueError(f"{option} must be comma-separated positive integers, got "
                          f"{option.lstrip('-').replace('-', '_')}={text!r}")
@@ -71,15 +73,16 @@ def _kernel_table(args) -> int:
     import pathlib
 
     from perfmodel.fusion import predict_fusion
-    from perfmodel.hardware import canonical_dtype
+    from perfmodel.hardware import canonical_chip_names, canonical_dtype
 
     glu = not args.no_glu
-    chips = chip_list(args.chips)
+    # TPUs, by catalog name, each once (v5e,v5e or trillium,v6e: one chip's rows), as plot roofline
+    chips = canonical_chip_names(chip_list(args.chips, tpu_for="kernel-table (the fused Pallas TPU kernel)"))
     canonical_dtype(args.dtype)
     if args.E <= 0:
         raise ValueError(f"--E must be a positive integer, got E={args.E}")
-    tpes, dims, ratios = (_ints(args.tokens_per_expert, "--tokens-per-expert"), _ints(args.D, "--D"),
-                          _ints(args.ratios, "--ratios"))
+    tpes, dims, ratios = (_ints(args.tokens_per_expert, "--tokens-per-expert", "token count"),
+                          _ints(args.D, "--D", "width"), _ints(args.ratios, "--ratios", "ratio"))
     header = ("| chip | tokens/expert | D | F | fused tiles (tm, tf) | fused us | ragged_dot us | speedup "
               "| ragged_dot tiling source |")
     lines = [f"Model prediction (tiling walker, FITTED constants), E={args.E}, k=1, uniform routing, "
