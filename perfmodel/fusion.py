@@ -33,6 +33,46 @@ from perfmodel.tiling.params import FITTED, TimingParams
 
 DISTRIBUTIONS = ("uniform", "random", "skewed")
 
+MAX_ROWS = 2**30
+"""Most rows ``R = tokens k`` a prediction takes. The fused kernel's group metadata is int32
+(:func:`kernels.fused_spec.make_group_metadata`) and holds row counts padded to whole tiles plus a
+tile (``ends + tm - 1``): 2**30 keeps them below int32's 2**31 - 1 for any row tile up to 2**30."""
+
+MAX_EXPERTS = 2**20
+"""Most experts ``E`` a prediction takes (a million, as PEER-style fine-grained MoE): the model builds
+per-expert arrays and walks a grid step per expert (``E = 3e9`` exhausted the memory)."""
+
+MAX_GRID_STEPS = 2**24
+"""Most grid steps of the walked candidate with the smallest tiles (``tm = tf = 128``):
+``(ceil(R / 128) + 1 + E) F / 128`` (one F chunk when 128 does not divide F). The walker keeps a few hundred bytes per step, so this is
+about 4 GB (2**23 steps, R = 2**24 and F = 8192, measured 2.2 GB and 25 s)."""
+
+
+def check_fusion_shape(*, tokens: int, D: int, F: int, E: int, k: int = 1) -> None:
+    """Refuse an MoE FFN shape no prediction can be made for, before any work: every dimension a positive
+    integer, ``k <= E``, rows ``R = tokens k <= MAX_ROWS``, ``E <= MAX_EXPERTS``, and the smallest
+    candidate tiles' grid within :data:`MAX_GRID_STEPS`.
+
+    The one home of these checks (:func:`predict_fusion`, and commands before their first row).
+    """
+    for name, v in (("tokens", tokens), ("D", D), ("F", F), ("E", E), ("k", k)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
+    check_dims({"k": k, "E": E})
+    if E > MAX_EXPERTS:
+        raise ValueError(f"E must be at most {MAX_EXPERTS} (MAX_EXPERTS: per-expert arrays and grid steps), "
+                         f"got E={E}")
+    rows = int(tokens) * int(k)
+    if rows > MAX_ROWS:
+        raise ValueError(f"rows = tokens * k must be at most {MAX_ROWS} (MAX_ROWS: the fused kernel's group "
+                         f"metadata is int32), got tokens={tokens}, k={k}: rows={rows}")
+    # candidate_tiles' smallest: tm = 128 (or one or two tiles below it), tf = 128 when it divides F, else F
+    steps = (-(-rows // 128) + 1 + int(E)) * (int(F) // 128 if F % 128 == 0 else 1)
+    if steps > MAX_GRID_STEPS:
+        raise ValueError(f"tokens={tokens}, k={k}, E={E}, F={F} need {steps} grid steps for the smallest tiles "
+                         f"((ceil(rows / 128) + 1 + E) * F / 128), more than the {MAX_GRID_STEPS} the model walks "
+                         "(MAX_GRID_STEPS, about 4 GB)")
+
 
 def group_sizes(rows: int, experts: int, distribution: str = "uniform", *, seed: int = 0,
                 zipf_s: float = 1.2) -> np.ndarray:
@@ -172,10 +212,7 @@ def predict_fusion(*, chip: str = "v5e", tokens: int, D: int, F: int, E: int, k:
     from perfmodel.tiling.walker import walk
 
     c = get_tpu_chip(chip, what="the fused kernel (Pallas TPU)")
-    for name, v in (("tokens", tokens), ("D", D), ("F", F), ("E", E), ("k", k)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
-    check_dims({"k": k, "E": E})
+    check_fusion_shape(tokens=tokens, D=D, F=F, E=E, k=k)
     dt = canonical_dtype(dtype)
     act = resolve_activation(activation, glu=glu)
     rows = tokens * k

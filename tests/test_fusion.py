@@ -244,3 +244,41 @@ def test_byte_shares_under_one_percent_are_not_printed_as_zero():
     assert _percent(0.0011) == "0.11%"
     assert _percent(0.46) == "46%"
     assert _percent(0.0) == "0%"
+
+
+@pytest.mark.parametrize("kw, needle", [
+    # each was an OverflowError traceback (int32 group metadata), an OOM kill or a walk of many GB
+    (dict(tokens=3_000_000_000), r"rows = tokens \* k must be at most 1073741824 .*tokens=3000000000"),
+    (dict(tokens=2**29, k=4, E=8), r"rows = tokens \* k must be at most 1073741824 .*rows=2147483648"),
+    (dict(E=3_000_000_000), r"E must be at most 1048576 .*E=3000000000"),
+    (dict(tokens=2**26, F=8192), r"need \d+ grid steps for the smallest tiles .* more than the 16777216"),
+])
+def test_shapes_beyond_the_kernel_metadata_or_the_walker_are_refused_up_front(kw, needle):
+    from perfmodel.fusion import check_fusion_shape
+
+    shape = dict(tokens=4096, D=2048, F=2048, E=8, k=1) | kw
+    with pytest.raises(ValueError, match=needle):
+        check_fusion_shape(**shape)
+    with pytest.raises(ValueError, match=needle):
+        predict_fusion(chip="v5e", **shape)
+
+
+def test_the_largest_walked_shape_is_accepted():
+    from perfmodel.fusion import MAX_GRID_STEPS, MAX_ROWS, check_fusion_shape
+
+    check_fusion_shape(tokens=MAX_ROWS // 2, D=128, F=64, E=8, k=2)  # F not a multiple of 128: one F chunk
+    check_fusion_shape(tokens=2**24, D=2048, F=8192, E=8)  # 2**23 steps: measured 2.2 GB, 25 s
+    assert (2**24 // 128 + 1 + 8) * (8192 // 128) <= MAX_GRID_STEPS
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["fusion", "--tokens", "3000000000", "--D", "2048", "--F", "8192", "--E", "8"], "rows = tokens * k"),
+    (["kernel-table", "--chips", "v5e", "--tokens-per-expert", "99999999999", "--D", "512", "--ratios", "2"],
+     "--tokens-per-expert 99999999999 --D 512 --ratios 2 --E 8: rows = tokens * k"),
+])
+def test_cli_names_a_shape_too_large_for_the_kernel(argv, needle, capsys):
+    from perfmodel.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert needle in captured.err and "Traceback" not in captured.err and captured.out == ""

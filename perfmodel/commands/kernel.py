@@ -72,7 +72,7 @@ def _ints(text: str, option: str, unique: str) -> tuple[int, ...]:
 def _kernel_table(args) -> int:
     import pathlib
 
-    from perfmodel.fusion import predict_fusion
+    from perfmodel.fusion import check_fusion_shape, predict_fusion
     from perfmodel.hardware import canonical_chip_names, canonical_dtype
 
     glu = not args.no_glu
@@ -83,6 +83,13 @@ def _kernel_table(args) -> int:
         raise ValueError(f"--E must be a positive integer, got E={args.E}")
     tpes, dims, ratios = (_ints(args.tokens_per_expert, "--tokens-per-expert", "token count"),
                           _ints(args.D, "--D", "width"), _ints(args.ratios, "--ratios", "ratio"))
+    for tpe in tpes:  # every shape before the first row: an impossible one is an error, not a row of n/a
+        for D in dims:
+            for r in ratios:
+                try:
+                    check_fusion_shape(tokens=tpe * args.E, D=D, F=r * D, E=args.E, k=1)
+                except ValueError as err:
+                    raise ValueError(f"--tokens-per-expert {tpe} --D {D} --ratios {r} --E {args.E}: {err}") from None
     header = ("| chip | tokens/expert | D | F | fused tiles (tm, tf) | fused us | ragged_dot us | speedup "
               "| ragged_dot tiling source |")
     lines = [f"Model prediction (tiling walker, FITTED constants), E={args.E}, k=1, uniform routing, "
