@@ -550,3 +550,47 @@ def test_single_chunk_model_matches_xla(glu):
     c = cpu_moe.xla_cost_check(cpu_moe.formulations(activation=act, tf=F)["chunked"], args, ops,
                                formulation="chunked")
     assert abs(c.model_bytes - c.xla_bytes) <= 512 and all(op.count == 1 for op in ops)
+
+
+def _async_device(host_s: float, device_s: float):
+    """A clock, functions and block of a device that queues calls: each call costs the host ``host_s`` and
+    the device ``device_s`` once both the call is dispatched and the previous one has run."""
+    now, device_free, blocks = [0.0], [0.0], [0]
+
+    def call():
+        now[0] += host_s
+        device_free[0] = max(device_free[0], now[0]) + device_s
+
+    def block(out):
+        blocks[0] += 1
+        now[0] = max(now[0], device_free[0])
+
+    return (lambda: now[0]), {"a": call}, block, blocks
+
+
+def test_back_to_back_calls_per_sample_hide_the_host_dispatch():
+    # one call per sample times dispatch + device (115 us for a 100 us program behind 15 us of dispatch)
+    timer, fns, block, blocks = _async_device(15e-6, 100e-6)
+    one = kh.time_round_robin(fns, repeats=4, warmup=0, timer=timer, block=block)["a"]
+    assert one == pytest.approx((115e-6,) * 4)
+    timer, fns, block, blocks = _async_device(15e-6, 100e-6)
+    eight = kh.time_round_robin(fns, repeats=4, warmup=0, timer=timer, block=block, calls_per_sample=8)["a"]
+    # each sample starts on an idle device: one dispatch in 8 is not hidden (101.9 us vs 115 us)
+    assert eight == pytest.approx(((15e-6 + 8 * 100e-6) / 8,) * 4)
+    assert blocks[0] == 4  # one sync per sample, not per call
+    with pytest.raises(ValueError, match="calls_per_sample must be a positive integer, got calls_per_sample=0"):
+        kh.time_round_robin(fns, repeats=1, calls_per_sample=0, timer=timer, block=block)
+
+
+def test_tpu_timing_uses_several_calls_per_sample(monkeypatch):
+    seen = {}
+
+    def fake_round_robin(fns, **kw):
+        seen.update(kw)
+        return {name: (1e-3,) for name in fns}
+
+    monkeypatch.setattr(kh, "time_round_robin", fake_round_robin)
+    point = kh.TpuPoint(tokens=64, D=128, F=256, E=4, k=2, glu=False)
+    pred, gs = kh.predict_tpu_point(point, "v5e")
+    kh._time_tpu(point, pred, gs, repeats=2, min_time_s=0.0, timer=lambda: 0.0)  # fused in interpret mode here
+    assert seen["calls_per_sample"] == kh.TPU_CALLS_PER_SAMPLE > 1

@@ -257,10 +257,20 @@ def check_min_time_s(value, option: str = "min_time_s") -> None:
         raise ValueError(f"{option} must be a finite number of seconds >= 0, got {option}={value!r}")
 
 
+TPU_CALLS_PER_SAMPLE = 8
+"""Back-to-back calls per timed sample on a TPU (see :func:`time_round_robin`). A jitted call and its
+sync cost the host about 16 us on this project's 2-core machine (the ``cpu`` chip's ``launch_overhead_s``,
+``perfmodel calibrate cpu``: a jitted op on 8 floats); one call per sample would add that to TPU programs
+of 70-300 us (the quick sweep's predictions) while the model charges 2 us per kernel launch. Queued calls
+overlap each dispatch with the device work of the call before, leaving one unhidden dispatch and one sync
+per 8 calls. A TPU VM's host cost is not measured here (no TPU)."""
+
+
 def time_round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
                      min_time_s: float = 0.0, max_rounds: int = MAX_ROUNDS,
                      timer: Callable[[], float] = time.perf_counter,
-                     block: Callable[[object], None] = _block) -> dict[str, tuple[float, ...]]:
+                     block: Callable[[object], None] = _block,
+                     calls_per_sample: int = 1) -> dict[str, tuple[float, ...]]:
     """Samples (seconds) of each zero-argument ``fns[name]`` over ``n`` rounds.
 
     ``warmup`` untimed calls each first (compilation). With ``min_time_s > 0``
@@ -272,9 +282,23 @@ def time_round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warm
     ``repeats``. Round ``i`` calls every function once, in the given order for
     even ``i`` and reversed for odd ``i``; each call is timed up to
     ``block(result)`` (``jax.block_until_ready``).
+
+    ``calls_per_sample = K > 1``: a sample is ``K`` calls dispatched back to back, timed up to
+    ``block`` of the last result (one device runs them in order), divided by ``K``: the per-call
+    time without K - 1 of the host's dispatch-and-sync round trips (:data:`TPU_CALLS_PER_SAMPLE`).
     """
     if not isinstance(repeats, int) or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got repeats={repeats!r}")
+    if not isinstance(calls_per_sample, int) or isinstance(calls_per_sample, bool) or calls_per_sample <= 0:
+        raise ValueError(f"calls_per_sample must be a positive integer, got calls_per_sample={calls_per_sample!r}")
+
+    def timed(fn) -> float:
+        t0 = timer()
+        for _ in range(calls_per_sample - 1):
+            fn()
+        block(fn())
+        return (timer() - t0) / calls_per_sample
+
     check_min_time_s(min_time_s)
     for fn in fns.values():
         for _ in range(warmup):
@@ -284,17 +308,13 @@ def time_round_robin(fns: dict[str, Callable[[], object]], *, repeats: int, warm
     if min_time_s > 0:
         probes = []
         for name in names:
-            t0 = timer()
-            block(fns[name]())
-            probes.append(timer() - t0)
+            probes.append(timed(fns[name]) * calls_per_sample)  # the seconds one sample takes
         fastest = max(min(probes), 1e-9)
         rounds = min(max(max_rounds, repeats), max(repeats, math.ceil(min_time_s / fastest)))
     samples: dict[str, list[float]] = {n: [] for n in names}
     for i in range(rounds):
         for name in (names if i % 2 == 0 else names[::-1]):
-            t0 = timer()
-            block(fns[name]())
-            samples[name].append(timer() - t0)
+            samples[name].append(timed(fns[name]))
     return {n: tuple(s) for n, s in samples.items()}
 
 
@@ -833,7 +853,7 @@ def _time_tpu(point: TpuPoint, pred, gs, *, repeats: int, min_time_s: float, tim
     ragged = jax.jit(lambda *a: moe_ffn(*a, activation=pred.activation, implementation="ragged_dot"))
     _, rel = _rel_diff(fused(*args), ragged(*args))
     s = time_round_robin({"fused": lambda: fused(*args), "ragged_dot": lambda: ragged(*args)},
-                         repeats=repeats, min_time_s=min_time_s, timer=timer)
+                         repeats=repeats, min_time_s=min_time_s, timer=timer, calls_per_sample=TPU_CALLS_PER_SAMPLE)
     return s["fused"], s["ragged_dot"], rel
 
 
@@ -859,6 +879,8 @@ class RunInfo:
     chunk_chosen_by: str = "measured micro-kernel rates"
     # more rounds than ``repeats`` until each path has this much timed (time_round_robin); 0 before 2026-12-02
     min_time_s: float = 0.0
+    # calls per timed sample (time_round_robin; TPU_CALLS_PER_SAMPLE on a TPU since 2026-12-04, 1 on CPU)
+    calls_per_sample: int = 1
 
 
 def _json_default(o):
@@ -937,7 +959,8 @@ def run(*, sweep: str = "quick", out: str | os.PathLike = "validation/results/ke
                    host=f"{platform.machine()} {_cpu_model()}", cpu_count=os.cpu_count() or 1,
                    load_average=tuple(round(x, 2) for x in os.getloadavg()), jax_version=jax.__version__,
                    command=command, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
-                   chunk_chosen_by="-" if on_tpu else "calibrated cpu chip roofline", min_time_s=float(min_time_s))
+                   chunk_chosen_by="-" if on_tpu else "calibrated cpu chip roofline", min_time_s=float(min_time_s),
+                   calls_per_sample=TPU_CALLS_PER_SAMPLE if on_tpu else 1)
     sink.write("info", info)
     state = dict(info=info)
     t_start = time.perf_counter()
@@ -1223,12 +1246,14 @@ def _us(x: float) -> str:
 
 def _rounds_text(results: Results) -> str:
     i = results.info
+    per = (f"; each sample {i.calls_per_sample} back-to-back calls timed to the last one's result, divided by "
+           f"{i.calls_per_sample}" if i.calls_per_sample > 1 else "")
     if not i.min_time_s:
-        return f"{i.repeats} round-robin rounds"
+        return f"{i.repeats} round-robin rounds{per}"
     n = [len(r.ragged_samples_s) for r in (*results.cpu, *results.tpu)]
     got = f" ({min(n)}-{max(n)} per point)" if n else ""
     return (f"round-robin rounds: at least {i.repeats}, more until each path has {i.min_time_s:g} s timed, "
-            f"at most {max(MAX_ROUNDS, i.repeats)}{got}")
+            f"at most {max(MAX_ROUNDS, i.repeats)}{got}{per}")
 
 
 def to_markdown(results: Results, *, plots=(), rendered: str = "") -> str:
