@@ -58,6 +58,9 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["predict", "attention", "B=1", "D=1024", "Dh=64", "H=16", "Hkv=0", "T=128"],
      "Hkv must be a positive integer, got Hkv=0"),
     (["tiling", "gmm", "--impl", "xla", "M=0", "K=128", "N=128", "G=2"], "M must be a positive integer, got M=0"),
+    # was handed to libtpu's compiler, which ran for over 10 minutes
+    (["tiling", "gmm", "--chip", "v5e", "--impl", "xla", "M=99999999999", "K=2048", "N=768", "G=1"],
+     "needs 563 TB of operands, more than v5e's 16 GB HBM"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "glu=true"], "unknown dimension 'glu'"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "M=8"], "M given twice (M=256 and M=8)"),
     (["tiling", "gmm", "--impl", "xla", "M=256", "K=128", "N=128", "G=2", "tm=128"], "uses the tiles XLA picks"),
