@@ -107,6 +107,12 @@ class GroupMetadata:
                 self.x_tile_ids, self.w_group_ids, self.idle_steps)
 
 
+def visit_stride(*, m: int, tm: int, num_groups: int) -> int:
+    """``S = ceil(m / tm) + G``: the most visits of one core's schedule, every token tile once plus one
+    revisit for each group that starts inside a tile (the per-core stride of the metadata arrays)."""
+    return -(-m // tm) + num_groups
+
+
 def make_group_metadata(*, group_sizes: jax.Array, m: int, tm: int, cores: int = 1) -> GroupMetadata:
     """Build the visit schedule for ``m`` rows in tiles of ``tm`` (pure jnp; numpy input works).
 
@@ -158,7 +164,7 @@ def _metadata_impl(xp, group_sizes, *, m: int, tm: int, cores: int) -> tuple:
 
     # Tiles each group touches: its rows rounded out to tile boundaries; 0 if empty.
     group_tiles = xp.where(sizes == 0, 0, (ends + tm - 1) // tm - starts // tm)
-    stride = tiles_m + num_groups
+    stride = visit_stride(m=m, tm=tm, num_groups=num_groups)
     group_ids = _repeat(xp, xp.arange(num_groups + 1, dtype=xp.int32), group_tiles, stride)
 
     # A tile is visited once by the group owning its first row, plus once by each
@@ -353,7 +359,7 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
     meta = make_group_metadata(group_sizes=group_sizes, m=T, tm=tm, cores=cores)
     prefetch = tuple(np.asarray(a) for a in meta.prefetch())
     num_steps = int(meta.num_steps)
-    stride = -(-T // tm) + G
+    stride = visit_stride(m=T, tm=tm, num_groups=G)
     w_in_map = functools.partial(w_in_index_map, stride=stride, tiles_f=tiles_f)
     w_down_map = functools.partial(w_down_index_map, stride=stride, tiles_f=tiles_f)
     operands = [Operand(name="x", shape=(T, D), dtype=dtype, block_shape=(tm, D),

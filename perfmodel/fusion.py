@@ -40,12 +40,14 @@ tile (``ends + tm - 1``): 2**30 keeps them below int32's 2**31 - 1 for any row t
 
 MAX_EXPERTS = 2**20
 """Most experts ``E`` a prediction takes (a million, as PEER-style fine-grained MoE): the model builds
-per-expert arrays and walks a grid step per expert (``E = 3e9`` exhausted the memory)."""
+per-expert arrays and walks a grid step per expert, so memory and time grow with E."""
 
 MAX_GRID_STEPS = 2**24
 """Most grid steps of the walked candidate with the smallest tiles (``tm = tf = 128``):
-``(ceil(R / 128) + 1 + E) F / 128`` (one F chunk when 128 does not divide F). The walker keeps a few hundred bytes per step, so this is
-about 4 GB (2**23 steps, R = 2**24 and F = 8192, measured 2.2 GB and 25 s)."""
+``(ceil(R / 128) + E) F / 128`` (:func:`kernels.fused_spec.visit_stride` times the F chunks; one F chunk
+when 128 does not divide F). Memory grows with the steps walked: ``/usr/bin/time -v perfmodel fusion
+--chip v5e --tokens 16777216 --D 2048 --F 8192 --E 8`` (2**23 steps) peaked at 2.2 GB resident in 25 s
+on the 2-core AMD EPYC (2026-12-04), so the limit is about 4 GB."""
 
 
 def check_fusion_shape(*, tokens: int, D: int, F: int, E: int, k: int = 1) -> None:
@@ -66,11 +68,13 @@ def check_fusion_shape(*, tokens: int, D: int, F: int, E: int, k: int = 1) -> No
     if rows > MAX_ROWS:
         raise ValueError(f"rows = tokens * k must be at most {MAX_ROWS} (MAX_ROWS: the fused kernel's group "
                          f"metadata is int32), got tokens={tokens}, k={k}: rows={rows}")
+    from kernels.fused_spec import visit_stride
+
     # candidate_tiles' smallest: tm = 128 (or one or two tiles below it), tf = 128 when it divides F, else F
-    steps = (-(-rows // 128) + 1 + int(E)) * (int(F) // 128 if F % 128 == 0 else 1)
+    steps = visit_stride(m=rows, tm=128, num_groups=int(E)) * (int(F) // 128 if F % 128 == 0 else 1)
     if steps > MAX_GRID_STEPS:
         raise ValueError(f"tokens={tokens}, k={k}, E={E}, F={F} need {steps} grid steps for the smallest tiles "
-                         f"((ceil(rows / 128) + 1 + E) * F / 128), more than the {MAX_GRID_STEPS} the model walks "
+                         f"((ceil(rows / 128) + E) * F / 128), more than the {MAX_GRID_STEPS} the model walks "
                          "(MAX_GRID_STEPS, about 4 GB)")
 
 

@@ -189,7 +189,7 @@ def _import_jax():
 @functools.cache
 def topology(chip: str):
     """libtpu's topology descriptor for ``chip`` (cached: building one takes ~0.4 s)."""
-    name = _tpu_name(chip)
+    name = aot_chip_name(chip)
     _import_jax()
     from jax.experimental import topologies
 
@@ -197,7 +197,8 @@ def topology(chip: str):
         return topologies.get_topology_desc(platform="tpu", topology_name=TOPOLOGIES[name])
 
 
-def _tpu_name(chip: str) -> str:
+def aot_chip_name(chip: str) -> str:
+    """The catalog name of ``chip`` if libtpu can compile for it (:data:`TPU_CHIPS`), else ``ValueError``."""
     name = get_chip(chip).name
     if name not in TOPOLOGIES:
         raise ValueError(f"chip must be a TPU generation {list(TOPOLOGIES)}, got chip={chip!r}")
@@ -215,7 +216,7 @@ def _sharding(chip: str):
 
 def device_kind(chip: str) -> str:
     """jax ``device_kind`` of the compile target (e.g. "TPU v5 lite")."""
-    return topology(_tpu_name(chip)).devices[0].device_kind
+    return topology(aot_chip_name(chip)).devices[0].device_kind
 
 
 def arg_spec(shape: Sequence[int], dtype: object, chip: str):
@@ -228,7 +229,7 @@ def arg_spec(shape: Sequence[int], dtype: object, chip: str):
     import jax.numpy as jnp
 
     dt = jnp.dtype(_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
-    return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), dt, sharding=_sharding(_tpu_name(chip)))
+    return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), dt, sharding=_sharding(aot_chip_name(chip)))
 
 
 @attrs.frozen(kw_only=True)
@@ -281,7 +282,7 @@ def compile_for_tpu(fn: Callable, args: Sequence, chip: str, *,
     Raises :class:`VmemExhausted` when the compiler runs out of VMEM, and
     ``ValueError`` for a chip that is not a TPU generation.
     """
-    name = _tpu_name(chip)
+    name = aot_chip_name(chip)
     jax = _import_jax()
     specs = []
     for a in args:

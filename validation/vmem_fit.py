@@ -152,16 +152,10 @@ def write_report(cases: list[VmemCase], out_dir) -> tuple[pathlib.Path, pathlib.
 
 
 def main(chips, *, out_dir="validation/results", quick: bool = False) -> int:
-    from perfmodel.hardware import get_chip
-    from perfmodel.tpu_compile import TPU_CHIPS
+    from perfmodel.tpu_compile import aot_chip_name
 
     sweep = QUICK if quick else SWEEP
-    resolved = []
-    for name in chips:  # all of them before the first compile, which takes seconds per chip
-        chip = get_chip(name).name
-        if chip not in TPU_CHIPS:
-            raise ValueError(f"chip must be one of {TPU_CHIPS} for AOT compilation, got chip={name!r}")
-        resolved.append(chip)
+    resolved = [aot_chip_name(name) for name in chips]  # all before the first compile, seconds per chip
     if not resolved:
         raise ValueError("no chips to check, got chips=[]")
     cases = []

@@ -67,10 +67,11 @@ def dtype_list(text: str, option: str = "--dtypes", *, chips=()) -> list[str]:
     if len(set(dtypes)) < len(dtypes):
         raise ValueError(f"{option} lists a dtype more than once, got {name}={text!r}")
     for chip in map(get_chip, chips):
-        missing = [d for d in dtypes if d not in chip.dtypes]
-        if missing:
-            raise ValueError(f"{option}: chip {chip.name!r} has no {', '.join(missing)} matmul datapath "
-                             f"(it has {list(chip.dtypes)}), got {name}={text!r}")
+        for d in dtypes:
+            try:
+                chip.peak_flops_per_s(d)  # the catalog's own refusal of a dtype the chip has no peak for
+            except ValueError as err:
+                raise ValueError(f"{option}: {err}, got {name}={text!r}") from None
     return dtypes
 
 

@@ -114,6 +114,7 @@ def _gmm(args) -> int:
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from perfmodel.hardware import dtype_bytes, format_si, get_tpu_chip
+    from perfmodel.ops import ragged_dot
     from perfmodel.tables import text_table
     from perfmodel.tiling import params as P
     from perfmodel.tiling.predict import megablox_time, tokamax_time, xla_ragged_dot_time
@@ -146,9 +147,9 @@ def _gmm(args) -> int:
         raise ValueError(f"M must be a positive multiple of G (equal groups), got M={M}, G={G}")
     gs = [M // G] * G
     chip = get_tpu_chip(args.chip, what="tiling gmm (the tiling walker)")
-    # the three operands (lhs M x K, rhs G x K x N, out M x N, in some order for every --kind) must fit the
-    # chip's HBM: a bigger shape cannot run, and --impl xla would ask libtpu to compile it, for minutes
-    need = (M * K + G * K * N + M * N) * dtype_bytes(args.dtype)
+    # the three operands (the ideal ragged_dot's bytes; the same tensors in another order for every --kind)
+    # must fit the chip's HBM: a bigger shape cannot run, and --impl xla would ask libtpu to compile it, for minutes
+    need = int(ragged_dot(M, K, N, G, q=dtype_bytes(args.dtype)).hbm_bytes)
     if need > chip.hbm_bytes:
         raise ValueError(f"M={M}, K={K}, N={N}, G={G} in {args.dtype} needs {format_si(need, 'B')} of operands, more "
                          f"than {chip.name}'s {format_si(chip.hbm_bytes, 'B')} HBM")
