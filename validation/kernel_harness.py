@@ -261,7 +261,8 @@ TPU_CALLS_PER_SAMPLE = 8
 """Back-to-back calls per timed sample on a TPU (see :func:`time_round_robin`). A jitted call and its
 sync cost the host about 16 us on this project's 2-core machine (the ``cpu`` chip's ``launch_overhead_s``,
 ``perfmodel calibrate cpu``: a jitted op on 8 floats); one call per sample would add that to TPU programs
-of 70-300 us (the quick sweep's predictions) while the model charges 2 us per kernel launch. Queued calls
+the quick sweep predicts at 36 us (v5p) to 8.7 ms (v5e) (:func:`predict_tpu_point` over
+``tpu_points("quick")``, both paths, five TPUs), while the model charges 2 us per kernel launch. Queued calls
 overlap each dispatch with the device work of the call before, leaving one unhidden dispatch and one sync
 per 8 calls. A TPU VM's host cost is not measured here (no TPU)."""
 

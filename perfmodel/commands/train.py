@@ -12,7 +12,7 @@ _RESULTS = pathlib.Path(__file__).resolve().parents[2] / "validation" / "results
 def register(cli) -> None:
     p = cli.subcommand("train", "sweep", "IsoFLOP sweep (resumable JSONL): dense vs MoE on the arithmetic task",
                        epilog="example: perfmodel train sweep --study quick --arch both")
-    p.add_argument("--study", default="quick", help="quick (CI, < 3 min) or full (about 4 h on 2 CPU cores: wall_time_s in the committed arith_full.jsonl sums to 3.99 h, 3.1 h of it the 3e12 budget)")
+    p.add_argument("--study", default="quick", help="quick (CI, < 3 min) or full (about 4 h on 2 CPU cores; README, Answer 2)")
     p.add_argument("--arch", default="both", help="dense, moe or both")
     p.add_argument("--experts", type=int, default=8, help="MoE experts E (default 8)")
     p.add_argument("--top-k", type=int, default=2, help="MoE experts per token k (default 2)")
