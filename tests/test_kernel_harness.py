@@ -403,7 +403,47 @@ def test_a_tpu_point_that_raises_a_runtime_error_is_recorded_and_the_sweep_goes_
     assert res.errors == (f"{points[1].label}: JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory in memory "
                           f"space vmem",)
     assert [line["kind"] for line in _lines(tmp_path / "results.jsonl")] == ["info", "tpu", "error", "tpu"]
-    assert f"- {res.errors[0]}" in (tmp_path / "report.md").read_text()
+    assert res.failed == res.errors  # a runtime error is a failure, not a skip
+    assert f"- **FAILED** {res.errors[0]}" in (tmp_path / "report.md").read_text()
+    assert kh.load_results(tmp_path / "results.json").failed == res.failed
+
+
+def test_a_tpu_point_that_fails_on_the_chip_fails_the_cli_and_a_skipped_one_does_not(tmp_path, monkeypatch, capsys):
+    """A point whose kernel raised on the TPU (a Mosaic compile error, RESOURCE_EXHAUSTED) is a failed validation:
+    it was listed as 'not timed' and `perfmodel validate kernel` exited 0. A ValueError (forced tiles the chip
+    cannot hold) stays a skip."""
+    import jax
+
+    from perfmodel import tpu_compile
+    from perfmodel.cli import main
+
+    monkeypatch.setattr(tpu_compile, "default_device", FakeDevice)
+    monkeypatch.setattr(kh, "tpu_points", lambda sweep: TPU_POINTS)
+
+    def timer(raise_at_second):
+        calls = []
+
+        def time_tpu(point, pred, gs, *, repeats, min_time_s, timer):
+            calls.append(point)
+            if len(calls) == 2:
+                raise raise_at_second
+            return (pred.fused_time_s,) * repeats, (pred.unfused_time_s,) * repeats, 1e-3
+        return time_tpu
+
+    argv = ["validate", "kernel", "--out", str(tmp_path), "--repeats", "2", "--min-time", "0"]
+    monkeypatch.setattr(kh, "_time_tpu", timer(jax.errors.JaxRuntimeError("INTERNAL: Mosaic failed to compile")))
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert f"1 point(s) FAILED on v5e (the run raised): {TPU_POINTS[1].label}: JaxRuntimeError: INTERNAL" in out
+    assert "skipped" not in out
+    monkeypatch.setattr(kh, "_time_tpu", timer(ValueError("tiles tm=4096 tf=2048 do not fit VMEM")))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"1 point(s) skipped (the chip cannot hold the shape): {TPU_POINTS[1].label}: tiles" in out
+    assert "FAILED" not in out
+    res = kh.load_results(tmp_path / "results.json")
+    assert len(res.errors) == 1 and res.failed == ()
+    assert f"- skipped {res.errors[0]}" in (tmp_path / "report.md").read_text()
 
 
 def test_any_exception_writes_the_outputs_of_the_finished_points_before_propagating(tmp_path, monkeypatch):

@@ -127,6 +127,30 @@ def test_a_measured_tpu_kernel_row_is_met_only_if_every_fused_output_was_correct
     assert row([["output_correct", 10.0]])["ok"] is True
 
 
+def test_a_measured_tpu_kernel_row_is_not_met_when_a_point_failed_on_the_chip(tmp_path):
+    """A point that raised on the TPU (results.json ``failed``) used to leave the row met on the other points, and a
+    run whose every point failed (summary points 0) had no row at all: the report said nothing was measured."""
+    from perfmodel.report import measured_kernel_rows
+
+    run = tmp_path / "validation" / "results" / "kernel_v5e"
+    run.mkdir(parents=True)
+    fail = "T=256 D=512: JaxRuntimeError: INTERNAL: Mosaic failed to compile TPU kernel"
+
+    def row(points, failed):
+        (run / "results.json").write_text(json.dumps({
+            "info": {"chip": "v5e", "device_kind": "TPU v5 lite", "sweep": "quick"}, "failed": failed,
+            "summary_tpu": {"points": points, "winner_correct": points, "extra": [["output_correct", points]],
+                            "median_abs_rel_err": [["fused", 0.1], ["ragged_dot", 0.1], ["speedup", 0.1]]}}))
+        return measured_kernel_rows(tmp_path / "validation" / "results")
+
+    (r,) = row(10, [fail])
+    assert r["ok"] is False and "10/10" in r["result"] and f"1 point(s) FAILED (the run raised): {fail}" in r["result"]
+    (r,) = row(0, [fail, fail])
+    assert r["ok"] is False and r["result"] == f"2 point(s) FAILED (the run raised): {fail}; {fail}"
+    assert row(10, [])[0]["ok"] is True
+    assert row(0, []) == []
+
+
 def _fake_tpu(monkeypatch, device_kind):
     import types
 

@@ -36,7 +36,9 @@ wrong fails the run (``perfmodel validate kernel`` exits 1).
 Results are appended to ``results.jsonl`` point by point (an interrupt loses at
 most the point in progress); a point that raises (a forced tile that does not
 fit, a compile refusal, an out-of-memory) is recorded in ``Results.errors`` and
-the sweep goes on; ``results.json``, ``report.md`` and the plots are
+the sweep goes on; a point that raised anything but a ``ValueError`` (the kernel
+or ragged_dot failed on the chip, not a shape the chip cannot hold) is also in
+``Results.failed`` and fails the run (``perfmodel validate kernel`` exits 1); ``results.json``, ``report.md`` and the plots are
 (re)written at the end, also after an interrupt or any other exception (from
 the finished points, marked partial, before the exception propagates).
 """
@@ -918,7 +920,8 @@ class Results:
     chip_rates: object = None
     cpu: tuple[CpuRecord, ...] = ()
     tpu: tuple[TpuRecord, ...] = ()
-    errors: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()  # every point not timed: skipped (a ValueError, e.g. tiles too big) or failed
+    failed: tuple[str, ...] = ()  # the subset that raised anything else: the kernel failed on the chip
     complete: bool = True
 
 
@@ -1037,19 +1040,23 @@ def _run_cpu(state, sink, points, chip, repeats, min_time_s, progress, recalibra
 
 
 def _run_tpu(state, sink, points, chip, repeats, min_time_s, progress, time_fns, t0) -> None:
-    recs, errors = [], []
+    recs, errors, failed = [], [], []
     for i, p in enumerate(points):
         try:
             rec = run_tpu_point(p, chip=chip, repeats=repeats, min_time_s=min_time_s, time_fns=time_fns)
         except Exception as err:
             # ValueError: e.g. forced tiles that do not fit VMEM; anything else (jax's JaxRuntimeError, a
             # RuntimeError, for a Mosaic compile refusal or RESOURCE_EXHAUSTED) also costs only this point
-            what = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            skipped = isinstance(err, ValueError)
+            what = str(err) if skipped else f"{type(err).__name__}: {err}"
             errors.append(f"{p.label}: {what}")
             state["errors"] = tuple(errors)
-            sink.write("error", {"point": p, "error": what})
+            if not skipped:
+                failed.append(errors[-1])
+                state["failed"] = tuple(failed)
+            sink.write("error", {"point": p, "error": what, "failed": not skipped})
             progress(f"{_elapsed(t0)} [{i + 1}/{len(points)}] {p.label}: "
-                     f"{'skipped' if isinstance(err, ValueError) else 'failed'} ({what})")
+                     f"{'skipped' if skipped else 'FAILED'} ({what})")
             continue
         recs.append(rec)
         sink.write("tpu", rec)
@@ -1125,6 +1132,7 @@ def load_results(path: str | os.PathLike) -> Results:
                    rates=rates(d.get("rates")), rates_history=tuple(rates(r) for r in d.get("rates_history", [])),
                    chip_rates=rates(d.get("chip_rates")), cpu=tuple(cpu(r) for r in d["cpu"]),
                    tpu=tuple(tpu(r) for r in d["tpu"]), errors=tuple(d.get("errors", ())),
+                   failed=tuple(d.get("failed", ())),
                    complete=bool(d.get("complete", True)))
 
 
@@ -1500,7 +1508,8 @@ def _tpu_markdown(results: Results, markdown_table) -> list[str]:
                   _measured_decided_line(s),
                   _tpu_output_line(results.tpu), ""]
     if results.errors:
-        lines += ["Points not timed (skipped or failed):", ""] + [f"- {e}" for e in results.errors] + [""]
+        lines += ["Points not timed (skipped: the chip cannot hold the shape; **FAILED**: the run raised):", ""]
+        lines += [f"- {'**FAILED** ' if e in results.failed else 'skipped '}{e}" for e in results.errors] + [""]
     return lines
 
 

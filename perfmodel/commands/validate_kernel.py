@@ -94,7 +94,11 @@ def _validate_kernel(args) -> int:
         print(f"fused kernel output vs ragged_dot FAILED at {len(bad_tpu)} TPU point(s) (tolerance "
               f"{bad_tpu[0].tolerance:g}): " + ", ".join(f"{r.point.label} (max rel diff {r.max_rel_diff:.1e})"
                                                         for r in bad_tpu))
-    if results.errors:
-        print(f"{len(results.errors)} point(s) not timed (skipped or failed): " + "; ".join(results.errors))
+    skipped = [e for e in results.errors if e not in results.failed]
+    if skipped:
+        print(f"{len(skipped)} point(s) skipped (the chip cannot hold the shape): " + "; ".join(skipped))
+    if results.failed:
+        print(f"{len(results.failed)} point(s) FAILED on {results.info.chip} (the run raised): "
+              + "; ".join(results.failed))
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".md", ".json")))
-    return 1 if bad or bad_tpu else 0
+    return 1 if bad or bad_tpu or results.failed else 0
