@@ -50,12 +50,15 @@ when 128 does not divide F). Memory grows with the steps walked: ``/usr/bin/time
 on the 2-core AMD EPYC (2026-12-04), so the limit is about 4 GB."""
 
 
-def check_fusion_shape(*, tokens: int, D: int, F: int, E: int, k: int = 1) -> None:
+def check_fusion_shape(*, tokens: int, D: int, F: int, E: int, k: int = 1, walk: bool = True) -> None:
     """Refuse an MoE FFN shape no prediction can be made for, before any work: every dimension a positive
     integer, ``k <= E``, rows ``R = tokens k <= MAX_ROWS``, ``E <= MAX_EXPERTS``, and the smallest
     candidate tiles' grid within :data:`MAX_GRID_STEPS`.
 
-    The one home of these checks (:func:`predict_fusion`, and commands before their first row).
+    ``walk=False`` skips only the grid-step check, for callers that evaluate closed forms and walk no grid
+    (:func:`perfmodel.fusion_map.speedup_map`); the other checks stay.
+
+    The one home of these checks (:func:`predict_fusion`, the fusion map, and commands before their first row).
     """
     for name, v in (("tokens", tokens), ("D", D), ("F", F), ("E", E), ("k", k)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
@@ -68,6 +71,8 @@ def check_fusion_shape(*, tokens: int, D: int, F: int, E: int, k: int = 1) -> No
     if rows > MAX_ROWS:
         raise ValueError(f"rows = tokens * k must be at most {MAX_ROWS} (MAX_ROWS: the fused kernel's group "
                          f"metadata is int32), got tokens={tokens}, k={k}: rows={rows}")
+    if not walk:
+        return
     from kernels.fused_spec import visit_stride
 
     # candidate_tiles' smallest: tm = 128 (or one or two tiles below it), tf = 128 when it divides F, else F

@@ -75,6 +75,23 @@ def _xla_vpu(k, n, tm, tk, tn, dtype) -> float:
     return spec.step_vpu_flops + spec.epilogue_vpu_ops / -(-k // tk)
 
 
+def _positive_axis(name: str, values) -> np.ndarray:
+    """``values`` as a float array: a non-empty 1-D sequence of finite positive numbers, else a ValueError
+    naming ``name`` and the first bad value."""
+    try:
+        a = np.asarray(values, float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of finite positive numbers, got {name}={values!r}") from None
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of finite positive numbers, "
+                         f"got {name}={values!r}")
+    bad = np.flatnonzero(~(np.isfinite(a) & (a > 0)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name} must be finite and positive, got {name}[{i}]={float(a[i])}")
+    return a
+
+
 def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = True, activation: str | None = None,
                 dtype: str = "bf16", tokens_per_expert=None, f_over_d=None, n: int = 200,
                 params: TimingParams = FITTED) -> SpeedupMap:
@@ -82,9 +99,13 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
 
     Tokens per expert are rounded to multiples of 8 and F = (F/D) D to multiples of 256 (at least 256),
     duplicates dropped, so a small D gives fewer than ``n`` F/D rows (D = 2048: 57; D = 8192: 200).
+    Given axes must be finite and positive. The largest cell (most tokens per expert times E rows) must be a
+    shape a prediction takes (:func:`perfmodel.fusion.check_fusion_shape`: ``E <= MAX_EXPERTS``, rows
+    ``<= MAX_ROWS``), refused before any work; not its grid-step limit, as the closed forms walk no grid.
     """
     from kernels.activations import resolve_activation
     from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES, FusedTiles, no_tiles_fit_reason
+    from perfmodel.fusion import check_fusion_shape
     from perfmodel.fusion_closed_form import evaluate_times
 
     c = get_tpu_chip(chip, what="the fusion map (fused Pallas kernel vs ragged_dot)")
@@ -96,11 +117,20 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
             raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
     if tokens_per_expert is None:
         tokens_per_expert = np.geomspace(8, 16384, n)
-    g = np.maximum(8, np.round(np.asarray(tokens_per_expert, float) / 8) * 8).astype(np.int64)
+    g = np.maximum(8, np.round(_positive_axis("tokens_per_expert", tokens_per_expert) / 8) * 8)
     if f_over_d is None:
         f_over_d = np.linspace(1, 8, n)
     # Real models use F in multiples of 256; finer steps only add tile-divisibility noise.
-    F = np.unique(np.maximum(256, np.round(np.asarray(f_over_d, float) * D / 256) * 256).astype(np.int64))
+    F = np.maximum(256, np.round(_positive_axis("f_over_d", f_over_d) * D / 256) * 256)
+    # In Python ints, before the int64 casts below (E = 1e17 overflowed rows = g E to a negative m).
+    most = int(g.max())
+    try:
+        check_fusion_shape(tokens=most * E, D=D, F=int(F.max()), E=E, walk=False)
+    except ValueError as err:
+        raise ValueError(f"the map's largest cell, tokens_per_expert={most} times E={E} = {most * E} tokens "
+                         f"(k=1): {err}") from None
+    g = g.astype(np.int64)
+    F = np.unique(F.astype(np.int64))
     rows = g * E
     G2, F2 = np.meshgrid(g, F)  # [ny, nx]
     R2 = G2 * E

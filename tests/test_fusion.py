@@ -199,6 +199,56 @@ def test_speedup_map_small_grid_and_crossover_fields():
     assert len(m.last_loss_tokens_per_expert) == len(m.F)
 
 
+@pytest.mark.parametrize("kw, needle", [
+    # was "m must be a positive integer, got m=-8046744073709551616" (int64 overflow of rows = 16384 E)
+    (dict(E=10**17), r"E must be at most 1048576 .*got E=100000000000000000"),
+    # was a map of 1.6e13-row cells, whose group metadata the int32 kernel cannot hold
+    (dict(E=10**9), r"E must be at most 1048576 .*got E=1000000000"),
+    (dict(E=2**20), r"tokens_per_expert=16384 times E=1048576 .*must be at most 1073741824 .*rows=17179869184"),
+    (dict(tokens_per_expert=(8, 2**27 + 8)),
+     r"tokens_per_expert=134217736 times E=8 .*must be at most 1073741824 .*rows=1073741888"),
+])
+def test_speedup_map_refuses_a_largest_cell_a_prediction_refuses(kw, needle):
+    from perfmodel.fusion_map import speedup_map
+
+    with pytest.raises(ValueError, match=needle):
+        speedup_map("v5e", **(dict(D=1024, E=8, n=2) | kw))
+
+
+@pytest.mark.parametrize("kw, needle", [
+    # 0 and -64 were silently drawn as 8 tokens per expert; nan and inf were "m must be a positive integer, got m=0"
+    (dict(tokens_per_expert=(0, 64)), r"tokens_per_expert must be finite and positive, got tokens_per_expert\[0\]=0.0"),
+    (dict(tokens_per_expert=(64, -64)), r"got tokens_per_expert\[1\]=-64.0"),
+    (dict(tokens_per_expert=(float("nan"), 64)), r"got tokens_per_expert\[0\]=nan"),
+    (dict(tokens_per_expert=(64, float("inf"))), r"got tokens_per_expert\[1\]=inf"),
+    # 0 and -1 were silently F = 256; nan and inf were "n must be a positive integer, got n=-9223372036854775808"
+    (dict(f_over_d=(0, 2)), r"f_over_d must be finite and positive, got f_over_d\[0\]=0.0"),
+    (dict(f_over_d=(2, -1)), r"got f_over_d\[1\]=-1.0"),
+    (dict(f_over_d=(float("nan"), 2)), r"got f_over_d\[0\]=nan"),
+    (dict(f_over_d=(2, float("inf"))), r"got f_over_d\[1\]=inf"),
+])
+def test_speedup_map_refuses_non_positive_or_non_finite_axes_by_name(kw, needle):
+    from perfmodel.fusion_map import speedup_map
+
+    with pytest.raises(ValueError, match=needle):
+        speedup_map("v5e", **(dict(D=1024, E=8, n=2) | kw))
+
+
+def test_speedup_map_takes_the_most_experts_and_rows_without_the_grid_step_limit():
+    """E = MAX_EXPERTS at MAX_ROWS rows is a legal map cell; a walked prediction of it is refused for its
+    grid steps, which the map's closed forms do not walk."""
+    from perfmodel.fusion import MAX_EXPERTS, MAX_ROWS, check_fusion_shape
+    from perfmodel.fusion_map import speedup_map
+
+    tpe = MAX_ROWS // MAX_EXPERTS
+    m = speedup_map("v5e", D=1024, E=MAX_EXPERTS, tokens_per_expert=(8, tpe), f_over_d=(1, 2))
+    assert m.speedup.shape == (2, 2) and np.isfinite(m.speedup).all() and (m.speedup > 0).all()
+    shape = dict(tokens=tpe * MAX_EXPERTS, D=1024, F=2048, E=MAX_EXPERTS)
+    check_fusion_shape(**shape, walk=False)
+    with pytest.raises(ValueError, match="grid steps"):
+        check_fusion_shape(**shape)
+
+
 @pytest.mark.parametrize("chip, D, glu", [("v4", 6144, False), ("tpu7x", 24576, True)])
 def test_map_and_kernel_agree_on_why_a_wide_d_cannot_fuse(chip, D, glu):
     """No tile fits: the map refuses with the same smallest footprint as the kernel's tile search, counted
