@@ -102,6 +102,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     Given axes must be finite and positive. The largest cell (most tokens per expert times E rows) must be a
     shape a prediction takes (:func:`perfmodel.fusion.check_fusion_shape`: ``E <= MAX_EXPERTS``, rows
     ``<= MAX_ROWS``), refused before any work; not its grid-step limit, as the closed forms walk no grid.
+    The widest F must let one expert's ``D x F`` weight fit the chip's HBM.
     """
     from kernels.activations import resolve_activation
     from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES, FusedTiles, no_tiles_fit_reason
@@ -129,6 +130,10 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     except ValueError as err:
         raise ValueError(f"the map's largest cell, tokens_per_expert={most} times E={E} = {most * E} tokens "
                          f"(k=1): {err}") from None
+    widest = int(F.max())
+    if D * widest * q > c.hbm_bytes:  # also keeps F within int64 (f_over_d = 1e300 wrapped around)
+        raise ValueError(f"f_over_d={float(widest) / D:g} gives F={widest}: one expert's D x F weight, "
+                         f"{D * widest * q:.3g} B, exceeds {c.name}'s HBM ({c.hbm_bytes:.3g} B)")
     g = g.astype(np.int64)
     F = np.unique(F.astype(np.int64))
     rows = g * E

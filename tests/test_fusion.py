@@ -234,6 +234,16 @@ def test_speedup_map_refuses_non_positive_or_non_finite_axes_by_name(kw, needle)
         speedup_map("v5e", **(dict(D=1024, E=8, n=2) | kw))
 
 
+def test_speedup_map_refuses_an_f_whose_expert_weight_exceeds_hbm():
+    """f_over_d = 1e300 is finite and positive, but F = 1e300 D wrapped around int64 into a negative F."""
+    from perfmodel.fusion_map import speedup_map
+
+    for fd in (1e300, 1e7):
+        with pytest.raises(ValueError, match=r"f_over_d=1e\+?0?(300|7) gives F=\d+: one expert's D x F weight, "
+                                             r".* exceeds v5e's HBM"):
+            speedup_map("v5e", D=1024, E=8, tokens_per_expert=(8, 64), f_over_d=(1, fd))
+
+
 def test_speedup_map_takes_the_most_experts_and_rows_without_the_grid_step_limit():
     """E = MAX_EXPERTS at MAX_ROWS rows is a legal map cell; a walked prediction of it is refused for its
     grid steps, which the map's closed forms do not walk."""
