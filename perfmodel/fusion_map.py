@@ -3,8 +3,8 @@
 Each map cell is one uniform-group MoE FFN call evaluated with the closed
 forms of :mod:`perfmodel.fusion_closed_form` (vectorised numpy), with the
 fused kernel's tiles chosen per cell as the fastest candidate that fits VMEM
-(the candidates of :func:`kernels.fused_moe.candidate_tiles`, without its megacore
-half-of-T tile for calls of at most 128 rows: such cells keep one core on v4 and v5p) and XLA's
+(the candidates of :func:`kernels.fused_spec.candidate_tiles` for the cell's rows, with its
+megacore half-of-T tile for calls of at most 128 rows on v4 and v5p) and XLA's
 ragged_dot tiles from :mod:`perfmodel.xla_tiling` (shipped table or rule).
 The crossover is where the speedup crosses 1 along the tokens axis,
 interpolated in log space.
@@ -105,7 +105,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     The widest F must let one expert's ``D x F`` weight fit the chip's HBM.
     """
     from kernels.activations import resolve_activation
-    from kernels.fused_spec import TF_CANDIDATES, TM_CANDIDATES, FusedTiles, no_tiles_fit_reason
+    from kernels.fused_spec import TF_CANDIDATES, FusedTiles, candidate_tiles, megacore_cores, no_tiles_fit_reason
     from perfmodel.fusion import check_fusion_shape
     from perfmodel.fusion_closed_form import evaluate_times
 
@@ -141,36 +141,42 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     R2 = G2 * E
     up = np.array([[_xla(c.name, int(r), D, int(f), E, dt) for r in rows] for f in F])  # [ny, nx, 4]
     dn = np.array([[_xla(c.name, int(r), int(f), D, E, dt) for r in rows] for f in F])
-    cands = np.array(TM_CANDIDATES)
-    first_cover = np.where(R2[..., None] <= cands, cands, np.iinfo(np.int64).max).min(-1)
-    first_cover = np.where(first_cover == np.iinfo(np.int64).max, cands.max(), first_cover)
+    # The row tiles candidate_tiles offers each column's rows (its tf rule is F % tf == 0: F is a multiple
+    # of 256): TM_CANDIDATES below the rows, the smallest covering them (rows rounded up to 8 if smaller),
+    # and on megacore chips half the rows for calls of at most 128 rows, which split over both cores.
+    tms_by_col = [{t.tm for t in candidate_tiles(T=int(r), F=256,
+                                                split_cores=megacore_cores(c, T=int(r), tm=8) == 2)}
+                  for r in rows]
     best_t = np.full(R2.shape, np.inf)
     best_unf = np.full(R2.shape, np.nan)
     best_tm = np.zeros(R2.shape, np.int64)
     best_tf = np.zeros(R2.shape, np.int64)
-    for tm in TM_CANDIDATES:
+    for tm in sorted(set().union(*tms_by_col)):
+        cols = np.array([j for j, tms in enumerate(tms_by_col) if tm in tms])
         for tf in TF_CANDIDATES:
             vmem, vpu, vpu_mask = _fused_facts(c.name, D, tm, tf, dt, glu, act)
             if vmem > c.vmem_bytes_per_core:
                 continue
-            # As candidate_tiles: tf divides F; tm up to the first candidate covering the rows.
-            ok = (F2 % tf == 0) & ((tm < R2) | (tm == first_cover))
+            ok = F2[:, cols] % tf == 0
             if not ok.any():
                 continue
-            times = evaluate_times(c, rows=R2, D=D, F=F2, E=E, tm=tm, tf=tf, xla_up=(up[..., 0], up[..., 1], up[..., 2]),
-                                   xla_down=(dn[..., 0], dn[..., 1], dn[..., 2]),
-                                   vpu_per_step=(vpu, vpu_mask, up[..., 3], dn[..., 3]), q=q, glu=glu, activation=act,
+            u, d = up[:, cols], dn[:, cols]
+            times = evaluate_times(c, rows=R2[:, cols], D=D, F=F2[:, cols], E=E, tm=tm, tf=tf,
+                                   xla_up=(u[..., 0], u[..., 1], u[..., 2]), xla_down=(d[..., 0], d[..., 1], d[..., 2]),
+                                   vpu_per_step=(vpu, vpu_mask, u[..., 3], d[..., 3]), q=q, glu=glu, activation=act,
                                    dtype=dt, params=params)
-            better = ok & (times.fused_time_s < best_t)
-            best_t = np.where(better, times.fused_time_s, best_t)
-            best_unf = np.where(np.isnan(best_unf), times.unfused_time_s, best_unf)
-            best_tm = np.where(better, tm, best_tm)
-            best_tf = np.where(better, tf, best_tf)
+            better = ok & (times.fused_time_s < best_t[:, cols])
+            best_t[:, cols] = np.where(better, times.fused_time_s, best_t[:, cols])
+            # the ragged_dot path does not depend on the fused tiles: any evaluation of a column gives it
+            best_unf[:, cols] = np.where(np.isnan(best_unf[:, cols]), times.unfused_time_s, best_unf[:, cols])
+            best_tm[:, cols] = np.where(better, tm, best_tm[:, cols])
+            best_tf[:, cols] = np.where(better, tf, best_tf[:, cols])
     if not np.isfinite(best_t).all():
-        # A tile's footprint does not depend on F or the rows, and tm=128, tf=128 is allowed at every cell
-        # (F is a multiple of 256), so a cell without tiles means the smallest candidate overflows VMEM.
+        # A tile's footprint does not depend on F or the rows, and tf=128 is allowed at every cell (F is a
+        # multiple of 256), so a cell without tiles means its smallest candidate overflows VMEM.
+        failing = np.flatnonzero(~np.isfinite(best_t).all(axis=0))
         need, tm, tf = min((_fused_facts(c.name, D, tm, tf, dt, glu, act)[0], tm, tf)
-                           for tm in TM_CANDIDATES for tf in TF_CANDIDATES)
+                           for tm in set().union(*(tms_by_col[j] for j in failing)) for tf in TF_CANDIDATES)
         raise ValueError(f"no fused tiles fit {c.name}'s VMEM (D={D}{', GLU' if glu else ''}, dtype={dt}): "
                          f"{no_tiles_fit_reason(c, need, FusedTiles(tm=tm, tf=tf))}")
     speedup = best_unf / best_t

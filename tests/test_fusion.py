@@ -149,6 +149,23 @@ def test_speedup_map_fused_time_tracks_the_walker_on_megacore_chips_and_other_dt
             assert m.fused_time_s[i, j] == pytest.approx(p.fused.time_s, rel=0.12)
 
 
+@pytest.mark.parametrize("chip", ["v4", "v5p", "v5e"])
+def test_speedup_map_offers_the_small_call_tiles_the_kernel_chooses(chip):
+    """At most 128 rows the kernel's candidates are the rows rounded up to 8 and, on megacore chips, half of
+    them (two token tiles, one per TensorCore). The map offered only tm >= 128, so at 8-16 tokens per expert on
+    v4 and v5p it ran one core and showed fusion losing (0.67x on v5p) where the walker has it winning (1.43x)."""
+    from perfmodel.fusion_map import speedup_map
+
+    m = speedup_map(chip, D=2048, E=8, glu=True, tokens_per_expert=(8, 16, 64), f_over_d=(2, 4))
+    for i, F in enumerate(m.F):
+        for j, g in enumerate(m.tokens_per_expert):
+            p = predict_fusion(chip=chip, tokens=int(g) * 8, D=2048, F=int(F), E=8, glu=True)
+            if g * 8 <= 128:
+                assert (int(m.tm[i, j]), int(m.tf[i, j])) == p.fused_tiles
+            assert m.fused_time_s[i, j] == pytest.approx(p.fused.time_s, rel=0.1)
+            assert (m.speedup[i, j] > 1) == (p.speedup > 1)
+
+
 def test_xla_dense_lowering_is_split_into_compute_memory_and_launch():
     """9 rows (not a multiple of 8): XLA runs every expert's matmul over all rows. That op was shown as all MXU
     time (compute-bound, run/useful 1.00) although its 270 MB of traffic takes 27x its MXU time."""
