@@ -15,10 +15,14 @@ import contextlib
 import importlib
 import os
 import pkgutil
+import re
 import signal
 import sys
 import threading
 import time
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
 
 
 class Registry:
@@ -44,6 +48,9 @@ class Registry:
     def _own(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         # main() reports errors through the parser of the command that ran: its usage line and its prog
         p.set_defaults(_parser=p)
+        # A value such as --compute -1e20 is a number, not an option: argparse's own pattern knows only -1 and
+        # -.5, so `--compute -1e20` failed with "expected one argument" instead of naming the bad value.
+        p._negative_number_matcher = NEGATIVE_NUMBER
         return p
 
     def subcommand(self, group: str, name: str, help: str, **kwargs) -> argparse.ArgumentParser:

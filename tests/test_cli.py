@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -244,6 +245,29 @@ def test_an_out_folder_that_is_a_file_is_refused_before_any_work(capsys, tmp_pat
     err = capsys.readouterr().err
     assert done.value.code == 2 and f"argument --out: '{tmp_path / 'f'}' is an existing file, not a folder" in err
     assert (tmp_path / "f").read_text() == "x"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_out_folder_that_the_parent_refuses_names_out(capsys):
+    """/proc passes os.access(W_OK) for root but creates nothing: the error was a bare '[Errno 2] No such file or
+    directory: '/proc/nope'' after the work, without naming --out."""
+    with pytest.raises(SystemExit) as done:
+        main(["plot", "fusion-map", "--out", "/proc/perfmodel-nope"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2
+    assert "argument --out: '/proc/perfmodel-nope' cannot be created in '/proc': No such file or directory" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["scaling", "optimal", "--compute", "-1e20"], "got --compute=-1e+20"),
+    (["scaling", "optimal", "--compute", "-inf"], "got --compute=-inf"),
+    (["scaling", "time-optimal", "--hours", "-1E3"], "got --hours=-1000.0"),
+    (["scaling", "optimal", "--compute", "1e21", "--experts", "-8e0"], "got --experts=-8.0"),
+])
+def test_a_negative_number_in_e_notation_is_a_value_named_in_the_error(capsys, argv, needle):
+    """argparse took -1e20 for an option and said only 'argument --compute: expected one argument'."""
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and needle in err and "expected one argument" not in err
 
 
 @pytest.mark.parametrize("argv", [["train", "sweep"], ["kernel-table"]])

@@ -124,6 +124,12 @@ def _check_creatable(text: str, path: str) -> None:
         raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {parent!r} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {parent!r} is not writable")
+    import tempfile
+
+    try:  # what os.access cannot tell: /proc and read-only mounts refuse for root too
+        os.rmdir(tempfile.mkdtemp(prefix=".perfmodel-check-", dir=parent))
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created in {parent!r}: {err.strerror}") from None
 
 
 def out_folder(text: str) -> str:
