@@ -440,11 +440,18 @@ def candidate_tiles(*, T: int, F: int, split_cores: bool = False) -> list[FusedT
     return [FusedTiles(tm=tm, tf=tf) for tm in dict.fromkeys(tms) for tf in tfs]
 
 
+def chip_candidate_tiles(chip: Chip, *, T: int, F: int) -> list[FusedTiles]:
+    """:func:`candidate_tiles` on ``chip``: the cores can split the rows (``split_cores``) when the chip is
+    megacore and ``T`` makes at least two tiles of 8 rows (:func:`megacore_cores`). The tile search's
+    candidates, and the fusion map's."""
+    return candidate_tiles(T=T, F=F, split_cores=megacore_cores(chip, T=T, tm=8) == 2)
+
+
 @functools.lru_cache(maxsize=256)
 def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
     chip = get_chip(chip_name)
     best, smallest = None, None
-    for tiles in candidate_tiles(T=T, F=F, split_cores=megacore_cores(chip, T=T, tm=8) == 2):
+    for tiles in chip_candidate_tiles(chip, T=T, F=F):
         spec = fused_moe_spec(T=T, D=D, F=F, G=G, dtype=dtype, tiles=tiles, glu=glu, activation=activation,
                               chip=chip)
         if smallest is None or spec.vmem_bytes < smallest[0]:

@@ -105,7 +105,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     The widest F must let one expert's ``D x F`` weight fit the chip's HBM.
     """
     from kernels.activations import resolve_activation
-    from kernels.fused_spec import TF_CANDIDATES, FusedTiles, candidate_tiles, megacore_cores, no_tiles_fit_reason
+    from kernels.fused_spec import TF_CANDIDATES, FusedTiles, chip_candidate_tiles, no_tiles_fit_reason
     from perfmodel.fusion import check_fusion_shape
     from perfmodel.fusion_closed_form import evaluate_times
 
@@ -124,13 +124,12 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     # Real models use F in multiples of 256; finer steps only add tile-divisibility noise.
     F = np.maximum(256, np.round(_positive_axis("f_over_d", f_over_d) * D / 256) * 256)
     # In Python ints, before the int64 casts below (E = 1e17 overflowed rows = g E to a negative m).
-    most = int(g.max())
+    most, widest = int(g.max()), int(F.max())
     try:
-        check_fusion_shape(tokens=most * E, D=D, F=int(F.max()), E=E, walk=False)
+        check_fusion_shape(tokens=most * E, D=D, F=widest, E=E, walk=False)
     except ValueError as err:
         raise ValueError(f"the map's largest cell, tokens_per_expert={most} times E={E} = {most * E} tokens "
                          f"(k=1): {err}") from None
-    widest = int(F.max())
     if D * widest * q > c.hbm_bytes:  # also keeps F within int64 (f_over_d = 1e300 wrapped around)
         raise ValueError(f"f_over_d={float(widest) / D:g} gives F={widest}: one expert's D x F weight, "
                          f"{D * widest * q:.3g} B, exceeds {c.name}'s HBM ({c.hbm_bytes:.3g} B)")
@@ -144,9 +143,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     # The row tiles candidate_tiles offers each column's rows (its tf rule is F % tf == 0: F is a multiple
     # of 256): TM_CANDIDATES below the rows, the smallest covering them (rows rounded up to 8 if smaller),
     # and on megacore chips half the rows for calls of at most 128 rows, which split over both cores.
-    tms_by_col = [{t.tm for t in candidate_tiles(T=int(r), F=256,
-                                                split_cores=megacore_cores(c, T=int(r), tm=8) == 2)}
-                  for r in rows]
+    tms_by_col = [{t.tm for t in chip_candidate_tiles(c, T=int(r), F=256)} for r in rows]
     best_t = np.full(R2.shape, np.inf)
     best_unf = np.full(R2.shape, np.nan)
     best_tm = np.zeros(R2.shape, np.int64)
