@@ -20,6 +20,7 @@ def test_derived_frontier_exponent_is_minus_gamma_times_the_reducible_share():
     e = laws.compute_optimal_exprs()
     gamma = laws.alpha * laws.beta / (laws.alpha + laws.beta)
     assert sp.simplify(e.loss_exponent + gamma * (e.loss - laws.E_irr) / e.loss) == 0
+    assert sp.simplify(e.loss_exponent_per_excess + gamma) == 0  # what optimal() uses where C^beta overflows
 
 
 @pytest.mark.parametrize("law", [laws.chinchilla_hoffmann(), laws.chinchilla_epoch(),

@@ -81,6 +81,8 @@ class ComputeOptimalExprs:
     a: sp.Expr
     b: sp.Expr
     loss_exponent: sp.Expr
+    # g(C) L* / (L* - E_irr), derived and free of C (-gamma): g from L* alone where C^beta overflows
+    loss_exponent_per_excess: sp.Expr
 
 
 @functools.cache
@@ -102,8 +104,11 @@ def compute_optimal_exprs() -> ComputeOptimalExprs:
     a = sp.simplify(sp.expand_log(sp.log(n_opt), force=True).diff(C) * C)
     b = sp.simplify(sp.expand_log(sp.log(d_opt), force=True).diff(C) * C)
     loss_exponent = sp.simplify(sp.diff(loss, C) * C / loss)
+    per_excess = sp.simplify(loss_exponent * loss / (loss - E_irr))
+    if C in per_excess.free_symbols:
+        raise RuntimeError(f"expected g(C) L* / (L* - E_irr) free of C, sympy found {per_excess}")
     return ComputeOptimalExprs(params=n_opt, tokens=d_opt, loss=loss, tokens_per_param=ratio, a=a, b=b,
-                               loss_exponent=loss_exponent)
+                               loss_exponent=loss_exponent, loss_exponent_per_excess=per_excess)
 
 
 _ARGS = (C, c_f, E_irr, A_coef, B_coef, alpha, beta)
@@ -117,6 +122,7 @@ def _compiled():
     # log N_opt expanded into a sum of logs: finite wherever N_opt is representable, even when the
     # direct form's intermediate C^beta overflows (beta log10 C > 308).
     f["log_params"] = sp.lambdify(_ARGS, sp.expand_log(sp.log(e.params), force=True), "numpy")
+    f["loss_exponent_per_excess"] = sp.lambdify((alpha, beta), e.loss_exponent_per_excess, "numpy")
     f["a"] = sp.lambdify((alpha, beta), e.a, "numpy")
     f["b"] = sp.lambdify((alpha, beta), e.b, "numpy")
     f["law"] = sp.lambdify((N, D, E_irr, A_coef, B_coef, alpha, beta), chinchilla_loss_expr(), "numpy")
@@ -203,9 +209,8 @@ class ChinchillaLaw:
                 log_d = np.log(c) - math.log(self.flops_per_param_token) - log_n
                 params, tokens = np.where(bad, np.exp(log_n), params), np.where(bad, np.exp(log_d), tokens)
                 loss = np.where(bad, f["law"](params, tokens, *self.constants), loss)
-                # g(C) = -gamma (L* - E_irr) / L* (ComputeOptimalExprs; the tests check the derived form)
-                gamma = self.alpha * self.beta / (self.alpha + self.beta)
-                loss_exponent = np.where(bad, -gamma * (loss - self.E_irr) / loss, loss_exponent)
+                per_excess = f["loss_exponent_per_excess"](self.alpha, self.beta)  # derived: -gamma
+                loss_exponent = np.where(bad, per_excess * (loss - self.E_irr) / loss, loss_exponent)
             ratio = tokens / params  # = the derived tokens_per_param, better conditioned
         return ComputeOptimal(
             law=self.name, compute_flops=c, params=params, tokens=tokens, loss=loss, tokens_per_param=ratio,
