@@ -122,6 +122,7 @@ def _compiled():
     # log N_opt expanded into a sum of logs: finite wherever N_opt is representable, even when the
     # direct form's intermediate C^beta overflows (beta log10 C > 308).
     f["log_params"] = sp.lambdify(_ARGS, sp.expand_log(sp.log(e.params), force=True), "numpy")
+    f["log_tokens"] = sp.lambdify(_ARGS, sp.expand_log(sp.log(e.tokens), force=True), "numpy")
     f["loss_exponent_per_excess"] = sp.lambdify((alpha, beta), e.loss_exponent_per_excess, "numpy")
     f["a"] = sp.lambdify((alpha, beta), e.a, "numpy")
     f["b"] = sp.lambdify((alpha, beta), e.b, "numpy")
@@ -206,7 +207,7 @@ class ChinchillaLaw:
                      & np.isfinite(loss_exponent))
             if np.any(bad):  # an intermediate of the direct form overflowed: redo those budgets in logs
                 log_n = np.broadcast_to(np.asarray(f["log_params"](*args), float), bad.shape)
-                log_d = np.log(c) - math.log(self.flops_per_param_token) - log_n
+                log_d = np.broadcast_to(np.asarray(f["log_tokens"](*args), float), bad.shape)
                 params, tokens = np.where(bad, np.exp(log_n), params), np.where(bad, np.exp(log_d), tokens)
                 loss = np.where(bad, f["law"](params, tokens, *self.constants), loss)
                 per_excess = f["loss_exponent_per_excess"](self.alpha, self.beta)  # derived: -gamma
