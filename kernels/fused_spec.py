@@ -450,12 +450,11 @@ def chip_candidate_tiles(chip: Chip, *, T: int, F: int) -> list[FusedTiles]:
 @functools.lru_cache(maxsize=256)
 def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
     chip = get_chip(chip_name)
-    best, smallest = None, None
+    best, footprints = None, []
     for tiles in chip_candidate_tiles(chip, T=T, F=F):
         spec = fused_moe_spec(T=T, D=D, F=F, G=G, dtype=dtype, tiles=tiles, glu=glu, activation=activation,
                               chip=chip)
-        if smallest is None or spec.vmem_bytes < smallest[0]:
-            smallest = (spec.vmem_bytes, tiles)
+        footprints.append((spec.vmem_bytes, tiles))
         if spec.vmem_bytes > chip.vmem_bytes_per_core:
             continue
         time_s = _walk(spec, chip).time_s
@@ -463,13 +462,15 @@ def _default_tiles(T, D, F, G, dtype, glu, chip_name, activation):
             best = (time_s, tiles)
     if best is None:
         raise ValueError(f"no candidate tiles fit {chip.name}'s VMEM for T={T}, D={D}, F={F}, dtype={dtype}"
-                         f"{', GLU' if glu else ''}: {no_tiles_fit_reason(chip, *smallest, F=F)}")
+                         f"{', GLU' if glu else ''}: {no_tiles_fit_reason(chip, footprints, F=F)}")
     return best[1]
 
 
-def no_tiles_fit_reason(chip: Chip, need_bytes: int, tiles: FusedTiles, *, F: int | None = None) -> str:
-    """Why no candidate fits: the smallest candidate's footprint (``need_bytes``) against the chip's VMEM, and
-    what a user can change: D is never tiled, and an ``F`` that no :data:`TF_CANDIDATES` divides is one chunk."""
+def no_tiles_fit_reason(chip: Chip, footprints, *, F: int | None = None) -> str:
+    """Why no candidate fits: the smallest of ``footprints`` (``(vmem_bytes, FusedTiles)`` pairs, one per
+    candidate tried) against the chip's VMEM, and what a user can change: D is never tiled, and an ``F`` that
+    no :data:`TF_CANDIDATES` divides is one chunk."""
+    need_bytes, tiles = min(footprints, key=lambda pair: pair[0])
     head = (f"the smallest, tm={tiles.tm} tf={tiles.tf}, needs {need_bytes / 2**20:.1f} MiB of the "
             f"{chip.vmem_bytes_per_core / 2**20:.0f} MiB per TensorCore. ")
     if F is not None and tiles.tf == F and not any(F % tf == 0 for tf in TF_CANDIDATES):

@@ -172,10 +172,10 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
         # A tile's footprint does not depend on F or the rows, and tf=128 is allowed at every cell (F is a
         # multiple of 256), so a cell without tiles means its smallest candidate overflows VMEM.
         failing = np.flatnonzero(~np.isfinite(best_t).all(axis=0))
-        need, tm, tf = min((_fused_facts(c.name, D, tm, tf, dt, glu, act)[0], tm, tf)
-                           for tm in set().union(*(tms_by_col[j] for j in failing)) for tf in TF_CANDIDATES)
+        footprints = [(_fused_facts(c.name, D, tm, tf, dt, glu, act)[0], FusedTiles(tm=tm, tf=tf))
+                      for tm in sorted(set().union(*(tms_by_col[j] for j in failing))) for tf in TF_CANDIDATES]
         raise ValueError(f"no fused tiles fit {c.name}'s VMEM (D={D}{', GLU' if glu else ''}, dtype={dt}): "
-                         f"{no_tiles_fit_reason(c, need, FusedTiles(tm=tm, tf=tf))}")
+                         f"{no_tiles_fit_reason(c, footprints)}")
     speedup = best_unf / best_t
     crossings = []
     for i in range(len(F)):
