@@ -24,17 +24,22 @@ Fused kernel (:mod:`kernels.fused_moe`), grid ``(V, F / tf)``:
 * MXU FLOPs per step ``2 ceil8(tm) (n ceilX(D) ceilX(tf) + ceilX(tf) ceilX(D))``
   (``X`` the MXU tile).
 
-Time of one kernel: ``t_launch + max(C, B / W) + steps t_step`` with ``C`` the
-MXU time including the fill cost of every weight tile (``mxu_fill_rows``
-row-cycles per ``X x X`` tile) on the cores the kernel uses, each core with
-its share of the chip's HBM bandwidth. On megacore chips (v4, v5p) XLA's
-ragged_dot splits its parallel ``n`` axis over both TensorCores, and the fused
-kernel its token tiles once there are at least two
-(:func:`kernels.fused_spec.megacore_cores`); the closed form splits the work
-evenly (the kernel cuts at the tile boundary that best halves its steps, and a
-group cut in two has its weights read by both cores when ``tf = F``). This is a
-whole-kernel roofline plus fixed costs; the walker's per-step
-``max(compute, DMA)``, prologue and epilogue make it slightly slower. The
+Time of one kernel (:meth:`KernelForm.time`): a pipelined roofline on the
+busiest TensorCore. Each step's DMA overlaps only its own compute (as in the
+walker), so steps that fetch a block which then stays resident (a group's
+whole weight slab when ``tf = F``, or a ``K x tn`` rhs slab when XLA's
+``tk = K``) are costed apart from the light steps:
+``t_launch + share [h max(c, (b + H) / W) + (n - h) max(c, b / W) + n t_step]``
+with ``c`` the MXU time per step including the fill cost of every weight tile
+(``mxu_fill_rows`` row-cycles per ``X x X`` tile), ``b`` the light bytes per
+step, ``h`` heavy steps of ``H`` extra bytes; with ``h = 0`` this is the
+whole-kernel ``max(C, B / W)``. On megacore chips (v4, v5p) XLA's ragged_dot
+splits its parallel ``n`` axis in contiguous halves over both TensorCores
+(busiest share ``ceil(N_t / 2) / N_t``), and the fused kernel its token tiles
+once there are at least two (:func:`kernels.fused_spec.megacore_cores`; busiest
+share ``ceil(tiles / 2) tm / T``), each core with its share of the chip's HBM
+bandwidth. The walker's prologue and epilogue are left out, so the closed form
+is slightly fast. The
 activation pass between the ragged_dots is ``t_launch + bytes / W``.
 """
 
@@ -57,6 +62,8 @@ tm_up, tk_up, tn_up, tm_dn, tk_dn, tn_dn = sp.symbols("t_m^up t_k^up t_n^up t_m^
 # VPU element operations per grid step of each kernel (numbers read from the kernels' own
 # specs: KernelSpec.step_vpu_flops + epilogue_vpu_ops spread over the k steps).
 v_fused, v_up, v_down = sp.symbols("v_fused v_up v_down", nonnegative=True)
+# Busiest TensorCore's share of the fused kernel's computing visits on megacore chips (fused_core_share).
+s_fused = sp.Symbol("s_fused", positive=True)
 # VPU ops of the fused kernel's row mask, paid on steps whose group does not cover the whole tile.
 v_mask = sp.Symbol("v_mask", nonnegative=True)
 # VPU element operations per second of one TensorCore (vpu_ops_per_cycle x clock).
@@ -69,7 +76,13 @@ def _pad(x, multiple):
 
 @attrs.frozen
 class KernelForm:
-    """Symbolic counts of one kernel and the TensorCores it runs on."""
+    """Symbolic counts of one kernel and the TensorCores it runs on.
+
+    ``share``: the fraction of the work on the busiest TensorCore (``1 / cores`` for an even split).
+    ``heavy_steps`` of the ``steps`` also fetch a block that then stays resident (a group's weight slab
+    when the kernel reads all of ``K`` or ``F`` at once), ``heavy_bytes`` each; the other bytes and all
+    compute are spread evenly over the steps.
+    """
 
     name: str
     steps: sp.Expr
@@ -77,13 +90,25 @@ class KernelForm:
     mxu_flops: sp.Expr
     fill_flops: sp.Expr  # sum over steps of 2 ceilX(k) ceilX(n) per block matmul
     vpu_ops: sp.Expr
-    cores: int | sp.Expr = 1  # TensorCores sharing the work (an expression in T, tm for the fused kernel)
+    share: sp.Expr = sp.Integer(1)  # busiest core's fraction of the work (an expression in T, tm, N / tn)
+    heavy_steps: sp.Expr = sp.Integer(0)
+    heavy_bytes: sp.Expr = sp.Integer(0)
 
     def time(self, fill_rows) -> sp.Expr:
-        mxu = (self.mxu_flops + fill_rows * self.fill_flops) / (self.cores * S.P)
-        vpu = self.vpu_ops / (self.cores * R_vpu)
-        memory = self.hbm_bytes / (self.cores * S.W)
-        return S.t_launch + sp.Max(mxu, vpu, memory) + self.steps / self.cores * S.t_step
+        """Pipelined two-class roofline on the busiest core, with ``c`` compute and ``b`` light bytes per
+        step (``h = heavy_steps``, ``H = heavy_bytes``, ``n = steps``)::
+
+            c = max(MXU + fill_rows x fill, VPU rate) per step,   b = (hbm_bytes - h H) / n
+            t = t_launch + share [h max(c, (b + H) / W) + (n - h) max(c, b / W) + n t_step]
+
+        As the walker (each step's DMA overlaps only its own step's compute), not the whole-kernel
+        ``max(C, B / W)``, which it equals when ``h = 0``.
+        """
+        n, h = self.steps, self.heavy_steps
+        c = sp.Max((self.mxu_flops + fill_rows * self.fill_flops) / S.P, self.vpu_ops / R_vpu) / n
+        light = (self.hbm_bytes - h * self.heavy_bytes) / n
+        pipelined = h * sp.Max(c, (light + self.heavy_bytes) / S.W) + (n - h) * sp.Max(c, light / S.W)
+        return S.t_launch + self.share * (pipelined + n * S.t_step)
 
 
 def fused_form(*, glu: bool, mxu_tile: int, megacore: bool = False) -> KernelForm:
@@ -91,8 +116,10 @@ def fused_form(*, glu: bool, mxu_tile: int, megacore: bool = False) -> KernelFor
     n = 2 if glu else 1
     g = T / E
     tiles_m = sp.ceiling(T / tm)
-    # As kernels.fused_spec.megacore_cores: both TensorCores once there are 2 token tiles.
-    cores = sp.Piecewise((2, tiles_m >= 2), (1, True)) if megacore else 1
+    # On megacore chips the busiest TensorCore's share of the computing visits is a number read from the
+    # kernel's own schedule (fused_core_share), as XLA's tiles are: the cut that best halves the visits has
+    # no closed form over tile boundaries.
+    share = s_fused if megacore else sp.Integer(1)
     visits = tiles_m + (E - 1) - sp.floor((E - 1) * Gcd(g, tm) / tm)
     # Rows of a partial last tile form a tail group: one more visit with no DMA or compute.
     tail = tiles_m - sp.floor(T / tm)
@@ -107,8 +134,12 @@ def fused_form(*, glu: bool, mxu_tile: int, megacore: bool = False) -> KernelFor
     boundaries = (E - 1) - sp.floor((E - 1) * Gcd(g, tm) / tm)
     straddling = sp.Piecewise((visits, g < tm), (2 * boundaries, True)) + tail
     mask_steps = sp.Min(straddling, visits) * F / tf
+    # With tf = F each group's weights load once and stay: E heavy steps; with tf < F every step streams
+    # its chunk, so the steps are alike.
+    heavy_steps = sp.Piecewise((E, sp.Eq(tf, F)), (0, True))
     return KernelForm("fused", steps, 2 * T * D * q + weights, real_steps * per_step, real_steps * fill,
-                      real_steps * v_fused + mask_steps * v_mask, cores=cores)
+                      real_steps * v_fused + mask_steps * v_mask, share=share, heavy_steps=heavy_steps,
+                      heavy_bytes=(n + 1) * D * F * q)
 
 
 def _gmm_form(name, K, N, tm, tk, tn, vpu, *, mxu_tile: int, cores: int) -> KernelForm:
@@ -116,8 +147,16 @@ def _gmm_form(name, K, N, tm, tk, tn, vpu, *, mxu_tile: int, cores: int) -> Kern
     subs = {S.M: S.T, S.K: K, S.N: N, S.G: S.E, S.tm: tm, S.tk: tk, S.tn: tn}
     steps = cf.grid_steps.subs(subs)
     fill = steps * 2 * _pad(tk, mxu_tile) * _pad(tn, mxu_tile)
+    # The parallel n axis is split in contiguous halves (ceil) over the cores: the busiest has
+    # ceil(N_t / cores) of the N_t column tiles.
+    Nt = sp.ceiling(N / tn)
+    share = sp.ceiling(Nt / cores) / Nt
+    # With tk = K a group's K x tn rhs slab loads once per (column tile, group) and stays: N_t G heavy
+    # steps; with tk < K every step streams a tk x tn block.
+    single_k = sp.Eq(sp.ceiling(K / tk), 1)
+    heavy_steps = sp.Piecewise((Nt * S.E, single_k), (0, True))
     return KernelForm(name, steps, cf.hbm_bytes.subs(subs), cf.mxu_flops.subs(subs), fill, steps * vpu,
-                      cores=cores)
+                      share=share, heavy_steps=heavy_steps, heavy_bytes=S.q * K * N / Nt)
 
 
 def unfused_forms(*, glu: bool, mxu_tile: int, cores: int = 1) -> tuple[KernelForm, ...]:
@@ -165,7 +204,7 @@ def speedup_form(*, glu: bool, activation: str, mxu_tile: int, megacore: bool, f
 
 
 _ARGS = (S.T, S.D, S.F, S.E, S.tm, S.tf, tm_up, tk_up, tn_up, tm_dn, tk_dn, tn_dn, v_fused, v_mask, v_up, v_down,
-         S.q, S.P, S.W, R_vpu, S.t_step, S.t_launch)
+         s_fused, S.q, S.P, S.W, R_vpu, S.t_step, S.t_launch)
 
 
 def _gcd(a, b):
@@ -191,7 +230,8 @@ class ClosedFormTimes:
 
 
 def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_step, q: int, glu: bool,
-                   activation: str, dtype: str = "bf16", params: TimingParams = FITTED) -> ClosedFormTimes:
+                   activation: str, dtype: str = "bf16", fused_share=None,
+                   params: TimingParams = FITTED) -> ClosedFormTimes:
     """Numeric closed-form times (numpy arrays broadcast together).
 
     ``dtype`` selects the MXU peak ``P`` (as the walker's ``mxu_dtype``); ``q`` is its bytes per element.
@@ -199,9 +239,13 @@ def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_ste
     ``xla_up`` / ``xla_down``: ``(tm, tk, tn)`` arrays of XLA's tiles for the
     up ``[rows, D] @ [E, D, F]`` and down ``[rows, F] @ [E, F, D]`` calls;
     ``vpu_per_step``: ``(fused, fused row mask, up, down)`` VPU ops per grid step
-    (:func:`vpu_ops_per_step`).
+    (:func:`vpu_ops_per_step`); ``fused_share``: the busiest TensorCore's share of the fused kernel's
+    visits (:func:`fused_core_share`; computed here when not given, ignored on single-core chips).
     """
     c = get_chip(chip)
+    if fused_share is None:
+        fused_share = np.vectorize(lambda r, t: fused_core_share(c.name, rows=int(r), E=int(E), tm=int(t)))(rows, tm) \
+            if c.megacore else 1.0
     fn = _compiled(glu, activation, c.mxu_tile, bool(c.megacore), float(params.mxu_fill_rows))
     launch = c.launch_overhead_s if params.launch_overhead_s is None else params.launch_overhead_s
     step = (c.grid_step_overhead_s or 0.0) if params.grid_step_overhead_s is None else params.grid_step_overhead_s
@@ -210,11 +254,34 @@ def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_ste
     from perfmodel.tiling.walker import core_clock_hz
 
     vpu_rate = np.inf if params.vpu_ops_per_cycle is None else params.vpu_ops_per_cycle * core_clock_hz(c)
-    args = [rows, D, F, E, tm, tf, *xla_up, *xla_down, *vpu_per_step]
+    args = [rows, D, F, E, tm, tf, *xla_up, *xla_down, *vpu_per_step, fused_share]
     args = [np.asarray(a, dtype=np.float64) for a in args]
     fused, unfused = fn(*args, q, P, W, vpu_rate, step, launch)
     shape = np.broadcast_shapes(*(np.shape(a) for a in args))
     return ClosedFormTimes(np.broadcast_to(fused, shape), np.broadcast_to(unfused, shape))
+
+
+@functools.lru_cache(maxsize=65536)
+def fused_core_share(chip, *, rows: int, E: int, tm: int) -> float:
+    """The busiest TensorCore's share of the fused kernel's computing visits for ``E`` equal groups.
+
+    Read from the kernel's own schedule (:func:`kernels.fused_spec.make_group_metadata`'s numpy body with
+    ``cores`` from :func:`kernels.fused_spec.megacore_cores`): 1 on single-core chips or with one token
+    tile, else ``max(core visits) / visits`` at the tile boundary that best halves them (equal groups of
+    ``rows / E``, which must divide).
+    """
+    from kernels.fused_spec import _metadata_impl, megacore_cores
+
+    c = get_chip(chip)
+    if rows % E:
+        raise ValueError(f"rows={rows} must be a multiple of E={E} (equal groups)")
+    cores = megacore_cores(c, T=rows, tm=tm)
+    if cores == 1:
+        return 1.0
+    meta = _metadata_impl(np, np.full(E, rows // E), m=rows, tm=tm, cores=cores)
+    idle = np.asarray(meta[-2]).reshape(cores, -1)
+    computing = (1 - idle).sum(axis=1)
+    return float(computing.max() / computing.sum())
 
 
 def vpu_ops_per_step(*, D: int, F: int, tm: int, tf: int, xla_up, xla_down, dtype: str, glu: bool,

@@ -107,7 +107,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     from kernels.activations import resolve_activation
     from kernels.fused_spec import TF_CANDIDATES, FusedTiles, chip_candidate_tiles, no_tiles_fit_reason
     from perfmodel.fusion import check_fusion_shape
-    from perfmodel.fusion_closed_form import evaluate_times
+    from perfmodel.fusion_closed_form import evaluate_times, fused_core_share
 
     c = get_tpu_chip(chip, what="the fusion map (fused Pallas kernel vs ragged_dot)")
     dt = canonical_dtype(dtype)
@@ -150,6 +150,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     best_tf = np.zeros(R2.shape, np.int64)
     for tm in sorted(set().union(*tms_by_col)):
         cols = np.array([j for j, tms in enumerate(tms_by_col) if tm in tms])
+        share = np.array([fused_core_share(c.name, rows=int(rows[j]), E=E, tm=tm) for j in cols])
         for tf in TF_CANDIDATES:
             vmem, vpu, vpu_mask = _fused_facts(c.name, D, tm, tf, dt, glu, act)
             if vmem > c.vmem_bytes_per_core:
@@ -161,7 +162,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
             times = evaluate_times(c, rows=R2[:, cols], D=D, F=F2[:, cols], E=E, tm=tm, tf=tf,
                                    xla_up=(u[..., 0], u[..., 1], u[..., 2]), xla_down=(d[..., 0], d[..., 1], d[..., 2]),
                                    vpu_per_step=(vpu, vpu_mask, u[..., 3], d[..., 3]), q=q, glu=glu, activation=act,
-                                   dtype=dt, params=params)
+                                   dtype=dt, fused_share=share, params=params)
             better = ok & (times.fused_time_s < best_t[:, cols])
             best_t[:, cols] = np.where(better, times.fused_time_s, best_t[:, cols])
             # the ragged_dot path does not depend on the fused tiles: any evaluation of a column gives it
@@ -191,3 +192,45 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     return SpeedupMap(last_loss_tokens_per_expert=last_loss, chip=c.name, D=D, E=E, glu=glu, activation=act, dtype=dt, tokens_per_expert=g,
                       f_over_d=F / D, F=F, speedup=speedup, fused_time_s=best_t, unfused_time_s=best_unf,
                       tm=best_tm, tf=best_tf, crossovers=tuple(crossings), params_source=params.source)
+
+
+@attrs.frozen(kw_only=True)
+class WalkerCheck:
+    """The map's closed forms against the step-by-step walker (:func:`perfmodel.fusion.predict_fusion`)
+    on sampled cells, each with the map's own tiles. Errors are ``|map / walker - 1|``."""
+
+    cells: int
+    speedup_error_median: float
+    speedup_error_max: float
+    fused_time_error_max: float
+    unfused_time_error_max: float
+    verdict_disagreements: int  # cells where one says fusion wins and the other that ragged_dot does
+    worst_cell: tuple[int, int]  # (tokens per expert, F) of the largest speedup error
+
+
+def walker_check(m: SpeedupMap, cells: int, *, seed: int = 0, progress=None) -> WalkerCheck:
+    """Walk ``cells`` cells of ``m`` drawn without replacement (numpy ``default_rng(seed)``; all cells if
+    the map has fewer) through the walker and compare. ``progress(i, cells)`` is called after each."""
+    from perfmodel.fusion import predict_fusion
+
+    if not isinstance(cells, (int, np.integer)) or cells <= 0:
+        raise ValueError(f"cells must be a positive integer, got cells={cells!r}")
+    ny, nx = m.speedup.shape
+    flat = np.random.default_rng(seed).choice(ny * nx, size=min(cells, ny * nx), replace=False)
+    err_s, err_f, err_u, flips = [], [], [], 0
+    for i, idx in enumerate(flat):
+        r, c = divmod(int(idx), nx)
+        p = predict_fusion(chip=m.chip, tokens=int(m.tokens_per_expert[c]) * m.E, D=m.D, F=int(m.F[r]), E=m.E,
+                           glu=m.glu, activation=m.activation, dtype=m.dtype,
+                           tiles=(int(m.tm[r, c]), int(m.tf[r, c])))
+        err_s.append(abs(m.speedup[r, c] / p.speedup - 1))
+        err_f.append(abs(m.fused_time_s[r, c] / p.fused.time_s - 1))
+        err_u.append(abs(m.unfused_time_s[r, c] / p.unfused_time_s - 1))
+        flips += bool((m.speedup[r, c] > 1) != (p.speedup > 1))
+        if progress is not None:
+            progress(i + 1, len(flat))
+    worst = divmod(int(flat[int(np.argmax(err_s))]), nx)
+    return WalkerCheck(cells=len(flat), speedup_error_median=float(np.median(err_s)),
+                       speedup_error_max=float(max(err_s)), fused_time_error_max=float(max(err_f)),
+                       unfused_time_error_max=float(max(err_u)), verdict_disagreements=flips,
+                       worst_cell=(int(m.tokens_per_expert[worst[1]]), int(m.F[worst[0]])))

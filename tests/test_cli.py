@@ -163,6 +163,7 @@ def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["validate", "chinchilla", "--seed=-1"], "argument --seed: must be an integer >= 0, got -1"),
     (["plot", "fusion-map", "--chip", "v5e", "--n", "100000"], "argument --n: must be an integer in [2, 2000]"),
+    (["plot", "fusion-map", "--chip", "v5e", "--check", "-3"], "argument --check: must be an integer in [0, 2000]"),
     (["scaling", "time-optimal", "--tokens-per-chip-step", "0"], "argument --tokens-per-chip-step"),
     (["scaling", "time-optimal", "--experts", "1"], "argument --experts: must be an integer >= 2, got 1"),
     # refused by argparse, before the rule scoring (and, with --sweep, minutes of compiles) it used to follow
@@ -379,3 +380,11 @@ def test_optimal_help_lists_the_experts_the_default_table_shows(capsys):
     code, out, _ = run(capsys, "scaling", "optimal", "--compute", "1e21", "--law", "joint-moe", "--json")
     shown = [row["n_experts"] for row in json.loads(out)]
     assert code == 0 and shown == [float(e) for e in listed.group(1).split(",")]
+
+
+def test_fusion_map_check_walks_cells_and_prints_the_agreement(capsys, tmp_path):
+    code, out, err = run(capsys, "plot", "fusion-map", "--chip", "v5p", "--n", "3", "--check", "4", "--out",
+                         str(tmp_path))
+    assert code == 0 and (tmp_path / "fusion_map_v5p.png").exists()
+    assert "closed forms vs walker on 4 random cells" in out and "verdict differs at" in out
+    assert "walked 4/4 cells" in err

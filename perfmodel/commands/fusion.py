@@ -52,6 +52,9 @@ def register(cli) -> None:
     p.add_argument("--glu", action="store_true")
     p.add_argument("--n", type=int_in(2, 2000), default=200, help="grid points per axis, 2-2000 (default 200)")
     p.add_argument("--dtype", default="bf16", help="operand dtype: bf16 (default), f32, int8, fp8 where the chip has it")
+    p.add_argument("--check", type=int_in(0, 2000), default=0, metavar="N",
+                   help="also walk N random cells step by step (perfmodel fusion's model) and print how far the "
+                        "map's closed forms are from it, 0-2000 (default 0)")
     p.add_argument("--out", type=out_folder, default="perfmodel-plots")
     p.set_defaults(func=_plot_map)
 
@@ -185,6 +188,22 @@ def _plot_map(args) -> int:
             else:
                 msg = f"fusion wins above {last:.0f} tokens/expert"
             print(f"  F/D={fd:.2f}: {msg}")
+    if args.check:
+        import sys
+
+        from perfmodel.fusion_map import walker_check
+
+        def progress(i, n):
+            if i % 10 == 0 or i == n:
+                print(f"  walked {i}/{n} cells", file=sys.stderr, flush=True)
+
+        t0 = time.perf_counter()
+        w = walker_check(m, args.check, progress=progress)
+        print(f"closed forms vs walker on {w.cells} random cells ({time.perf_counter() - t0:.1f} s, map tiles): "
+              f"speedup error median {w.speedup_error_median:.1%}, max {w.speedup_error_max:.1%} "
+              f"(at {w.worst_cell[0]} tokens/expert, F={w.worst_cell[1]}); fused time max "
+              f"{w.fused_time_error_max:.1%}, ragged_dot time max {w.unfused_time_error_max:.1%}; "
+              f"verdict differs at {w.verdict_disagreements}")
     return 0
 
 
