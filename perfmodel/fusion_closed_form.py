@@ -37,7 +37,8 @@ whole-kernel ``max(C, B / W)``. On megacore chips (v4, v5p) XLA's ragged_dot
 splits its parallel ``n`` axis in contiguous halves over both TensorCores
 (busiest share ``ceil(N_t / 2) / N_t``), and the fused kernel its token tiles
 once there are at least two (:func:`kernels.fused_spec.megacore_cores`; busiest
-share ``ceil(tiles / 2) tm / T``), each core with its share of the chip's HBM
+share of its visits ``s_fused``, a number read from the kernel's own schedule by
+:func:`fused_core_share`, as the cut that best halves them has no closed form), each core with its share of the chip's HBM
 bandwidth. The walker's prologue and epilogue are left out, so the closed form
 is slightly fast. The
 activation pass between the ragged_dots is ``t_launch + bytes / W``.
@@ -90,7 +91,7 @@ class KernelForm:
     mxu_flops: sp.Expr
     fill_flops: sp.Expr  # sum over steps of 2 ceilX(k) ceilX(n) per block matmul
     vpu_ops: sp.Expr
-    share: sp.Expr = sp.Integer(1)  # busiest core's fraction of the work (an expression in T, tm, N / tn)
+    share: sp.Expr = sp.Integer(1)  # busiest core's fraction of the work (ragged_dot: in N / tn; fused: s_fused)
     heavy_steps: sp.Expr = sp.Integer(0)
     heavy_bytes: sp.Expr = sp.Integer(0)
 
@@ -265,12 +266,12 @@ def evaluate_times(chip, *, rows, D, F, E, tm, tf, xla_up, xla_down, vpu_per_ste
 def fused_core_share(chip, *, rows: int, E: int, tm: int) -> float:
     """The busiest TensorCore's share of the fused kernel's computing visits for ``E`` equal groups.
 
-    Read from the kernel's own schedule (:func:`kernels.fused_spec.make_group_metadata`'s numpy body with
+    Read from the kernel's own schedule (:func:`kernels.fused_spec.make_group_metadata`, numpy: no jax), with
     ``cores`` from :func:`kernels.fused_spec.megacore_cores`): 1 on single-core chips or with one token
     tile, else ``max(core visits) / visits`` at the tile boundary that best halves them (equal groups of
     ``rows / E``, which must divide).
     """
-    from kernels.fused_spec import _metadata_impl, megacore_cores
+    from kernels.fused_spec import make_group_metadata, megacore_cores
 
     c = get_chip(chip)
     if rows % E:
@@ -278,9 +279,8 @@ def fused_core_share(chip, *, rows: int, E: int, tm: int) -> float:
     cores = megacore_cores(c, T=rows, tm=tm)
     if cores == 1:
         return 1.0
-    meta = _metadata_impl(np, np.full(E, rows // E), m=rows, tm=tm, cores=cores)
-    idle = np.asarray(meta[-2]).reshape(cores, -1)
-    computing = (1 - idle).sum(axis=1)
+    meta = make_group_metadata(group_sizes=np.full(E, rows // E), m=rows, tm=tm, cores=cores)
+    computing = (1 - np.asarray(meta.idle_steps).reshape(cores, -1)).sum(axis=1)
     return float(computing.max() / computing.sum())
 
 

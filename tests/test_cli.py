@@ -367,6 +367,7 @@ def test_fusion_map_does_not_claim_fusion_wins_beyond_the_map(capsys, tmp_path, 
     assert code == 0
     assert "F/D=1.00: fusion wins everywhere" in out and "F/D=2.00: fusion wins above 100 tokens/expert" in out
     assert "F/D=3.00: fusion wins" not in out and "F/D=3.00: ragged_dot still wins at 16384" in out
+    assert "ragged_dot wins at 5 cells, in 2 of 3 F rows; the last per row at 100 to 16384 tokens/expert" in out
 
 
 def test_optimal_help_lists_the_experts_the_default_table_shows(capsys):

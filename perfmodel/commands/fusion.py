@@ -171,6 +171,8 @@ def _plot_map(args) -> int:
     import pathlib
     import time
 
+    import numpy as np
+
     from perfmodel.fusion_map import speedup_map
     from perfmodel.plots import fusion_map_plot
 
@@ -179,6 +181,11 @@ def _plot_map(args) -> int:
     path = fusion_map_plot(m, pathlib.Path(args.out) / f"fusion_map_{m.chip}.png")
     print(f"wrote {path} (+ .svg): {m.speedup.shape[1]} x {m.speedup.shape[0]} cells in "
           f"{time.perf_counter() - t0:.1f} s; speedup {m.speedup.min():.2f}x .. {m.speedup.max():.2f}x")
+    losing_rows = ~np.isnan(m.last_loss_tokens_per_expert)
+    if losing_rows.any():
+        print(f"  ragged_dot wins at {int((m.speedup < 1).sum())} cells, in {int(losing_rows.sum())} of "
+              f"{len(m.f_over_d)} F rows; the last per row at {np.nanmin(m.last_loss_tokens_per_expert):.0f} to "
+              f"{np.nanmax(m.last_loss_tokens_per_expert):.0f} tokens/expert")
     for fd, last in zip(m.f_over_d, m.last_loss_tokens_per_expert):
         if fd in (m.f_over_d[0], m.f_over_d[len(m.f_over_d) // 2], m.f_over_d[-1]):
             if last != last:
