@@ -57,6 +57,27 @@ def test_append_is_line_atomic_and_torn_lines_are_ignored(tmp_path):
     assert [line[:14] for line in p.read_text().splitlines()] == ['{"run_id": "a"', '{"run_id": "c"']
 
 
+@pytest.mark.parametrize("line, why", [('{"x": 1}', "no string 'run_id'"), ('[1, 2]', "expected a JSON object"),
+                                        ('{"run_id": 7}', "no string 'run_id'"), ("not json", "not valid JSON")])
+def test_a_complete_line_that_is_not_a_sweep_record_is_refused_with_its_line_number(tmp_path, line, why):
+    p = tmp_path / "r.jsonl"
+    sweep.append_record(p, {"run_id": "a", "x": 1})
+    with open(p, "a") as f:
+        f.write("\n" + line + "\n")  # a blank line (skipped), then the bad one on line 3
+    with pytest.raises(ValueError, match=rf"--out .*r\.jsonl:3: {why}"):
+        sweep.read_done(p)
+
+
+def test_sweep_cli_stops_on_a_malformed_results_file_before_training(tmp_path, capsys):
+    from perfmodel import cli
+
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"x": 1}\n')
+    assert cli.main(["train", "sweep", "--study", "quick", "--arch", "dense", "--out", str(p)]) == 2
+    assert "r.jsonl:1: no string 'run_id'" in capsys.readouterr().err
+    assert p.read_text() == '{"x": 1}\n'  # nothing appended on top of it
+
+
 _CHILD = """
 import sys
 from validation.arith import sweep

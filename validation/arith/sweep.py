@@ -162,17 +162,34 @@ def plan(study: Study, *, archs=("dense", "moe"), n_experts: int = 8, top_k: int
 
 
 def read_done(path: pathlib.Path) -> dict[str, dict]:
-    """Run id -> record of every complete line (a torn last line is ignored)."""
+    """Run id -> record of every complete line; an unterminated last line (a killed writer) is ignored.
+
+    A complete line that is not a JSON object with a string ``run_id`` is an error naming the line: the
+    runner appends to this file and the fitter (``read_runs``) would refuse it later, so a study must not
+    run hours on top of it. Blank lines are skipped.
+    """
     done = {}
     if not path.exists():
         return done
-    for line in path.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--out {path} is not UTF-8 text (byte {err.start}: {err.reason}); expected the "
+                         "sweep's JSON lines, one run per line; pass another --out") from None
+    fix = "; fix or delete that line, or pass another --out"
+    for lineno, line in enumerate(text.splitlines(keepends=True), 1):
+        if not line.endswith("\n") or not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--out {path}:{lineno}: not valid JSON ({err.msg}){fix}") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"--out {path}:{lineno}: expected a JSON object (one run per line), "
+                             f"got {type(rec).__name__}{fix}")
+        if not isinstance(rec.get("run_id"), str):
+            raise ValueError(f"--out {path}:{lineno}: no string 'run_id' (got run_id={rec.get('run_id')!r}), "
+                             f"so it is not a sweep record{fix}")
         done[rec["run_id"]] = rec
     return done
 
