@@ -26,8 +26,9 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -434,6 +435,22 @@ def measure_page_fault_bytes_per_s(n_bytes: int, repeats: int = 5) -> float:
     return n_bytes / times[len(times) // 2]
 
 
+def check_calibration_sizes(*, matmul_n: int, copy_mib: int, repeats: int,
+                            arg_name: Callable[[str], str] = str) -> None:
+    """Refuse sizes :func:`measure_cpu` cannot run: non-positive ones, and ones whose buffers need more than
+    half of :func:`available_memory_bytes` (matmul: ``16 n^2`` bytes, the f64 draw, its f32 copy and the
+    product; copy: ``2 x copy_mib`` MiB, the donated buffer and the page-fault mmap alive together).
+    ``arg_name`` spells the arguments in the messages (the CLI's ``--matmul-n``)."""
+    for k, v in (("matmul_n", matmul_n), ("copy_mib", copy_mib), ("repeats", repeats)):
+        if v <= 0:
+            raise ValueError(f"{arg_name(k)} must be positive, got {arg_name(k)}={v}")
+    avail = available_memory_bytes()
+    for k, v, need in (("matmul_n", matmul_n, 16 * matmul_n**2), ("copy_mib", copy_mib, 2 * copy_mib * _MIB)):
+        if avail is not None and need > avail / 2:
+            raise ValueError(f"{arg_name(k)}={v} needs about {need / _MIB:,.0f} MiB, more than half of this "
+                             f"machine's {avail / _MIB:,.0f} MiB available memory; use a smaller value")
+
+
 def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) -> CpuCalibration:
     """Measure the host's matmul peak, memory bandwidth and page-fault rate with jax on CPU.
 
@@ -448,22 +465,25 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) 
     """
     import datetime
 
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    if matmul_n <= 0 or copy_mib <= 0 or repeats <= 0:
-        raise ValueError(f"sizes must be positive, got {matmul_n=}, {copy_mib=}, {repeats=}")
+    check_calibration_sizes(matmul_n=matmul_n, copy_mib=copy_mib, repeats=repeats)
+    if "jax" not in sys.modules:  # the host is measured; no TPU runtime (and none of libtpu's start-up noise)
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import jax.numpy as jnp
+
+    cpu = jax.devices("cpu")[0]  # committed inputs keep every timed op on the host even where a TPU is
     rng = np.random.default_rng(0)
     peaks = {}
     for dt in ("f32", "bf16"):
         jdt = jnp.float32 if dt == "f32" else jnp.bfloat16
-        a = jnp.asarray(rng.standard_normal((matmul_n, matmul_n)), jdt)
+        a = jax.device_put(jnp.asarray(rng.standard_normal((matmul_n, matmul_n)).astype(np.float32), jdt), cpu)
         f = jax.jit(lambda x, y: x @ y)
         t = _median_time_s(lambda: f(a, a).block_until_ready(), repeats)
         peaks[dt] = 2 * matmul_n**3 / t
     n_el = copy_mib * _MIB // 4
-    state = [jnp.zeros((n_el,), jnp.float32)]
+    state = [jax.device_put(np.zeros((n_el,), np.float32), cpu)]
     g = jax.jit(lambda v: v + 1.0, donate_argnums=0)
 
     def step():
@@ -474,7 +494,7 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) 
     bw = 2 * n_el * 4 / t
     fault_rate = measure_page_fault_bytes_per_s(n_el * 4, repeats)
     h = jax.jit(lambda v: v + 1.0)
-    small = jnp.zeros((8,), jnp.float32)
+    small = jax.device_put(np.zeros((8,), np.float32), cpu)
     t_launch = _median_time_s(lambda: h(small).block_until_ready(), max(repeats, 21))
     return CpuCalibration(
         f32_flops_per_s=peaks["f32"], bf16_flops_per_s=peaks["bf16"], hbm_bytes_per_s=bw,
@@ -484,6 +504,70 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) 
         measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         jax_version=jax.__version__,
     )
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can get without swapping: ``MemAvailable`` of ``/proc/meminfo`` (Linux),
+    else physical pages x page size, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def last_level_cache_bytes() -> int | None:
+    """The largest CPU cache of cpu0 from Linux sysfs (``/sys/devices/system/cpu/cpu0/cache/index*/size``),
+    or None where sysfs does not say."""
+    sizes = []
+    for p in pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            txt = p.read_text().strip()
+        except OSError:
+            continue
+        mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(txt[-1:].upper(), 1)
+        digits = txt[:-1] if txt[-1:].isalpha() else txt
+        if digits.isdigit():
+            sizes.append(int(digits) * mult)
+    return max(sizes) if sizes else None
+
+
+#: a calibration's matmul must take this many launch overheads, or its FLOP/s measures dispatch
+MIN_MATMUL_LAUNCHES = 10
+#: the copy must span this many last-level caches, or its bandwidth measures the cache
+MIN_COPY_CACHES = 2
+
+
+def calibration_problems(cal: CpuCalibration, llc_bytes: int | None = None, *,
+                         arg_name: Callable[[str], str] = str) -> list[str]:
+    """Why a calibration would not measure what the cpu chip's fields claim; empty when it does.
+
+    * matmul: ``2 n^3 / f32_flops_per_s`` (its measured time) below ``MIN_MATMUL_LAUNCHES`` x the launch
+      overhead: the FLOP/s is set by dispatch, not by the matmul units.
+    * copy: ``copy_bytes`` below ``MIN_COPY_CACHES`` x the last-level cache (``llc_bytes``, default
+      :func:`last_level_cache_bytes`): the in-place ``x + 1`` runs from cache, not from memory.
+
+    ``arg_name`` spells the size arguments in the messages (the CLI's ``--matmul-n``).
+    """
+    n_arg, copy_arg = arg_name("matmul_n"), arg_name("copy_mib")
+    problems = []
+    t_matmul = 2 * cal.matmul_n**3 / cal.f32_flops_per_s
+    if t_matmul < MIN_MATMUL_LAUNCHES * cal.launch_overhead_s:
+        problems.append(f"{n_arg}={cal.matmul_n}: the f32 matmul took {t_matmul * 1e6:.1f} us, under "
+                        f"{MIN_MATMUL_LAUNCHES}x the {cal.launch_overhead_s * 1e6:.1f} us launch overhead, so "
+                        f"its FLOP/s would measure dispatch; use a larger {n_arg} (default 1024)")
+    llc = last_level_cache_bytes() if llc_bytes is None else llc_bytes
+    if llc is not None and cal.copy_bytes < MIN_COPY_CACHES * llc:
+        problems.append(f"{copy_arg}={cal.copy_bytes / _MIB:g}: the copy is under {MIN_COPY_CACHES}x this CPU's "
+                        f"{llc / _MIB:g} MiB last-level cache, so its bandwidth would be the cache's, not "
+                        f"memory's; use {copy_arg} >= {math.ceil(MIN_COPY_CACHES * llc / _MIB)} (default 256)")
+    return problems
 
 
 def save_cpu_calibration(cal: CpuCalibration, path: pathlib.Path | None = None) -> pathlib.Path:

@@ -171,12 +171,23 @@ def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):
     # was "measuring: 0^3 matmul ... median of -1 runs ..." and then an error without the option's name
     (["calibrate", "cpu", "--matmul-n", "0"], "argument --matmul-n: must be an integer >= 1, got 0"),
     (["calibrate", "cpu", "--repeats", "-1"], "argument --repeats: must be an integer >= 1, got -1"),
+    (["tiling", "bench", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
 ])
 def test_integer_options_are_range_checked_by_name(capsys, argv, needle):
     with pytest.raises(SystemExit) as done:
         main(argv)
     out = capsys.readouterr()
     assert done.value.code == 2 and needle in out.err and out.out == ""
+
+
+def test_tiling_bench_refuses_a_walk_larger_than_memory_before_allocating(capsys, monkeypatch):
+    # was a numpy ArrayMemoryError traceback ("Unable to allocate 46.6 GiB") at --steps 100000000000
+    from perfmodel import hardware
+
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 2**30)
+    code, out, err = run(capsys, "tiling", "bench", "--steps", "10000000")
+    assert code == 2 and out == ""
+    assert "--steps=10000000 needs about 2,861 MiB (300 bytes per step)" in err and "use --steps <= 1,789,569" in err
 
 
 @pytest.mark.parametrize("law, value", [("joint-moe", "0"), ("fine-grained", "-2"), ("joint-moe", "nan")])

@@ -145,3 +145,55 @@ def test_get_tpu_chip_names_what_needs_the_tpu(name, monkeypatch):
     with pytest.raises(ValueError, match=f"the tiling walker needs a TPU; chip must be a TPU, got chip='{name}'"):
         hardware.get_tpu_chip(name, what="the tiling walker")
     assert hardware.get_tpu_chip("trillium", what="x").name == "v6e"
+
+
+def _calibration(**kw):
+    base = dict(f32_flops_per_s=5e10, bf16_flops_per_s=5e10, hbm_bytes_per_s=2e10, launch_overhead_s=1e-5,
+                page_fault_bytes_per_s=1e9, matmul_n=1024, copy_bytes=256 * 2**20, page_fault_bytes=256 * 2**20,
+                repeats=7, cpu_count=2, measured_at="2026-12-04T00:00:00+00:00", jax_version="x")
+    return hardware.CpuCalibration(**{**base, **kw})
+
+
+def test_calibration_problems_flag_a_dispatch_bound_matmul_and_a_cache_sized_copy():
+    assert hardware.calibration_problems(_calibration(), llc_bytes=32 * 2**20) == []
+    # 2 * 64^3 / 5e10 = 10.5 us, about one 10 us launch: the FLOP/s would time dispatch
+    (p,) = hardware.calibration_problems(_calibration(matmul_n=64), llc_bytes=32 * 2**20)
+    assert p.startswith("matmul_n=64: the f32 matmul took 10.5 us, under 10x the 10.0 us launch overhead")
+    (p,) = hardware.calibration_problems(_calibration(copy_bytes=32 * 2**20), llc_bytes=32 * 2**20)
+    assert p.startswith("copy_mib=32: the copy is under 2x this CPU's 32 MiB last-level cache")
+    assert "copy_mib >= 64" in p
+
+
+def test_without_a_known_cache_size_the_copy_is_not_judged(monkeypatch):
+    monkeypatch.setattr(hardware, "last_level_cache_bytes", lambda: None)
+    assert hardware.calibration_problems(_calibration(copy_bytes=2**20)) == []
+    monkeypatch.setattr(hardware, "last_level_cache_bytes", lambda: 2**20)
+    assert len(hardware.calibration_problems(_calibration(copy_bytes=2**20))) == 1
+
+
+def test_calibration_sizes_beyond_the_machine_memory_are_refused_before_allocating(monkeypatch):
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 8 * 2**30)
+    hardware.check_calibration_sizes(matmul_n=4096, copy_mib=1024, repeats=3)  # 256 MiB, 2 GiB: fine
+    with pytest.raises(ValueError, match="matmul_n=20000 needs about 6,104 MiB, more than half of this machine's "
+                                         "8,192 MiB"):
+        hardware.check_calibration_sizes(matmul_n=20000, copy_mib=1024, repeats=3)
+    with pytest.raises(ValueError, match="--copy-mib=4096 needs about 8,192 MiB"):
+        hardware.check_calibration_sizes(matmul_n=1024, copy_mib=4096, repeats=3,
+                                         arg_name=lambda k: "--" + k.replace("_", "-"))
+
+
+def test_calibrate_cpu_keeps_the_saved_calibration_when_the_new_one_is_unsound(tmp_path, monkeypatch, capsys):
+    from perfmodel.cli import main
+
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(tmp_path))
+    good = _calibration()
+    hardware.save_cpu_calibration(good)
+    before = (tmp_path / "cpu_calibration.json").read_text()
+    monkeypatch.setattr(hardware, "measure_cpu", lambda **kw: _calibration(matmul_n=kw["matmul_n"]))
+    assert main(["calibrate", "cpu", "--matmul-n", "64", "--copy-mib", "256"]) == 2
+    err = capsys.readouterr().err
+    assert "calibration not saved: --matmul-n=64: the f32 matmul took 10.5 us" in err
+    assert (tmp_path / "cpu_calibration.json").read_text() == before
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 2**30)
+    assert main(["calibrate", "cpu", "--matmul-n", "100000"]) == 2
+    assert "--matmul-n=100000 needs about" in capsys.readouterr().err

@@ -176,11 +176,18 @@ def _formula(args) -> int:
 
 
 def _calibrate_cpu(args) -> int:
-    from perfmodel.hardware import measure_cpu, save_cpu_calibration
+    from perfmodel.hardware import calibration_problems, check_calibration_sizes, measure_cpu, save_cpu_calibration
 
+    def flag(k):
+        return "--" + k.replace("_", "-")
+
+    check_calibration_sizes(matmul_n=args.matmul_n, copy_mib=args.copy_mib, repeats=args.repeats, arg_name=flag)
     print(f"measuring: {args.matmul_n}^3 matmul (f32, bf16) donated x+1 and first-touch page faults over "
           f"{args.copy_mib} MiB, median of {args.repeats} runs ...", flush=True)
     cal = measure_cpu(matmul_n=args.matmul_n, copy_mib=args.copy_mib, repeats=args.repeats)
+    problems = calibration_problems(cal, arg_name=flag)
+    if problems:  # the saved file becomes the cpu chip of every later command: keep the previous one
+        raise ValueError("calibration not saved: " + "; ".join(problems))
     path = save_cpu_calibration(cal)
     print(f"f32 matmul   {_fmt(cal.f32_flops_per_s, 'FLOP/s')}")
     print(f"bf16 matmul  {_fmt(cal.bf16_flops_per_s, 'FLOP/s')}")

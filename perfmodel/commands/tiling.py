@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pathlib
 
-from perfmodel.commands import chip_list, out_folder
+from perfmodel.commands import chip_list, int_in, out_folder
 
 _DEFAULT_OUT = "validation/results"
+# peak RSS of `/usr/bin/time -f %M perfmodel tiling bench --steps S` grows by 2.30 GB from S=1e6 (362 MB) to
+# S=1e7 (2662 MB) on the 2-core dev VM: 256 bytes per step, rounded up
+_WALKER_BYTES_PER_STEP = 300
 
 
 def register(cli) -> None:
@@ -47,7 +50,9 @@ def register(cli) -> None:
     p.set_defaults(func=_gmm)
 
     p = cli.subcommand("tiling", "bench", "time the vectorised grid walker on a large grouped matmul")
-    p.add_argument("--steps", type=int, default=100_000, help="approximate number of grid steps")
+    p.add_argument("--steps", type=int_in(1), default=100_000,
+                   help="approximate number of grid steps (the walk holds about "
+                        f"{_WALKER_BYTES_PER_STEP} bytes per step)")
     p.add_argument("--chip", default="v5e")
     p.set_defaults(func=_bench)
 
@@ -198,8 +203,14 @@ def _bench(args) -> int:
     from perfmodel.tiling.gmm import gmm_spec
     from perfmodel.tiling.walker import walk
 
-    if args.steps <= 0:
-        raise ValueError(f"--steps must be positive, got steps={args.steps}")
+    from perfmodel.hardware import available_memory_bytes
+
+    avail = available_memory_bytes()
+    if avail is not None and args.steps * _WALKER_BYTES_PER_STEP > avail / 2:
+        raise ValueError(f"--steps={args.steps} needs about {args.steps * _WALKER_BYTES_PER_STEP / 2**20:,.0f} MiB "
+                         f"({_WALKER_BYTES_PER_STEP} bytes per step), more than half of this machine's "
+                         f"{avail / 2**20:,.0f} MiB available memory; use --steps <= "
+                         f"{int(avail / 2 / _WALKER_BYTES_PER_STEP):,}")
     # grid (tiles_n, ~m/tm + G - 1, tiles_k) with tm=128, tk=512, tn=512, k=1024, n=4096: 16 steps per row tile
     G = 64
     tiles_m = max(1, args.steps // 16 - G + 1)
