@@ -26,7 +26,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -468,8 +467,6 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) 
     import numpy as np
 
     check_calibration_sizes(matmul_n=matmul_n, copy_mib=copy_mib, repeats=repeats)
-    if "jax" not in sys.modules:  # the host is measured; no TPU runtime (and none of libtpu's start-up noise)
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import jax.numpy as jnp
 

@@ -176,6 +176,10 @@ def _formula(args) -> int:
 
 
 def _calibrate_cpu(args) -> int:
+    import os
+
+    # this process measures the host only: no TPU runtime, and none of libtpu's start-up noise on a CPU machine
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from perfmodel.hardware import calibration_problems, check_calibration_sizes, measure_cpu, save_cpu_calibration
 
     def flag(k):
