@@ -176,3 +176,47 @@ def test_one_step_run_reports_rate_unknown_not_nan(tmp_path):
     def refuse(c):
         raise ValueError(c)
     json.loads(p.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the lr 1e298 update itself
+def test_a_diverged_run_is_recorded_as_diverged_in_strict_json_and_the_fitter_skips_it(tmp_path):
+    """--lr-scale 1e300 used to record held_out_loss NaN (a non-JSON token) with no mark, and exit 0."""
+    import json
+
+    from perfmodel.scaling import results
+
+    p = tmp_path / "div.jsonl"
+    lines = []
+    seq_len = sweep.task_lib.TaskConfig.parse("add2").seq_len
+    smallest = sweep.dense_model(sweep.WIDTHS[0], seq_len=seq_len).shape.flops_per_token().train_exact
+    study = sweep.Study(name="t", budgets_flops=(4 * 16 * seq_len * smallest,), sizes_per_budget=1, task="add2",
+                        lr_scale=1e300)
+    (rec,) = sweep.run_study(study, p, archs=("dense",), log=lines.append)
+    assert sweep.diverged(rec) and rec["held_out_loss"] is None
+    assert "DIVERGED" in lines[-1] and "status 'diverged'" in lines[-1]
+
+    def refuse(c):
+        raise ValueError(c)
+    json.loads(p.read_text(), parse_constant=refuse)
+    with pytest.raises(ValueError, match="no finished runs"):
+        results.read_runs(p)
+    # a resumed sweep keeps it (a rerun would diverge again) instead of training it again
+    assert sweep.run_study(study, p, archs=("dense",), log=lines.append) == [rec]
+
+
+def test_sweep_cli_exits_nonzero_when_runs_diverged(tmp_path, monkeypatch, capsys):
+    from perfmodel import cli
+
+    def fake_run_study(study, out, **_):
+        ok = {"run_id": "a", "arch": "dense", "budget_flops": 1e10, "status": "ok", "held_out_loss": 0.5,
+              "params_active": 10, "params_total": 10, "tokens": 100, "config": {"optim": {"peak_lr": 1e-2}}}
+        bad = {**ok, "run_id": "b", "status": "diverged", "held_out_loss": None,
+               "config": {"optim": {"peak_lr": 1e298}}}
+        return [ok, bad]
+
+    monkeypatch.setattr(sweep, "run_study", fake_run_study)
+    code = cli.main(["train", "sweep", "--study", "quick", "--arch", "dense", "--lr-scale", "1e300",
+                     "--out", str(tmp_path / "r.jsonl")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "loss=0.5000" in out
+    assert "1 of 2 runs diverged (non-finite loss), e.g. b" in err and "peak lr 1e+298 at --lr-scale 1e+300" in err

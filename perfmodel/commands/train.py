@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 from perfmodel.commands import out_file
 
@@ -73,7 +74,10 @@ def _sweep(args) -> int:
                            moe_impl=args.moe_impl, dtype=args.dtype, peak_flops_per_s=peak,
                            log=lambda s: print(s, flush=True))
     best = {}
+    bad = [r for r in recs if sweep.diverged(r)]
     for r in recs:
+        if sweep.diverged(r):
+            continue
         key = (r["arch"], r["budget_flops"])
         if key not in best or r["held_out_loss"] < best[key]["held_out_loss"]:
             best[key] = r
@@ -81,4 +85,9 @@ def _sweep(args) -> int:
     for (arch, c), r in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"  C={c:.0e} {arch:>12}: N_active={r['params_active']:,} N_total={r['params_total']:,} "
               f"tokens={r['tokens']:,} loss={r['held_out_loss']:.4f}")
+    if bad:  # recorded (a rerun would diverge again) but the sweep did not do its job: say so in the exit status
+        print(f"{len(bad)} of {len(recs)} runs diverged (non-finite loss), e.g. {bad[0]['run_id']}; they are in "
+              f"{out} with status 'diverged' and scaling fit skips them; peak lr {bad[0]['config']['optim']['peak_lr']:.3g}"
+              f" at --lr-scale {args.lr_scale:g}: try a smaller --lr-scale", file=sys.stderr)
+        return 1
     return 0

@@ -26,7 +26,9 @@ Runner: each finished run is appended to the JSONL file as one line by a
 single ``write`` on an ``O_APPEND`` descriptor followed by ``fsync``; on start
 the runner reads the file, ignores an unterminated last line (a run killed
 while writing), and skips every run id already present. Killing the process
-therefore loses at most the run in progress.
+therefore loses at most the run in progress. A run whose final loss is not finite
+is recorded with ``status: diverged`` (null losses), which the fitter skips; the
+``train sweep`` command then exits 1.
 """
 
 from __future__ import annotations
@@ -221,17 +223,37 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _strict_json(x):
+    """``x`` with every non-finite float (and in lists and dicts) replaced by None: strict JSON."""
+    if isinstance(x, float):
+        return _finite_or_none(x)
+    if isinstance(x, dict):
+        return {k: _strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict_json(v) for v in x]
+    return x
+
+
+def diverged(rec: dict) -> bool:
+    """A run whose record says ``status: diverged`` (its final train or held-out loss was not finite)."""
+    return rec.get("status") == "diverged"
+
+
 def _record(pr: PlannedRun, study: Study, res: train.RunResult, peak_flops_per_s: float | None) -> dict:
-    """One JSONL record; rates a run could not measure (one step) are null, so the file stays strict JSON."""
+    """One JSONL record, strict JSON: what a run could not measure (one step: rates; a diverged run: its
+    non-finite losses) is null. A run whose final train or held-out loss is not finite gets
+    ``status: diverged``, which ``read_runs`` (and so ``scaling fit``) skips; every other run ``status: ok``."""
     rc = pr.config
     rates = {k: _finite_or_none(getattr(res, k)) for k in ("tokens_per_s", "flops_per_s")}
-    return {"run_id": pr.run_id, "study": study.name, "arch": pr.arch, "budget_flops": pr.budget_flops,
-            "task": study.task, "seed": rc.seed, "batch_size": rc.batch_size,
-            "config": attrs.asdict(rc, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v),
-            **attrs.asdict(res), **rates,
-            "fraction_of_cpu_peak": (rates["flops_per_s"] / peak_flops_per_s)
-            if peak_flops_per_s and rates["flops_per_s"] is not None else None,
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    ok = all(math.isfinite(getattr(res, k)) for k in ("train_loss", "held_out_loss"))
+    return _strict_json({
+        "run_id": pr.run_id, "study": study.name, "arch": pr.arch, "budget_flops": pr.budget_flops,
+        "task": study.task, "seed": rc.seed, "batch_size": rc.batch_size, "status": "ok" if ok else "diverged",
+        "config": attrs.asdict(rc, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v),
+        **attrs.asdict(res), **rates,
+        "fraction_of_cpu_peak": (rates["flops_per_s"] / peak_flops_per_s)
+        if peak_flops_per_s and rates["flops_per_s"] is not None else None,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def _fmt_s(s: float) -> str:
@@ -265,8 +287,11 @@ def run_study(study: Study, path: pathlib.Path, *, archs=("dense", "moe"), n_exp
         peak = f" ({rec['fraction_of_cpu_peak']:.0%} of cpu peak)" if rec["fraction_of_cpu_peak"] is not None else ""
         rate = (f"{_rate(rec['tokens_per_s'])} tok/s {_rate(rec['flops_per_s'], 1e9, '.1f')} GFLOP/s{peak}"
                 if rec["tokens_per_s"] is not None else "rate n/a (1 step: compile only)")
+        losses = (f"DIVERGED (train {res.train_loss:.4g}, held-out {res.held_out_loss:.4g}; recorded with status "
+                  "'diverged', skipped by scaling fit)" if diverged(rec)
+                  else f"held-out {res.held_out_loss:.4f} train {res.train_loss:.4f}")
         log(f"[{i}/{len(todo)}] {pr.run_id} N={res.params_total:,} steps={res.steps} B={pr.config.batch_size} "
-            f"held-out {res.held_out_loss:.4f} train {res.train_loss:.4f} | {rate} | run {res.wall_time_s:.1f}s "
+            f"{losses} | {rate} | run {res.wall_time_s:.1f}s "
             f"elapsed {_fmt_s(elapsed)} ETA {_fmt_s(eta)}")
         if after_run is not None:
             after_run(i, rec)
