@@ -400,3 +400,15 @@ def test_fusion_map_check_walks_cells_and_prints_the_agreement(capsys, tmp_path)
     assert code == 0 and (tmp_path / "fusion_map_v5p.png").exists()
     assert "closed forms vs walker on 4 random cells" in out and "verdict differs at" in out
     assert "walked 4/4 cells" in err
+
+
+def test_tiling_gmm_gives_no_time_for_user_tiles_that_exceed_vmem(capsys):
+    # it used to print "VMEM ... EXCEEDS" and then a time (22.7 ms) for a kernel the compiler would refuse, exit 0
+    code, out, _ = run(capsys, "tiling", "gmm", "--chip", "v5e", "--impl", "tokamax", "M=4096", "K=8192", "N=8192",
+                       "G=8", "tm=4096", "tk=8192", "tn=8192")
+    assert code == 1 and "EXCEEDS" in out
+    assert "time: none; with tiles (tm, tk, tn) = (4096, 8192, 8192)" in out
+    assert not [line for line in out.splitlines() if line.startswith("time ")]
+    code, out, _ = run(capsys, "tiling", "gmm", "--chip", "v5e", "--impl", "megablox", "M=4096", "K=2048", "N=2048",
+                       "G=8", "tm=256", "tk=512", "tn=512")
+    assert code == 0 and ": fits" in out and "\ntime " in out

@@ -185,6 +185,15 @@ def _gmm(args) -> int:
           f"{format_si(cost.useful_flops)} useful ({100 * cost.mxu_utilisation:.0f}%)")
     print(f"VMEM {format_si(cost.vmem_bytes, 'B')} + spill est. {format_si(v.spill_bytes, 'B')} vs limit "
           f"{format_si(v.limit_bytes, 'B')}: {'fits' if v.fits else 'EXCEEDS'}")
+    if not v.fits and args.impl != "xla":
+        # tiles the user chose that the compiler would refuse: there is no kernel to time
+        print(f"time: none; with tiles (tm, tk, tn) = ({dims['tm']}, {dims['tk']}, {dims['tn']}) the kernel needs "
+              f"more VMEM than {chip.name}'s {format_si(v.limit_bytes, 'B')} limit, so it does not compile; "
+              "use smaller tm, tk or tn")
+        return 1
+    if not v.fits:  # XLA's own tiling compiles, so the VMEM estimate is what is wrong here
+        print("note: the VMEM estimate exceeds the limit for tiles the compiler chose itself (they compile); "
+              "the estimate is off for this shape, the time below assumes the kernel as tiled")
     print(f"time {format_si(cost.time_s, 's')} = launch {format_si(cost.launch_s, 's')} + prologue "
           f"{format_si(cost.prologue_s, 's')} + pipelined {format_si(cost.pipelined_s, 's')} + step overhead "
           f"{format_si(cost.overhead_s, 's')} + epilogue {format_si(cost.epilogue_s, 's')}; compute "
@@ -201,9 +210,8 @@ def _bench(args) -> int:
     import numpy as np
 
     from perfmodel.tiling.gmm import gmm_spec
-    from perfmodel.tiling.walker import walk
-
     from perfmodel.hardware import available_memory_bytes
+    from perfmodel.tiling.walker import walk
 
     avail = available_memory_bytes()
     if avail is not None and args.steps * _WALKER_BYTES_PER_STEP > avail / 2:
