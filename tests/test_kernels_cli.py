@@ -34,6 +34,17 @@ def test_kernel_table_on_stdout_is_one_markdown_table(capsys):
     assert len(rows) == 1 and len(header) == 1 and header[0] < rows[0]
 
 
+def test_kernel_table_rows_keep_the_whole_reason_and_an_all_na_table_exits_1(capsys):
+    # reasons were cut at 80 characters ("... dtype=bf16, GL"), and a table of only n/a rows exited 0
+    args = ["kernel-table", "--chips", "v5e", "--tokens-per-expert", "4096", "--ratios", "8"]
+    rc = main([*args, "--D", "65536"])
+    out, err = capsys.readouterr()
+    (row,) = [line for line in out.splitlines() if line.startswith("| v5e |")]
+    assert rc == 1 and "no row has a prediction (1 of 1 n/a" in err
+    assert "needs 212.1 MiB of the 128 MiB per TensorCore" in row and row.count("|") == 10
+    assert main([*args, "--D", "512,65536"]) == 0  # one row answered: the table is the answer, n/a rows included
+
+
 def test_boundary_tiles_straddle_the_chip_vmem():
     T, D, F, G, glu = kernel_aot.BOUNDARY_SHAPE
     for chip in ("v4", "v5p", "tpu7x"):

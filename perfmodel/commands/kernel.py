@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from perfmodel.commands import chip_list, comma_list, dtype_list, out_file, out_folder
 
 
@@ -98,6 +100,7 @@ def _kernel_table(args) -> int:
              header, "|" + "---|" * (header.count("|") - 1)]
     if not args.out:  # stdout is the table: its head first, then each row once, as it is computed
         print("\n".join(lines), flush=True)
+    unanswered = 0
     for chip in chips:
         for tpe in tpes:
             for D in dims:
@@ -107,7 +110,9 @@ def _kernel_table(args) -> int:
                         p = predict_fusion(chip=chip, tokens=tpe * args.E, D=D, F=F, E=args.E, k=1, glu=glu,
                                            dtype=args.dtype, allow_compile=args.compile)
                     except ValueError as err:
-                        lines.append(f"| {chip} | {tpe} | {D} | {F} | - | - | - | - | n/a: {str(err)[:80]} |")
+                        why = str(err).replace("|", "/").replace("\n", " ")  # the whole reason, one table cell
+                        lines.append(f"| {chip} | {tpe} | {D} | {F} | - | - | - | - | n/a: {why} |")
+                        unanswered += 1
                         print(lines[-1], flush=True)
                         continue
                     unfused = sum(op.time_s for op in p.unfused)
@@ -121,4 +126,9 @@ def _kernel_table(args) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")
+    rows = len(chips) * len(tpes) * len(dims) * len(ratios)
+    if unanswered == rows:  # the table answers nothing: say so in the exit status, not only in its cells
+        print(f"perfmodel kernel-table: no row has a prediction ({rows} of {rows} n/a; the reasons are in the "
+              "table's last column)", file=sys.stderr)
+        return 1
     return 0
