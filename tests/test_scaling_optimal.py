@@ -57,3 +57,20 @@ def test_cli_prints_derived_formula(capsys):
     assert main(["scaling", "optimal", "--compute", "1e21", "--law", "chinchilla", "--formula"]) == 0
     out = capsys.readouterr().out
     assert "a = beta/(alpha + beta)" in out and "params = (A*C**beta*alpha/(B*beta*c_f**beta))" in out
+
+
+@pytest.mark.parametrize("law, compute", [("chinchilla", 1.0), ("epoch", 10.0), ("fine-grained", 1e-3)])
+def test_a_budget_that_buys_less_than_one_parameter_or_token_is_refused(law, compute):
+    # --compute 1 printed N_act 574 m (0.574 parameters) and exited 0
+    with pytest.raises(ValueError, match=rf"--compute {compute:g} is too small for --law {law}: .* less than one "
+                                         "parameter or token"):
+        optimal.optimal_rows(compute, law=law)
+
+
+def test_dense_laws_warn_outside_chinchillas_runs_and_only_there():
+    inside = optimal.optimal_rows(1e21, law="chinchilla")  # 2.2 G parameters, 75 G tokens
+    assert not any(n.startswith("extrapolated") for n in optimal.notes("chinchilla", inside))
+    for c in (1e15, 1e26):
+        (warn,) = [n for n in optimal.notes("chinchilla", optimal.optimal_rows(c, law="chinchilla"))
+                   if n.startswith("extrapolated")]
+        assert "70 M..16 G parameters on 5 G..500 G tokens" in warn

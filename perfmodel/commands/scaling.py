@@ -167,7 +167,7 @@ def _optimal(args) -> int:
         return 0
     print(f"compute-optimal allocation at C = {args.compute:.3g} FLOPs ({args.law})")
     print(text_table(O.ROW_HEADERS, [r.cells() for r in rows]))
-    for note in O.notes(args.law):
+    for note in O.notes(args.law, rows):
         print(note)
     if args.formula:
         import sympy as sp

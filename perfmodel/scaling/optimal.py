@@ -30,6 +30,13 @@ SOURCES = {
 }
 
 
+#: the span of Chinchilla's training runs, which the chinchilla and epoch laws are fitted to: "over 400
+#: language models ranging from 70 million to over 16 billion parameters on 5 to 500 billion tokens"
+#: (Hoffmann et al. 2022, arXiv 2203.15556, abstract)
+CHINCHILLA_RUNS_PARAMS = (70e6, 16e9)
+CHINCHILLA_RUNS_TOKENS = (5e9, 500e9)
+
+
 @attrs.frozen(kw_only=True)
 class OptimalRow:
     law: str
@@ -68,10 +75,20 @@ def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: floa
     """Rows of the compute-optimal allocation at ``compute_flops`` for the named law.
 
     ``granularity``: the fine-grained law's G (default :data:`DEFAULT_GRANULARITY`)."""
-    ratio = moe_laws.FineGrainedMoELaw.total_per_active
     if experts is not None and not (np.isfinite(experts) and experts >= 1):
         raise ValueError(f"--experts must be a finite number >= 1 (experts E, or the fine-grained expansion rate), "
                          f"got --experts={experts!r}")
+    rows = _optimal_rows(compute_flops, law=law, experts=experts, granularity=granularity, results=results)
+    for r in rows:  # a law evaluated where it predicts less than one parameter or token describes no model
+        if not (r.params_active >= 1 and r.tokens >= 1):
+            raise ValueError(f"--compute {compute_flops:g} is too small for --law {law}: at E={r.n_experts:g} it "
+                             f"gives N_act={r.params_active:.3g} parameters and D={r.tokens:.3g} tokens: "
+                             "less than one parameter or token")
+    return rows
+
+
+def _optimal_rows(compute_flops, *, law, experts, granularity, results) -> list[OptimalRow]:
+    ratio = moe_laws.FineGrainedMoELaw.total_per_active
     if law in ("chinchilla", "epoch"):
         if experts not in (None, 1, 1.0):
             raise ValueError(f"--law {law} is a dense law; --experts applies to joint-moe, fine-grained, fitted")
@@ -136,8 +153,18 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None) 
     return rows
 
 
-def notes(law: str) -> list[str]:
+def notes(law: str, rows: list[OptimalRow] = ()) -> list[str]:
+    """Source and conventions of ``law``; for the dense laws, a warning when ``rows`` leave the span of
+    the runs the law was fitted to (:data:`CHINCHILLA_RUNS_PARAMS`, :data:`CHINCHILLA_RUNS_TOKENS`)."""
     out = [f"source: {SOURCES[law]}"]
+    (n_lo, n_hi), (d_lo, d_hi) = CHINCHILLA_RUNS_PARAMS, CHINCHILLA_RUNS_TOKENS
+    if law in ("chinchilla", "epoch") and any(not (n_lo <= r.params_active <= n_hi and d_lo <= r.tokens <= d_hi)
+                                              for r in rows):
+        from perfmodel.hardware import format_si
+
+        out.append(f"extrapolated: the law is fitted to Chinchilla's runs of {format_si(n_lo)}..{format_si(n_hi)} "
+                   f"parameters on {format_si(d_lo)}..{format_si(d_hi)} tokens (Hoffmann et al. 2022, abstract); "
+                   "this allocation is outside them")
     if law in ("joint-moe", "fine-grained"):
         out.append("N_total assumes N_total / N_act = (1 + 2E) / 3 (attention 4d^2 + FFN 8d^2 per block, "
                    "E experts of the dense FFN size, top-1).")
