@@ -111,3 +111,23 @@ def test_cli_time_optimal_says_when_the_choice_is_the_end_of_the_family(capsys):
 def test_plot_time_budget(tmp_path):
     out = H.compare(time_s=3600.0, n_experts=8, plot_path=tmp_path / "t.png")
     assert len(out) == 4 and (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_a_chip_step_larger_than_the_global_batch_is_refused(capsys):
+    # --tokens-per-chip-step 2048000000000 was costed (a 1e9-sequence step per chip) and exited 0
+    from perfmodel.cli import main
+
+    assert main(["scaling", "time-optimal", "--tokens-per-chip-step", str(2048 * 10**9)]) == 2
+    assert "cannot exceed the global batch of 4,194,304 tokens" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="tokens_per_step=8192"):
+        H.size_cost(2, tokens_per_step=8192, global_batch_tokens=4096)
+
+
+def test_a_time_budget_under_one_optimizer_step_is_flagged(capsys):
+    from perfmodel.cli import main
+
+    assert main(["scaling", "time-optimal", "--hours", "0.0001"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fewer than one global batch of 4,194,304: less than one optimizer step") == 4
+    assert main(["scaling", "time-optimal"]) == 0
+    assert "fewer than one global batch" not in capsys.readouterr().out

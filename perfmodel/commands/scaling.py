@@ -199,6 +199,10 @@ def _time_optimal(args) -> int:
         if r.size.n_layers in (lo, hi):
             print(f"note: {r.arch} {r.choice} is the family's {'smallest' if r.size.n_layers == lo else 'largest'} "
                   f"member (L={r.size.n_layers} of {lo}..{hi}): the optimum may lie outside the depths searched")
+        if r.tokens < H.GLOBAL_BATCH_TOKENS:  # the budget does not buy one optimizer step of this model
+            print(f"note: {r.arch} {r.choice} trains {r.tokens:,.0f} tokens, fewer than one global batch of "
+                  f"{H.GLOBAL_BATCH_TOKENS:,}: less than one optimizer step, so the time budget is too small for "
+                  "this family")
     print(H.ASSUMPTIONS)
     if args.plot:
         png = pathlib.Path(args.plot).with_suffix(".png")  # plots.save writes PNG + SVG under this stem

@@ -60,6 +60,8 @@ ASPECT = 128  # d_model per layer
 HEAD_DIM = 128
 VOCAB = 32000
 SEQ_LEN = 2048
+GLOBAL_BATCH_TOKENS = 4 * 1024 * 1024  # tokens per optimizer step over all chips (the AdamW update is
+# amortised over them)
 DEPTHS = tuple(range(1, 97))
 
 HEADERS = ["arch", "choice", "L", "d_model", "N_act", "N_total", "tokens", "D/N_act", "MFU", "C achieved",
@@ -173,7 +175,7 @@ def _shape(n_layers: int, n_experts: int):
 
 
 def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: str = "bf16", ffn: str = "ideal",
-              tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
+              tokens_per_step: int = 16384, global_batch_tokens: int = GLOBAL_BATCH_TOKENS,
               moe_ffn_train_time_s: MoeFfnTime | None = None) -> SizeCost:
     """Seconds per training token of the family member with ``n_layers`` layers."""
     from perfmodel.api import predict
@@ -181,6 +183,10 @@ def size_cost(n_layers: int, *, chip: str = "v5e", n_experts: int = 1, dtype: st
     if tokens_per_step % SEQ_LEN:
         raise ValueError(f"tokens per chip step (--tokens-per-chip-step) must be a multiple of the sequence length "
                          f"{SEQ_LEN}, got tokens_per_step={tokens_per_step}")
+    if tokens_per_step > global_batch_tokens:  # one chip's step is a slice of the global batch, never more
+        raise ValueError(f"tokens per chip step (--tokens-per-chip-step) cannot exceed the global batch of "
+                         f"{global_batch_tokens:,} tokens the optimizer step is amortised over, got "
+                         f"tokens_per_step={tokens_per_step}")
     if ffn not in FFN_MODELS:
         raise ValueError(f"ffn must be one of {FFN_MODELS}, got {ffn=!r}")
     check_balanced_groups(ffn=ffn, n_experts=n_experts, tokens_per_step=tokens_per_step,
@@ -226,7 +232,7 @@ class TimeBudgetCurve:
 
 
 def loss_curve(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str = "bf16", ffn: str = "ideal",
-               tokens_per_step: int = 16384, global_batch_tokens: int = 4 * 1024 * 1024,
+               tokens_per_step: int = 16384, global_batch_tokens: int = GLOBAL_BATCH_TOKENS,
                moe_ffn_train_time_s: MoeFfnTime | None = None, law: moe_laws.JointMoELaw | None = None,
                depths=DEPTHS) -> TimeBudgetCurve:
     """Tokens ``D(N) = time_s / t_tok(N)`` and loss ``L(N, D(N))`` over the family."""
