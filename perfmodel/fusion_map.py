@@ -92,13 +92,18 @@ def _positive_axis(name: str, values) -> np.ndarray:
     return a
 
 
+#: the map's F axis is in multiples of this (real models use F in multiples of 256)
+F_STEP = 256
+
+
 def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = True, activation: str | None = None,
                 dtype: str = "bf16", tokens_per_expert=None, f_over_d=None, n: int = 200,
                 params: TimingParams = FITTED) -> SpeedupMap:
     """Evaluate the map (default n = 200 points per axis: tokens per expert 8..16384, F/D 1..8).
 
     Tokens per expert are rounded to multiples of 8 and F = (F/D) D to multiples of 256 (at least 256),
-    duplicates dropped, so a small D gives fewer than ``n`` F/D rows (D = 2048: 57; D = 8192: 200).
+    duplicates dropped, so a small D gives fewer than ``n`` F/D rows (D = 2048: 57; D = 8192: 200); with the
+    default F/D axis, D below :data:`F_STEP` is refused (the axis could not start at F/D = 1).
     Given axes must be finite and positive. The largest cell (most tokens per expert times E rows) must be a
     shape a prediction takes (:func:`perfmodel.fusion.check_fusion_shape`: ``E <= MAX_EXPERTS``, rows
     ``<= MAX_ROWS``), refused before any work; not its grid-step limit, as the closed forms walk no grid.
@@ -120,9 +125,13 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
         tokens_per_expert = np.geomspace(8, 16384, n)
     g = np.maximum(8, np.round(_positive_axis("tokens_per_expert", tokens_per_expert) / 8) * 8)
     if f_over_d is None:
+        if D < F_STEP:  # F/D = 1 would need F = D, below the step F is rounded to: the axis would not start at 1
+            raise ValueError(f"D={D} is below the map's F step of {F_STEP}: F is a multiple of {F_STEP}, so the F/D "
+                             f"axis 1..8 would become {F_STEP / D:g}..{max(F_STEP, round(8 * D / F_STEP) * F_STEP) / D:g}; "
+                             f"use D >= {F_STEP}")
         f_over_d = np.linspace(1, 8, n)
     # Real models use F in multiples of 256; finer steps only add tile-divisibility noise.
-    F = np.maximum(256, np.round(_positive_axis("f_over_d", f_over_d) * D / 256) * 256)
+    F = np.maximum(F_STEP, np.round(_positive_axis("f_over_d", f_over_d) * D / F_STEP) * F_STEP)
     # In Python ints, before the int64 casts below (E = 1e17 overflowed rows = g E to a negative m).
     most, widest = int(g.max()), int(F.max())
     try:
@@ -143,7 +152,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     # The row tiles candidate_tiles offers each column's rows (its tf rule is F % tf == 0: F is a multiple
     # of 256): TM_CANDIDATES below the rows, the smallest covering them (rows rounded up to 8 if smaller),
     # and on megacore chips half the rows for calls of at most 128 rows, which split over both cores.
-    tms_by_col = [{t.tm for t in chip_candidate_tiles(c, T=int(r), F=256)} for r in rows]
+    tms_by_col = [{t.tm for t in chip_candidate_tiles(c, T=int(r), F=F_STEP)} for r in rows]
     best_t = np.full(R2.shape, np.inf)
     best_unf = np.full(R2.shape, np.nan)
     best_tm = np.zeros(R2.shape, np.int64)

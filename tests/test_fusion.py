@@ -252,6 +252,25 @@ def test_speedup_map_refuses_non_positive_or_non_finite_axes_by_name(kw, needle)
         speedup_map("v5e", **(dict(D=1024, E=8, n=2) | kw))
 
 
+def test_speedup_map_refuses_a_d_below_the_f_step_on_its_default_axis():
+    # D=8 drew one row at F/D = 32 (F rounded up to 256), outside the axis 1..8 it claimed, and exited 0
+    from perfmodel.fusion_map import speedup_map
+
+    with pytest.raises(ValueError, match=r"D=8 is below the map's F step of 256: .* axis 1..8 would become 32..32"):
+        speedup_map("v5e", D=8, E=8, n=4)
+    with pytest.raises(ValueError, match=r"axis 1..8 would become 2..8; use D >= 256"):
+        speedup_map("v5e", D=128, E=8, n=4)
+    m = speedup_map("v5e", D=256, E=8, n=20, tokens_per_expert=(8, 64))
+    assert m.f_over_d.tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_fusion_map_cli_says_when_rows_merge(capsys, tmp_path):
+    from perfmodel.cli import main
+
+    assert main(["plot", "fusion-map", "--chip", "v5e", "--D", "256", "--n", "20", "--out", str(tmp_path)]) == 0
+    assert "8 distinct F/D rows of the 20 asked: F is a multiple of 256, 1 in F/D at D=256" in capsys.readouterr().out
+
+
 def test_speedup_map_refuses_an_f_whose_expert_weight_exceeds_hbm():
     """f_over_d = 1e300 is finite and positive, but F = 1e300 D wrapped around int64 into a negative F."""
     from perfmodel.fusion_map import speedup_map

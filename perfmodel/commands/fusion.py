@@ -173,7 +173,7 @@ def _plot_map(args) -> int:
 
     import numpy as np
 
-    from perfmodel.fusion_map import speedup_map
+    from perfmodel.fusion_map import F_STEP, speedup_map
     from perfmodel.plots import fusion_map_plot
 
     t0 = time.perf_counter()
@@ -181,6 +181,9 @@ def _plot_map(args) -> int:
     path = fusion_map_plot(m, pathlib.Path(args.out) / f"fusion_map_{m.chip}.png")
     print(f"wrote {path} (+ .svg): {m.speedup.shape[1]} x {m.speedup.shape[0]} cells in "
           f"{time.perf_counter() - t0:.1f} s; speedup {m.speedup.min():.2f}x .. {m.speedup.max():.2f}x")
+    if len(m.f_over_d) < args.n:  # F rounds to multiples of F_STEP: at small D, neighbouring F/D points merge
+        print(f"  {len(m.f_over_d)} distinct F/D rows of the {args.n} asked: F is a multiple of {F_STEP}, "
+              f"{F_STEP / args.D:.3g} in F/D at D={args.D}")
     losing_rows = ~np.isnan(m.last_loss_tokens_per_expert)
     if losing_rows.any():
         print(f"  ragged_dot wins at {int((m.speedup < 1).sum())} cells, in {int(losing_rows.sum())} of "
