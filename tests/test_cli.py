@@ -151,7 +151,7 @@ def test_fitted_optimal_whose_fit_fails_is_an_error_not_a_traceback(capsys, tmp_
             for c in (1e10, 1e11, 1e12) for n in (1e3, 3e3, 1e4, 3e4, 1e5)]
     path = _jsonl(tmp_path / "rising.jsonl", rows)
     code, _, err = run(capsys, "scaling", "optimal", "--compute", "1e13", "--law", "fitted", "--results", path)
-    assert code == 2 and "rising.jsonl: dense: Approach 3 converged to non-positive exponents" in err
+    assert code == 2 and "rising.jsonl: no group can be fitted: dense: Approach 3 converged to non-positive exponents" in err
 
 
 def test_timings_cache_that_is_not_an_object_is_named(capsys, tmp_path):

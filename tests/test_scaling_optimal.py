@@ -74,3 +74,23 @@ def test_dense_laws_warn_outside_chinchillas_runs_and_only_there():
         (warn,) = [n for n in optimal.notes("chinchilla", optimal.optimal_rows(c, law="chinchilla"))
                    if n.startswith("extrapolated")]
         assert "70 M..16 G parameters on 5 G..500 G tokens" in warn
+
+
+def test_fitted_law_leaves_out_a_group_scaling_fit_would_skip_and_says_so(tmp_path, capsys):
+    # a group with 2 budgets made the whole command fail although `scaling fit` fits the other and skips it
+    from perfmodel.cli import main
+
+    law = laws.ChinchillaLaw(E_irr=1.1, A=30.0, B=200.0, alpha=0.35, beta=0.3)
+    dense = results.write_synthetic(tmp_path / "d.jsonl", {("dense", 1, 1): law}, (1e12, 1e13, 1e14))
+    moe = results.write_synthetic(tmp_path / "m.jsonl", {("moe", 8, 1): law}, (1e12, 1e13))
+    p = tmp_path / "r.jsonl"
+    p.write_text(dense.read_text() + moe.read_text())
+    skipped = []
+    (row,) = optimal.optimal_rows(1e15, law="fitted", results=p, skipped=skipped)
+    assert row.n_experts == 1 and len(skipped) == 1 and "has 2 compute budget(s)" in skipped[0]
+    assert main(["scaling", "optimal", "--compute", "1e15", "--law", "fitted", "--results", str(p)]) == 0
+    out, err = capsys.readouterr()
+    assert "fitted dense" in out and "skipped group: " in err and "has 2 compute budget(s)" in err
+    # asked for by --experts, the skipped group is an error, not a table of the others
+    with pytest.raises(ValueError, match="no group can be fitted at E=8: .* has 2 compute budget"):
+        optimal.optimal_rows(1e15, law="fitted", results=p, experts=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 from perfmodel import jsonout
 from perfmodel.commands import add_jobs, comma_list, in_file, int_in, out_file, out_folder, positive
@@ -160,8 +161,11 @@ def _optimal(args) -> int:
         raise ValueError(f"--granularity applies to --law fine-grained only, got --law {args.law}")
     if args.results is not None and args.law != "fitted":
         raise ValueError(f"--results applies to --law fitted only, got --law {args.law}")
+    skipped: list[str] = []
     rows = O.optimal_rows(args.compute, law=args.law, experts=args.experts, granularity=args.granularity,
-                          results=args.results)
+                          results=args.results, skipped=skipped)
+    for why in skipped:  # stderr: the table (or --json) on stdout stays the answer
+        print(f"skipped group: {why}", file=sys.stderr)
     if args.json:
         print(jsonout.dumps([r.as_dict() for r in rows], indent=2))
         return 0

@@ -71,14 +71,17 @@ def _row(name: str, o: laws.ComputeOptimal, *, experts: float, active: float, to
 
 
 def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: float | None = None,
-                 granularity: float | None = None, results=None) -> list[OptimalRow]:
+                 granularity: float | None = None, results=None, skipped: list[str] | None = None) -> list[OptimalRow]:
     """Rows of the compute-optimal allocation at ``compute_flops`` for the named law.
+
+    ``skipped``: with ``law="fitted"``, receives the groups left out and why (:func:`fitted_rows`).
 
     ``granularity``: the fine-grained law's G (default :data:`DEFAULT_GRANULARITY`)."""
     if experts is not None and not (np.isfinite(experts) and experts >= 1):
         raise ValueError(f"--experts must be a finite number >= 1 (experts E, or the fine-grained expansion rate), "
                          f"got --experts={experts!r}")
-    rows = _optimal_rows(compute_flops, law=law, experts=experts, granularity=granularity, results=results)
+    rows = _optimal_rows(compute_flops, law=law, experts=experts, granularity=granularity, results=results,
+                         skipped=skipped)
     for r in rows:  # a law evaluated where it predicts less than one parameter or token describes no model
         if not (r.params_active >= 1 and r.tokens >= 1):
             raise ValueError(f"--compute {compute_flops:g} is too small for --law {law}: at E={r.n_experts:g} it "
@@ -87,7 +90,7 @@ def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: floa
     return rows
 
 
-def _optimal_rows(compute_flops, *, law, experts, granularity, results) -> list[OptimalRow]:
+def _optimal_rows(compute_flops, *, law, experts, granularity, results, skipped) -> list[OptimalRow]:
     ratio = moe_laws.FineGrainedMoELaw.total_per_active
     if law in ("chinchilla", "epoch"):
         if experts not in (None, 1, 1.0):
@@ -114,12 +117,17 @@ def _optimal_rows(compute_flops, *, law, experts, granularity, results) -> list[
     if law == "fitted":
         if results is None:
             raise ValueError("--law fitted needs --results FILE (a training results JSONL)")
-        return fitted_rows(compute_flops, results, experts=experts)
+        return fitted_rows(compute_flops, results, experts=experts, skipped=skipped)
     raise ValueError(f"unknown law {law!r}; choose from {sorted(SOURCES)}")
 
 
-def fitted_rows(compute_flops: float, results, *, experts: float | None = None) -> list[OptimalRow]:
-    """Approach-3 point fits of each group in ``results``, evaluated at ``compute_flops``."""
+def fitted_rows(compute_flops: float, results, *, experts: float | None = None,
+                skipped: list[str] | None = None) -> list[OptimalRow]:
+    """Approach-3 point fits of each group in ``results``, evaluated at ``compute_flops``.
+
+    A group that cannot be fitted (fewer than ``MIN_BUDGETS`` budgets, or a failed fit) is left out, as
+    ``perfmodel scaling fit`` leaves it out, and its reason appended to ``skipped`` when a list is given;
+    no fittable group at all is an error listing every reason."""
     from perfmodel.scaling import fit as F
     from perfmodel.scaling.results import read_runs
 
@@ -131,25 +139,31 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None) 
     if experts is not None and float(experts) not in found:
         raise ValueError(f"{results}: no group with experts={experts:g}; the file has "
                          + ", ".join(f"E={e:g}" for e in found))
-    rows = []
+    rows, reasons = [], []
     for label, g in groups.items():
         e = float(g.n_experts[0])
         if experts is not None and e not in (1.0, float(experts)):
             continue
         if g.budgets.size < MIN_BUDGETS:
-            raise ValueError(f"{results}: {label} has {g.budgets.size} compute budget(s); a fitted law needs at "
-                             f"least {MIN_BUDGETS} (as `perfmodel scaling fit` does)")
+            reasons.append(f"{label} has {g.budgets.size} compute budget(s); a fitted law needs at least "
+                           f"{MIN_BUDGETS} (as `perfmodel scaling fit` does)")
+            continue
         try:
             lw = F.fit_approach3(g.params, g.tokens, g.loss, flops_per_param_token=flops_per_param_token(g),
                                  name=f"fitted {label}").law
         except RuntimeError as err:  # no finite start, or exponents <= 0: a message, not a traceback
-            raise ValueError(f"{results}: {label}: {err}") from None
+            reasons.append(f"{label}: {err}")
+            continue
         o = lw.optimal(compute_flops)
         total_ratio = float(np.median(g.params_total / g.params))
         rows.append(_row(f"fitted {label}", o, experts=e, active=float(o.params),
                          total=float(o.params) * total_ratio))
-    if not rows:
-        raise ValueError(f"{results}: no group with n_experts={experts:g}")
+    if not rows or experts is not None and float(experts) not in {r.n_experts for r in rows}:
+        # nothing to show, or not the group asked for by --experts: an error, not a table of the others
+        raise ValueError(f"{results}: no group can be fitted" + ("" if experts is None else f" at E={experts:g}")
+                         + ": " + "; ".join(reasons))
+    if skipped is not None:
+        skipped.extend(f"{results}: {r}" for r in reasons)
     return rows
 
 
