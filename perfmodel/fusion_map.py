@@ -149,9 +149,11 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     R2 = G2 * E
     up = np.array([[_xla(c.name, int(r), D, int(f), E, dt) for r in rows] for f in F])  # [ny, nx, 4]
     dn = np.array([[_xla(c.name, int(r), int(f), D, E, dt) for r in rows] for f in F])
-    # The row tiles candidate_tiles offers each column's rows (its tf rule is F % tf == 0: F is a multiple
-    # of 256): TM_CANDIDATES below the rows, the smallest covering them (rows rounded up to 8 if smaller),
-    # and on megacore chips half the rows for calls of at most 128 rows, which split over both cores.
+    # The tiles candidate_tiles offers: row tiles per column, TM_CANDIDATES below the rows, the smallest
+    # covering them (rows rounded up to 8 if smaller), and on megacore chips half the rows for calls of at
+    # most 128 rows, which split over both cores; F tiles per row, TF_CANDIDATES dividing F, and F itself.
+    tf_rows = [(tf, np.flatnonzero(F % tf == 0)) for tf in TF_CANDIDATES]
+    tf_rows += [(int(f), np.array([i])) for i, f in enumerate(F) if int(f) not in TF_CANDIDATES]
     tms_by_col = [{t.tm for t in chip_candidate_tiles(c, T=int(r), F=F_STEP)} for r in rows]
     best_t = np.full(R2.shape, np.inf)
     best_unf = np.full(R2.shape, np.nan)
@@ -160,24 +162,24 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     for tm in sorted(set().union(*tms_by_col)):
         cols = np.array([j for j, tms in enumerate(tms_by_col) if tm in tms])
         share = np.array([fused_core_share(c.name, rows=int(rows[j]), E=E, tm=tm) for j in cols])
-        for tf in TF_CANDIDATES:
+        for tf, ri in tf_rows:
+            if not ri.size:
+                continue
             vmem, vpu, vpu_mask = _fused_facts(c.name, D, tm, tf, dt, glu, act)
             if vmem > c.vmem_bytes_per_core:
                 continue
-            ok = F2[:, cols] % tf == 0
-            if not ok.any():
-                continue
-            u, d = up[:, cols], dn[:, cols]
-            times = evaluate_times(c, rows=R2[:, cols], D=D, F=F2[:, cols], E=E, tm=tm, tf=tf,
+            blk = np.ix_(ri, cols)  # the F rows this tf divides, the columns this tm is offered at
+            u, d = up[blk], dn[blk]
+            times = evaluate_times(c, rows=R2[blk], D=D, F=F2[blk], E=E, tm=tm, tf=tf,
                                    xla_up=(u[..., 0], u[..., 1], u[..., 2]), xla_down=(d[..., 0], d[..., 1], d[..., 2]),
                                    vpu_per_step=(vpu, vpu_mask, u[..., 3], d[..., 3]), q=q, glu=glu, activation=act,
                                    dtype=dt, fused_share=share, params=params)
-            better = ok & (times.fused_time_s < best_t[:, cols])
-            best_t[:, cols] = np.where(better, times.fused_time_s, best_t[:, cols])
-            # the ragged_dot path does not depend on the fused tiles: any evaluation of a column gives it
-            best_unf[:, cols] = np.where(np.isnan(best_unf[:, cols]), times.unfused_time_s, best_unf[:, cols])
-            best_tm[:, cols] = np.where(better, tm, best_tm[:, cols])
-            best_tf[:, cols] = np.where(better, tf, best_tf[:, cols])
+            better = times.fused_time_s < best_t[blk]
+            best_t[blk] = np.where(better, times.fused_time_s, best_t[blk])
+            # the ragged_dot path does not depend on the fused tiles: any evaluation of a cell gives it
+            best_unf[blk] = np.where(np.isnan(best_unf[blk]), times.unfused_time_s, best_unf[blk])
+            best_tm[blk] = np.where(better, tm, best_tm[blk])
+            best_tf[blk] = np.where(better, tf, best_tf[blk])
     if not np.isfinite(best_t).all():
         # A tile's footprint does not depend on F or the rows, and tf=128 is allowed at every cell (F is a
         # multiple of 256), so a cell without tiles means its smallest candidate overflows VMEM.

@@ -161,8 +161,9 @@ def test_speedup_map_offers_the_small_call_tiles_the_kernel_chooses(chip):
     for i, F in enumerate(m.F):
         for j, g in enumerate(m.tokens_per_expert):
             p = predict_fusion(chip=chip, tokens=int(g) * 8, D=2048, F=int(F), E=8, glu=True)
-            if g * 8 <= 128:
-                assert (int(m.tm[i, j]), int(m.tf[i, j])) == p.fused_tiles
+            if g * 8 <= 128:  # the row tile; tf can differ at a near-tie (v5e, 64 rows, F=4096: the walker
+                # has tf=2048 514 us and tf=F 518 us, the closed forms the other order), the time check covers it
+                assert int(m.tm[i, j]) == p.fused_tiles[0]
             assert m.fused_time_s[i, j] == pytest.approx(p.fused.time_s, rel=0.1)
             assert (m.speedup[i, j] > 1) == (p.speedup > 1)
 
@@ -438,3 +439,21 @@ def test_walker_check_reports_the_maps_distance_from_the_walker():
     for cells in (0, -1, 2.5):
         with pytest.raises(ValueError, match=f"cells must be a positive integer, got cells={cells!r}"):
             walker_check(m, cells)
+
+
+def test_the_tile_search_offers_the_whole_f_as_one_tile():
+    """F = 1408 = 11 x 128 had only tf = 128 on offer: 440 us on v6e where tf = F (one grid step per row tile)
+    takes 193 us in the same walker. The map offers the same candidates (F = 2816 = 11 x 256 there)."""
+    from kernels.fused_spec import candidate_tiles
+    from perfmodel.fusion_map import speedup_map
+
+    assert {t.tf for t in candidate_tiles(T=8192, F=1408)} == {128, 1408}
+    assert {t.tf for t in candidate_tiles(T=8192, F=4096)} == {128, 256, 512, 1024, 2048, 4096}
+    p = predict_fusion(chip="v6e", tokens=8192, D=2048, F=1408, E=8, glu=True)
+    narrow = predict_fusion(chip="v6e", tokens=8192, D=2048, F=1408, E=8, glu=True, tiles=(1024, 128))
+    assert p.fused_tiles == (1024, 1408) and p.fused.time_s < 0.5 * narrow.fused.time_s
+    m = speedup_map("v6e", D=1024, E=8, glu=True, tokens_per_expert=(256, 1024), f_over_d=(2.75,))
+    for j, g in enumerate(m.tokens_per_expert):
+        w = predict_fusion(chip="v6e", tokens=int(g) * 8, D=1024, F=2816, E=8, glu=True)
+        assert (int(m.tm[0, j]), int(m.tf[0, j])) == w.fused_tiles == (w.fused_tiles[0], 2816)
+        assert m.fused_time_s[0, j] == pytest.approx(w.fused.time_s, rel=0.1)
