@@ -358,3 +358,21 @@ def test_report_json_is_strict_json_with_null_for_missing_numbers(sweep, tmp_pat
     data = json.loads(js.read_text(), parse_constant=reject)
     alpha = data["groups"][0]["approach3"]["alpha"]
     assert alpha["point"] is None and alpha["high"] is None and alpha["n_resamples"] == 0
+
+
+def test_runs_without_a_budget_field_are_counted_and_the_report_says_so(tmp_path):
+    # each such run becomes its own budget (its compute), which made one-run IsoFLOP "curves" without a word
+    src = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): JOINT.at_experts(1)}, BUDGETS)
+    lines = [json.loads(line) for line in src.read_text().splitlines()]
+    assert all("budget_flops" in r for r in lines)
+    p = tmp_path / "nobudget.jsonl"
+    p.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "budget_flops"}
+                                    | {"flops": r["budget_flops"] * (1 + 1e-3 * i)}) + "\n"
+                         for i, r in enumerate(lines)))
+    runs = results.read_runs(p)
+    assert runs.budget_inferred.all() and runs.budgets.size == len(lines)
+    assert not results.read_runs(src).budget_inferred.any()
+    assert runs.take([0, 0, 1]).budget_inferred.shape == (3,)
+    md = study.report_markdown(study.run_study(p, n_resamples=2, grid=F.TINY_GRID))
+    assert f"{len(lines)} of {len(lines)} runs have no budget field" in md
+    assert "have no budget field" not in study.report_markdown(study.run_study(src, n_resamples=2, grid=F.TINY_GRID))

@@ -112,6 +112,13 @@ class Runs:
     params_key: str
     loss_key: str
     source: str
+    # per run: the line had no budget field, so its budget is its own compute (an IsoFLOP curve of one run
+    # unless other runs spent exactly the same FLOPs)
+    budget_inferred: np.ndarray | None = None  # None: no run inferred
+
+    def __attrs_post_init__(self):
+        if self.budget_inferred is None:
+            object.__setattr__(self, "budget_inferred", np.zeros(self.loss.shape, bool))
 
     def __len__(self) -> int:
         return int(self.loss.size)
@@ -213,7 +220,7 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
     if not path.exists():
         raise FileNotFoundError(f"results file not found: {path}")
     cols: dict[str, list] = {k: [] for k in ("arch", "n_experts", "top_k", "params", "params_total", "tokens",
-                                             "budget_flops", "compute_flops", "loss")}
+                                             "budget_flops", "compute_flops", "loss", "budget_inferred")}
     first_line: dict = {}  # run_id -> line it was read on
     try:
         text = path.read_text(encoding="utf-8")
@@ -280,6 +287,7 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
         budget = _lookup(flat, FIELDS["budget_flops"])
         if comp is None:
             comp = _number(fpt, "flops_per_token", where) * d if fpt is not None else budget
+        inferred = budget is None
         if budget is None:
             budget = comp
         if budget is None:
@@ -305,6 +313,7 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
         cols["budget_flops"].append(_number(budget, "budget_flops", where))
         cols["compute_flops"].append(_number(comp, "compute_flops", where))
         cols["loss"].append(lv)
+        cols["budget_inferred"].append(inferred)
     if not cols["loss"]:
         raise ValueError(f"{path}: no finished runs")
     return Runs(**{k: np.array(v) for k, v in cols.items()}, params_key=params_key, loss_key=loss,

@@ -464,6 +464,12 @@ def report_markdown(s: Study) -> str:
                          "full fit; the intervals are conditional on that and narrower than an unconditional one)")
     out += ["## Fitted laws", "", markdown_table(
         ["group", "runs", "budgets", "E", "alpha", "beta", "a (A3)", "b (A3)", "a (A2)", "b (A2)"], rows), ""]
+    inferred = sum(int(g.runs.budget_inferred.sum()) for g in s.groups)
+    if inferred:  # IsoFLOP grouping by exact compute: Approach 2 and the held-out check see one-run "budgets"
+        notes.insert(0, f"{inferred} of {sum(len(g.runs) for g in s.groups)} runs have no budget field "
+                        "(budget_flops or an alias), so each one's budget is its own compute: runs group into "
+                        "IsoFLOP curves only where they spent exactly the same FLOPs, and Approach 2 and the "
+                        "held-out check compare those; add each run's nominal budget to the results file")
     out += [f"- {n}" for n in notes] + ([""] if notes else [])
     for g in s.groups:
         b = g.approach3
