@@ -475,7 +475,7 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) 
     peaks = {}
     for dt in ("f32", "bf16"):
         jdt = jnp.float32 if dt == "f32" else jnp.bfloat16
-        a = jax.device_put(jnp.asarray(rng.standard_normal((matmul_n, matmul_n)).astype(np.float32), jdt), cpu)
+        a = jax.device_put(rng.standard_normal((matmul_n, matmul_n)).astype(np.float32), cpu).astype(jdt)
         f = jax.jit(lambda x, y: x @ y)
         t = _median_time_s(lambda: f(a, a).block_until_ready(), repeats)
         peaks[dt] = 2 * matmul_n**3 / t
