@@ -110,7 +110,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     The widest F must let one expert's ``D x F`` weight fit the chip's HBM.
     """
     from kernels.activations import resolve_activation
-    from kernels.fused_spec import TF_CANDIDATES, FusedTiles, chip_candidate_tiles, no_tiles_fit_reason
+    from kernels.fused_spec import FusedTiles, chip_candidate_tiles, no_tiles_fit_reason
     from perfmodel.fusion import check_fusion_shape
     from perfmodel.fusion_closed_form import evaluate_times, fused_core_share
 
@@ -124,14 +124,14 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     if tokens_per_expert is None:
         tokens_per_expert = np.geomspace(8, 16384, n)
     g = np.maximum(8, np.round(_positive_axis("tokens_per_expert", tokens_per_expert) / 8) * 8)
-    if f_over_d is None:
-        if D < F_STEP:  # F/D = 1 would need F = D, below the step F is rounded to: the axis would not start at 1
-            raise ValueError(f"D={D} is below the map's F step of {F_STEP}: F is a multiple of {F_STEP}, so the F/D "
-                             f"axis 1..8 would become {F_STEP / D:g}..{max(F_STEP, round(8 * D / F_STEP) * F_STEP) / D:g}; "
-                             f"use D >= {F_STEP}")
+    default_axis = f_over_d is None
+    if default_axis:
         f_over_d = np.linspace(1, 8, n)
     # Real models use F in multiples of 256; finer steps only add tile-divisibility noise.
     F = np.maximum(F_STEP, np.round(_positive_axis("f_over_d", f_over_d) * D / F_STEP) * F_STEP)
+    if default_axis and D < F_STEP:  # F/D = 1 needs F = D, below the step F is rounded to
+        raise ValueError(f"D={D} is below the map's F step of {F_STEP}: F is a multiple of {F_STEP}, so the F/D "
+                         f"axis 1..8 would become {F.min() / D:g}..{F.max() / D:g}; use D >= {F_STEP}")
     # In Python ints, before the int64 casts below (E = 1e17 overflowed rows = g E to a negative m).
     most, widest = int(g.max()), int(F.max())
     try:
@@ -151,10 +151,11 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
     dn = np.array([[_xla(c.name, int(r), int(f), D, E, dt) for r in rows] for f in F])
     # The tiles candidate_tiles offers: row tiles per column, TM_CANDIDATES below the rows, the smallest
     # covering them (rows rounded up to 8 if smaller), and on megacore chips half the rows for calls of at
-    # most 128 rows, which split over both cores; F tiles per row, TF_CANDIDATES dividing F, and F itself.
-    tf_rows = [(tf, np.flatnonzero(F % tf == 0)) for tf in TF_CANDIDATES]
-    tf_rows += [(int(f), np.array([i])) for i, f in enumerate(F) if int(f) not in TF_CANDIDATES]
+    # most 128 rows, which split over both cores; F tiles per F row, as candidate_tiles offers them for that F.
     tms_by_col = [{t.tm for t in chip_candidate_tiles(c, T=int(r), F=F_STEP)} for r in rows]
+    tfs_by_row = [{t.tf for t in chip_candidate_tiles(c, T=8, F=int(f))} for f in F]
+    tf_rows = [(tf, np.array([i for i, tfs in enumerate(tfs_by_row) if tf in tfs]))
+               for tf in sorted(set().union(*tfs_by_row))]
     best_t = np.full(R2.shape, np.inf)
     best_unf = np.full(R2.shape, np.nan)
     best_tm = np.zeros(R2.shape, np.int64)
@@ -163,8 +164,6 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
         cols = np.array([j for j, tms in enumerate(tms_by_col) if tm in tms])
         share = np.array([fused_core_share(c.name, rows=int(rows[j]), E=E, tm=tm) for j in cols])
         for tf, ri in tf_rows:
-            if not ri.size:
-                continue
             vmem, vpu, vpu_mask = _fused_facts(c.name, D, tm, tf, dt, glu, act)
             if vmem > c.vmem_bytes_per_core:
                 continue
@@ -181,11 +180,12 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
             best_tm[blk] = np.where(better, tm, best_tm[blk])
             best_tf[blk] = np.where(better, tf, best_tf[blk])
     if not np.isfinite(best_t).all():
-        # A tile's footprint does not depend on F or the rows, and tf=128 is allowed at every cell (F is a
+        # A tile's footprint does not depend on F or the rows, and tf=128 is offered at every cell (F is a
         # multiple of 256), so a cell without tiles means its smallest candidate overflows VMEM.
         failing = np.flatnonzero(~np.isfinite(best_t).all(axis=0))
         footprints = [(_fused_facts(c.name, D, tm, tf, dt, glu, act)[0], FusedTiles(tm=tm, tf=tf))
-                      for tm in sorted(set().union(*(tms_by_col[j] for j in failing))) for tf in TF_CANDIDATES]
+                      for tm in sorted(set().union(*(tms_by_col[j] for j in failing)))
+                      for tf in sorted(set().union(*tfs_by_row))]
         raise ValueError(f"no fused tiles fit {c.name}'s VMEM (D={D}{', GLU' if glu else ''}, dtype={dt}): "
                          f"{no_tiles_fit_reason(c, footprints)}")
     speedup = best_unf / best_t

@@ -443,11 +443,18 @@ def check_calibration_sizes(*, matmul_n: int, copy_mib: int, repeats: int,
     for k, v in (("matmul_n", matmul_n), ("copy_mib", copy_mib), ("repeats", repeats)):
         if v <= 0:
             raise ValueError(f"{arg_name(k)} must be positive, got {arg_name(k)}={v}")
-    avail = available_memory_bytes()
     for k, v, need in (("matmul_n", matmul_n, 16 * matmul_n**2), ("copy_mib", copy_mib, 2 * copy_mib * _MIB)):
-        if avail is not None and need > avail / 2:
-            raise ValueError(f"{arg_name(k)}={v} needs about {need / _MIB:,.0f} MiB, more than half of this "
-                             f"machine's {avail / _MIB:,.0f} MiB available memory; use a smaller value")
+        check_memory(need, f"{arg_name(k)}={v}")
+
+
+def check_memory(need_bytes: float, what: str, fix=lambda avail_bytes: "use a smaller value") -> None:
+    """Refuse ``need_bytes`` above half of :func:`available_memory_bytes` (half: room for the process itself
+    and the rest of the machine) before anything is allocated. The error names ``what`` and ends with
+    ``fix(available bytes)``; nothing is checked where the available memory is unknown."""
+    avail = available_memory_bytes()
+    if avail is not None and need_bytes > avail / 2:
+        raise ValueError(f"{what} needs about {need_bytes / _MIB:,.0f} MiB, more than half of this machine's "
+                         f"{avail / _MIB:,.0f} MiB available memory; {fix(avail)}")
 
 
 def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 256, repeats: int = 7) -> CpuCalibration:

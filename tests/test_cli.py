@@ -187,7 +187,7 @@ def test_tiling_bench_refuses_a_walk_larger_than_memory_before_allocating(capsys
     monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 2**30)
     code, out, err = run(capsys, "tiling", "bench", "--steps", "10000000")
     assert code == 2 and out == ""
-    assert "--steps=10000000 needs about 2,861 MiB (300 bytes per step)" in err and "use --steps <= 1,789,569" in err
+    assert "--steps=10000000 (300 bytes per step) needs about 2,861 MiB" in err and "use --steps <= 1,789,569" in err
 
 
 @pytest.mark.parametrize("law, value", [("joint-moe", "0"), ("fine-grained", "-2"), ("joint-moe", "nan")])

@@ -210,15 +210,11 @@ def _bench(args) -> int:
     import numpy as np
 
     from perfmodel.tiling.gmm import gmm_spec
-    from perfmodel.hardware import available_memory_bytes
+    from perfmodel.hardware import check_memory
     from perfmodel.tiling.walker import walk
 
-    avail = available_memory_bytes()
-    if avail is not None and args.steps * _WALKER_BYTES_PER_STEP > avail / 2:
-        raise ValueError(f"--steps={args.steps} needs about {args.steps * _WALKER_BYTES_PER_STEP / 2**20:,.0f} MiB "
-                         f"({_WALKER_BYTES_PER_STEP} bytes per step), more than half of this machine's "
-                         f"{avail / 2**20:,.0f} MiB available memory; use --steps <= "
-                         f"{int(avail / 2 / _WALKER_BYTES_PER_STEP):,}")
+    check_memory(args.steps * _WALKER_BYTES_PER_STEP, f"--steps={args.steps} ({_WALKER_BYTES_PER_STEP} bytes per step)",
+                 fix=lambda avail: f"use --steps <= {int(avail / 2 / _WALKER_BYTES_PER_STEP):,}")
     # grid (tiles_n, ~m/tm + G - 1, tiles_k) with tm=128, tk=512, tn=512, k=1024, n=4096: 16 steps per row tile
     G = 64
     tiles_m = max(1, args.steps // 16 - G + 1)

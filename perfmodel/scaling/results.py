@@ -114,11 +114,7 @@ class Runs:
     source: str
     # per run: the line had no budget field, so its budget is its own compute (an IsoFLOP curve of one run
     # unless other runs spent exactly the same FLOPs)
-    budget_inferred: np.ndarray | None = None  # None: no run inferred
-
-    def __attrs_post_init__(self):
-        if self.budget_inferred is None:
-            object.__setattr__(self, "budget_inferred", np.zeros(self.loss.shape, bool))
+    budget_inferred: np.ndarray
 
     def __len__(self) -> int:
         return int(self.loss.size)

@@ -41,6 +41,7 @@ import time
 
 import attrs
 
+from perfmodel.jsonout import json_safe
 from validation.arith import optim, task as task_lib, train
 from validation.arith.model import ModelConfig
 
@@ -223,17 +224,6 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _strict_json(x):
-    """``x`` with every non-finite float (and in lists and dicts) replaced by None: strict JSON."""
-    if isinstance(x, float):
-        return _finite_or_none(x)
-    if isinstance(x, dict):
-        return {k: _strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict_json(v) for v in x]
-    return x
-
-
 def diverged(rec: dict) -> bool:
     """A run whose record says ``status: diverged`` (its final train or held-out loss was not finite)."""
     return rec.get("status") == "diverged"
@@ -246,7 +236,7 @@ def _record(pr: PlannedRun, study: Study, res: train.RunResult, peak_flops_per_s
     rc = pr.config
     rates = {k: _finite_or_none(getattr(res, k)) for k in ("tokens_per_s", "flops_per_s")}
     ok = all(math.isfinite(getattr(res, k)) for k in ("train_loss", "held_out_loss"))
-    return _strict_json({
+    return json_safe({
         "run_id": pr.run_id, "study": study.name, "arch": pr.arch, "budget_flops": pr.budget_flops,
         "task": study.task, "seed": rc.seed, "batch_size": rc.batch_size, "status": "ok" if ok else "diverged",
         "config": attrs.asdict(rc, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v),
