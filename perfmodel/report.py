@@ -287,6 +287,9 @@ def validation_rows() -> list[dict]:
     if ch:
         cons = ch["constants"]
         txt = ", ".join(f"{k} {v['ours']['point']:.4g} (Epoch {v['published']})" for k, v in cons.items())
+        txt += "".join(f"; fitted below {h['cut_flops']:.0e} FLOPs, the lowest of the {h['n_heldout']} held-out "
+                       f"points' losses {h['lowest_error_percent']:+.1f}% (above the floor "
+                       f"{h['lowest_excess_error_percent']:+.1f}%)" for h in ch.get("heldout", ()))
         add("Chinchilla refit (Epoch protocol)", "Epoch AI's published estimates",
             f"../shared/data/{ch['data']} ({ch['n_fitted']} points)", txt,
             "alpha, beta in Epoch 95% CI; E within 0.05", date, "perfmodel validate chinchilla",
@@ -474,7 +477,8 @@ def scaling_section(out: pathlib.Path, chips: Sequence[str], ctx: dict) -> Secti
                 data=f"validation/results/arith_full.jsonl (largest budget {h.budget_flops:.0e} FLOPs held out)",
                 result=(f"best loss predicted {h.best_loss_predicted:.4g} vs observed {h.best_loss_observed:.4g} "
                         f"({h.best_loss_error_percent:+.1f}%, fitted on {h.fitted_budgets} budgets"
-                        + seed_ci_text(h.best_loss_error_interval_percent) + "); per-run loss "
+                        + seed_ci_text(h.best_loss_error_interval_percent) + "; above the fitted floor "
+                        f"E={h.floor_loss:.2g}: {h.best_loss_excess_error_percent:+.1f}%); per-run loss "
                         f"MAPE {h.runs_loss_mape_percent:.1f}%"
                         + "".join(f"; {e.budget_flops:.0e} from the {e.fitted_budgets} below it "
                                   f"{e.best_loss_error_percent:+.1f}%" for e in g.heldout_earlier)

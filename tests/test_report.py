@@ -58,6 +58,22 @@ def test_validation_rows_in_markdown_match_the_json(report):
         assert needle in checks
 
 
+def test_heldout_rows_give_the_error_above_the_fitted_floor(report):
+    _, _, data = report
+    rows = {r["check"]: r["result"] for r in data["sections"]["validation"]}
+    for g in data["sections"]["scaling"]["groups"]:
+        h = g["heldout"]
+        assert (f"above the fitted floor E={h['floor_loss']:.2g}: {h['best_loss_excess_error_percent']:+.1f}%"
+                in rows[f"held-out training budget ({g['label']})"])
+    # the Chinchilla row carries the same check on Chinchilla's runs, from the committed refit
+    committed = json.loads((pathlib.Path(__file__).resolve().parents[1] / "validation/results/chinchilla_refit.json")
+                           .read_text())
+    for h in committed["heldout"]:
+        assert (f"fitted below {h['cut_flops']:.0e} FLOPs, the lowest of the {h['n_heldout']} held-out points' "
+                f"losses {h['lowest_error_percent']:+.1f}% (above the floor {h['lowest_excess_error_percent']:+.1f}%)"
+                in rows["Chinchilla refit (Epoch protocol)"])
+
+
 def test_hardware_numbers_match_the_catalog(report):
     _, md, data = report
     from perfmodel.hardware import CATALOG, format_si

@@ -376,3 +376,24 @@ def test_runs_without_a_budget_field_are_counted_and_the_report_says_so(tmp_path
     md = study.report_markdown(study.run_study(p, n_resamples=2, grid=F.TINY_GRID))
     assert f"{len(lines)} of {len(lines)} runs have no budget field" in md
     assert "have no budget field" not in study.report_markdown(study.run_study(src, n_resamples=2, grid=F.TINY_GRID))
+
+
+def test_excess_error_is_the_whole_loss_error_at_a_zero_floor_and_larger_above_it():
+    pred, obs = np.array([2.2, 1.9, 0.5]), np.array([2.0, 2.0, 0.4])
+    whole = 100 * (pred / obs - 1)
+    np.testing.assert_allclose(study.excess_error_percent(pred, obs, 0.0), whole)
+    above = study.excess_error_percent(pred, obs, 0.3)
+    assert above[0] == pytest.approx(100 * (1.9 / 1.7 - 1)) and above[2] == pytest.approx(100 * (0.2 / 0.1 - 1))
+    assert np.all(np.abs(above) > np.abs(whole))
+    # no excess to compare where the observed loss is at or below the floor
+    assert np.isnan(study.excess_error_percent(2.2, 2.0, 2.0)) and np.isnan(study.excess_error_percent(2.2, 2.0, 2.5))
+
+
+def test_heldout_reports_the_best_loss_error_above_the_fitted_floor(fitted):
+    for g in fitted.groups:
+        h = g.heldout
+        assert h.floor_loss > 0.5  # the generating joint law's floor is c = 1.36
+        assert h.best_loss_excess_error_percent == pytest.approx(
+            100 * ((h.best_loss_predicted - h.floor_loss) / (h.best_loss_observed - h.floor_loss) - 1))
+        assert abs(h.best_loss_excess_error_percent) > abs(h.best_loss_error_percent)
+        assert "best loss above the fitted floor E" in study.report_markdown(fitted)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from validation import chinchilla as V
@@ -45,7 +46,9 @@ def test_cli_writes_reports(tmp_path, capsys):
     assert rc == 0
     data = json.loads((tmp_path / "chinchilla_refit.json").read_text())
     assert data["ok"] and data["n_fitted"] == 240
-    assert "all targets met" in (tmp_path / "chinchilla_refit.md").read_text()
+    md = (tmp_path / "chinchilla_refit.md").read_text()
+    assert "all targets met" in md and "Held-out check on Chinchilla's own runs" in md
+    assert [h["cut_flops"] for h in data["heldout"]] == list(V.HELDOUT_CUTS_FLOPS)
     assert "alpha" in capsys.readouterr().out
 
 
@@ -53,3 +56,30 @@ def test_missing_data_dir_names_the_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("PERFMODEL_SHARED_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="PERFMODEL_SHARED_DATA"):
         V.data_path()
+
+
+@needs_data
+def test_heldout_cut_fits_below_and_judges_at_or_above_it():
+    p = V.load_points()
+    h = V.heldout_cut(p, 1e21)
+    above = p.compute_flops >= 1e21
+    assert (h.n_fitted, h.n_heldout) == (int((~above).sum()), int(above.sum()))
+    assert h.n_fitted + h.n_heldout == p.loss.size
+    # the lowest held-out point, predicted by the law fitted below the cut
+    i = np.argmin(np.where(above, p.loss, np.inf))
+    assert (h.lowest_observed, h.lowest_compute_flops) == (p.loss[i], p.compute_flops[i])
+    assert h.lowest_predicted == pytest.approx(float(h.law.loss(p.params[i], p.tokens[i])))
+    assert h.lowest_error_percent == pytest.approx(100 * (h.lowest_predicted / h.lowest_observed - 1))
+    # Chinchilla's floor is most of the loss: the excess error is the larger one
+    assert h.law.E_irr > 1.5
+    assert abs(h.lowest_excess_error_percent) > 3 * abs(h.lowest_error_percent)
+    assert h.loss_max_abs_percent >= h.loss_mape_percent
+
+
+@needs_data
+def test_heldout_cut_that_leaves_nothing_is_an_error():
+    p = V.load_points()
+    with pytest.raises(ValueError, match=r"cut_flops=1e\+30 leaves 240 points to fit and 0 to predict"):
+        V.heldout_cut(p, 1e30)
+    with pytest.raises(ValueError, match=r"cut_flops=1 leaves 0 points"):
+        V.heldout_cut(p, 1.0)

@@ -49,6 +49,10 @@ class HeldOut:
     best_loss_observed: float
     best_loss_predicted: float
     best_loss_error_percent: float
+    # The same best-loss error on the loss above the law's fitted floor E (excess_error_percent): equal to
+    # best_loss_error_percent when E ~ 0, far larger when E is most of the loss (Chinchilla's runs).
+    floor_loss: float
+    best_loss_excess_error_percent: float
     params_opt_observed: float  # vertex of the held-out budget's parabola (best run's N if not convex)
     params_opt_observed_from: str  # "parabola" | "best run" | "best run (edge of sampled sizes)"
     params_opt_predicted_approach3: float
@@ -138,6 +142,19 @@ def _pct(pred: float, obs: float) -> float:
     return 100.0 * (pred / obs - 1.0)
 
 
+def excess_error_percent(pred, obs, floor: float):
+    """Error of the loss above a law's floor: ``100 ((pred - E) / (obs - E) - 1)``, ``E`` = ``floor``.
+
+    A % error of the whole loss shrinks as the irreducible part ``E`` grows (Chinchilla's E is ~1.8
+    nats of ~2.1), so it says little about how well a law extrapolates the part compute can remove;
+    this error does not. ``nan`` where ``obs <= E`` (no excess to compare).
+    """
+    pred, obs = np.asarray(pred, float), np.asarray(obs, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = 100.0 * ((pred - floor) / (obs - floor) - 1.0)
+    return np.where(obs > floor, err, np.nan)
+
+
 def loss_opt_samples(samples: np.ndarray, compute_flops: float, flops_per_param_token: float = 6.0) -> np.ndarray:
     """L*(C) for each row (E_irr, A, B, alpha, beta) of bootstrap samples (vectorised derived closed form)."""
     f = laws._compiled()["loss"]
@@ -197,6 +214,7 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
         budget_flops=float(top), fitted_budgets=int(train.budgets.size), n_runs=len(test),
         runs_loss_mape_percent=mape, best_loss_observed=best_obs,
         best_loss_predicted=float(opt.loss), best_loss_error_percent=_pct(float(opt.loss), best_obs),
+        floor_loss=law.E_irr, best_loss_excess_error_percent=float(excess_error_percent(opt.loss, best_obs, law.E_irr)),
         params_opt_observed=n_obs, params_opt_observed_from=n_from,
         params_opt_predicted_approach3=float(opt.params), params_opt_predicted_approach2=n_a2,
         params_opt_error_percent_approach3=_pct(float(opt.params), n_obs),
@@ -517,12 +535,13 @@ def report_markdown(s: Study) -> str:
     for g in s.groups:
         h = g.heldout
         if h is None:
-            rows.append([g.label, "-", "-", "-", "-", "-", "-", "-", "-", "-", g.heldout_error or ""])
+            rows.append([g.label, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", g.heldout_error or ""])
             continue
         for e in (*g.heldout_earlier, h):
             rows.append([g.label, f"{e.budget_flops:.3g}", str(e.fitted_budgets), f"{e.runs_loss_mape_percent:.2f}%",
                          f"{e.best_loss_predicted:.4g} vs {e.best_loss_observed:.4g} "
                          f"({e.best_loss_error_percent:+.2f}%{seed_ci_text(e.best_loss_error_interval_percent)})",
+                         f"{e.best_loss_excess_error_percent:+.2f}% (E = {e.floor_loss:.3g})",
                          f"{_si(e.params_opt_predicted_approach3)} vs {_si(e.params_opt_observed)} "
                          f"({e.params_opt_error_percent_approach3:+.1f}%)",
                          "-" if e.params_opt_predicted_approach2 is None else
@@ -533,9 +552,12 @@ def report_markdown(s: Study) -> str:
                          f"{e.best_loss_predicted_frontier:.4g} ({e.best_loss_error_percent_frontier:+.2f}%)",
                          "" if e is h else "earlier"])
     out += [markdown_table(["group", "held-out C", "budgets fitted", "runs' loss MAPE", "best loss pred vs obs",
-                            "N_opt A3 pred vs obs", "N_opt A2 pred", "obs N_opt from",
+                            "best loss above the fitted floor E", "N_opt A3 pred vs obs", "N_opt A2 pred", "obs N_opt from",
                             "same law, best loss at the fitted budgets", "baseline: power law through best runs",
                             "note"], rows), "",
+            "*Best loss above the fitted floor E* compares (L* - E) with (L_best - E), the part of the loss that "
+            "compute removes: with E near 0 it equals the whole-loss error, where E is most of the loss it is far "
+            "larger (Chinchilla's own runs, held out the same way: `perfmodel validate chinchilla`). "
             "*Same law, best loss at the fitted budgets* compares the law's L*(C) with the best run at each budget "
             "it was fitted on: the observed best loss is the minimum over a few noisy runs, so even in-sample it "
             "differs from a smooth law by this much. *Baseline* is the simplest extrapolation, L_best(C) = k C^g "
