@@ -382,6 +382,7 @@ def fused_moe_spec(*, T: int, D: int, F: int, G: int, dtype, tiles: FusedTiles, 
         operands=tuple(operands),
         prefetch=prefetch,
         scratch_bytes=scratch,
+        scratch_includes_spill=True,  # x_spill of vmem_scratch_bytes, calibrated on libtpu's own counts
         step_matmuls=(((tm, D, tf),) * n_in) + ((tm, tf, D),),
         # Every active step: the activation on [tm, tf], the cast of h to the weight
         # dtype (bf16), one add per f32 accumulator element [tm, D].

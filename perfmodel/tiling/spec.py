@@ -151,6 +151,9 @@ class KernelSpec:
     * ``mxu_dtype``: operand dtype on the MXU (selects the chip peak).
     * ``vmem_limit_bytes``: the scoped VMEM limit the kernel requests via
       ``pltpu.CompilerParams(vmem_limit_bytes=...)`` (None = compiler default).
+    * ``scratch_includes_spill``: ``scratch_bytes`` already holds Mosaic's
+      register-spill slots (the fused kernel's own calibrated terms), so
+      :func:`perfmodel.tiling.vmem.mosaic_spill_bytes` adds none on top.
     """
 
     name: str
@@ -169,6 +172,7 @@ class KernelSpec:
     useful_flops: int | None = None
     mxu_dtype: str = attrs.field(default="bf16", converter=canonical_dtype)
     vmem_limit_bytes: int | None = None
+    scratch_includes_spill: bool = False
 
     def __attrs_post_init__(self):
         who = f"kernel {self.name!r}"

@@ -66,12 +66,13 @@ def mosaic_spill_bytes(spec, chip: Chip | str) -> int:
     """Estimated Mosaic register-spill VMEM of ``spec`` on ``chip`` (0 on v6e / 7x).
 
     ``SPILL_FACTOR`` x the largest left operand (``m x k`` of ``step_matmuls``)
-    in the MXU dtype, on chips whose MXU is 128 wide.
+    in the MXU dtype, on chips whose MXU is 128 wide; 0 for a spec whose scratch
+    already counts its spill (``spec.scratch_includes_spill``).
     """
     from perfmodel.hardware import dtype_bytes
 
     chip = get_chip(chip)
-    if chip.mxu_tile != 128 or not spec.step_matmuls:
+    if chip.mxu_tile != 128 or not spec.step_matmuls or spec.scratch_includes_spill:
         return 0
     lhs = max(m * k for m, k, _ in spec.step_matmuls)
     return int(SPILL_FACTOR * lhs * dtype_bytes(spec.mxu_dtype))
