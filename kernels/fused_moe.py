@@ -71,6 +71,7 @@ from jax.experimental.pallas import tpu as pltpu
 from kernels.activations import ffn_hidden, resolve_activation
 from kernels.fused_spec import (  # noqa: F401  (re-exported: the kernel's description)
     _MIB,
+    KERNEL_DTYPES,
     VMEM_HEADROOM_BYTES,
     VMEM_HEADROOM_FRACTION,
     FusedTiles,
@@ -205,8 +206,8 @@ def check_shapes(x, group_sizes, w_up, w_down, w_gate=None) -> tuple[int, int, i
     T, D = x.shape
     if T == 0 or D == 0:  # fused picked tm=0 and gmm failed inside megablox; refuse it the same way everywhere
         raise ValueError(f"x should have at least one row and one column, got x.shape={x.shape}")
-    if str(x.dtype) not in ("bfloat16", "float32"):  # int8 ran and saturated; fp8 gave NaN through ragged_dot
-        raise ValueError(f"x.dtype={x.dtype} should be bfloat16 or float32")
+    if str(x.dtype) not in KERNEL_DTYPES.values():
+        raise ValueError(f"x.dtype={x.dtype} should be {' or '.join(KERNEL_DTYPES.values())}")
     if w_up.ndim != 3 or w_up.shape[1] != D:
         raise ValueError(f"w_up should be [G, D={D}, F], got w_up.shape={w_up.shape}")
     G, _, F = w_up.shape

@@ -286,6 +286,10 @@ offset, two compares, and, select (counted as in ``perfmodel.tiling.gmm``)."""
 # --------------------------------------------------------------------------
 # Kernel description (one source of truth)
 # --------------------------------------------------------------------------
+KERNEL_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
+"""Activation/weight dtypes the fused kernel takes: canonical name (``perfmodel.hardware.canonical_dtype``)
+-> jax dtype name. int8 ran and saturated; fp8 gave NaN through ragged_dot."""
+
 SCRATCH_COEFFICIENTS = {"tpu7x": (0.0, 7.5, 3.75)}
 """Per chip: (x spill bytes per byte of the ``x`` tile, result scratch bytes per
 ``[tm, tf]`` element with GLU, without GLU). Chips not listed use

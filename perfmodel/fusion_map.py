@@ -140,7 +140,7 @@ def speedup_map(chip: str = "v5e", *, D: int = 2048, E: int = 8, glu: bool = Tru
         raise ValueError(f"the map's largest cell, tokens_per_expert={most} times E={E} = {most * E} tokens "
                          f"(k=1): {err}") from None
     if D * widest * q > c.hbm_bytes:  # also keeps F within int64 (f_over_d = 1e300 wrapped around)
-        raise ValueError(f"f_over_d={float(widest) / D:g} gives F={widest}: one expert's D x F weight, "
+        raise ValueError(f"D={D} and f_over_d={float(widest) / D:g} give F={widest}: one expert's D x F weight, "
                          f"{D * widest * q:.3g} B, exceeds {c.name}'s HBM ({c.hbm_bytes:.3g} B)")
     g = g.astype(np.int64)
     F = np.unique(F.astype(np.int64))

@@ -69,6 +69,20 @@ def test_predict_with_options_prints_per_kernel_table(capsys):
     (["kernel-table", "--tokens-per-expert", "0"], "--tokens-per-expert"),
     (["kernel-table", "--ratios", "32,,64"], "--ratios"),
     (["kernel-table", "--dtype", "f64"], "f64"),
+    # every row was 'n/a: no fp8 matmul peak' (exit 1; exit 0 when another chip had fp8)
+    (["kernel-table", "--chips", "v5e,v6e", "--dtype", "fp8"], "--dtype: chip 'v5e' has no fp8 matmul peak"),
+    (["kernel-table", "--dtype", "bf16,f32"], "--dtype takes one dtype, got dtype='bf16,f32'"),
+    # compiled every point for minutes, each an error record: the kernel takes bf16 and f32 only
+    (["validate", "kernel-aot", "--chips", "v5e", "--dtypes", "bf16,int8"],
+     "--dtypes: the fused kernel takes bf16, f32, got dtypes='bf16,int8'"),
+    (["plot", "roofline", "--chips", "v9"], "--chips: unknown chip 'v9'"),
+    (["plot", "roofline", "--chips", "a100"], "--chips: the MoE kernels' roofline (Pallas TPU) needs a TPU"),
+    # the kernel's BlockSpec check named block_shape=(7, 128), not the tm=7 the user typed
+    (["tiling", "gmm", "--impl", "tokamax", "M=1024", "K=512", "N=512", "G=8", "tm=7", "tk=128", "tn=128"],
+     "tm=7, tk=128, tn=128 for M=1024, K=512, N=512, G=8 (tokamax forward): operand 'lhs': block dim 0"),
+    # --render times nothing: the timing options were silently ignored
+    (["validate", "kernel", "--render", "validation/results/kernel_cpu", "--repeats", "-5", "--sweep", "bogus"],
+     "--render DIR re-renders a saved run and times nothing; drop --sweep, --repeats"),
     (["train", "sweep", "--budgets", "0"], "--budgets"),
     (["train", "sweep", "--seeds=-1"], "--seeds"),
 ])
@@ -412,3 +426,14 @@ def test_tiling_gmm_gives_no_time_for_user_tiles_that_exceed_vmem(capsys):
     code, out, _ = run(capsys, "tiling", "gmm", "--chip", "v5e", "--impl", "megablox", "M=4096", "K=2048", "N=2048",
                        "G=8", "tm=256", "tk=512", "tn=512")
     assert code == 0 and ": fits" in out and "\ntime " in out
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("garbage", "is not a `perfmodel validate kernel` results.json: not JSON"),
+    ("[1]", "is not a `perfmodel validate kernel` results.json: a JSON list, not an object"),
+])
+def test_render_of_a_results_file_that_is_not_one_names_it(capsys, tmp_path, content, needle):
+    # was a bare 'Expecting value: line 1 column 1 (char 0)' (or an AttributeError traceback for a list)
+    (tmp_path / "results.json").write_text(content)
+    code, _, err = run(capsys, "validate", "kernel", "--render", str(tmp_path))
+    assert code == 2 and f"{tmp_path / 'results.json'} {needle}" in err

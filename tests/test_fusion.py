@@ -277,9 +277,12 @@ def test_speedup_map_refuses_an_f_whose_expert_weight_exceeds_hbm():
     from perfmodel.fusion_map import speedup_map
 
     for fd in (1e300, 1e7):
-        with pytest.raises(ValueError, match=r"f_over_d=1e\+?0?(300|7) gives F=\d+: one expert's D x F weight, "
+        with pytest.raises(ValueError, match=r"D=1024 and f_over_d=1e\+?0?(300|7) give F=\d+: one expert's D x F weight, "
                                              r".* exceeds v5e's HBM"):
             speedup_map("v5e", D=1024, E=8, tokens_per_expert=(8, 64), f_over_d=(1, fd))
+    # the default F/D axis with a huge D: the message names D, the argument at fault
+    with pytest.raises(ValueError, match=r"D=99999999 and f_over_d=8 give F=800000000: one expert's D x F weight"):
+        speedup_map("v5e", D=99999999, E=8, tokens_per_expert=(8, 64))
 
 
 def test_speedup_map_takes_the_most_experts_and_rows_without_the_grid_step_limit():

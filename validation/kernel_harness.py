@@ -1110,7 +1110,13 @@ def load_results(path: str | os.PathLike) -> Results:
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no results.json at {path} (run `perfmodel validate kernel --out DIR` first)")
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: not JSON ({err})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: a JSON "
+                         f"{type(d).__name__}, not an object")
     missing = [k for k in ("info", "cpu", "tpu") if k not in d]
     if missing:
         raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: missing {', '.join(missing)}")

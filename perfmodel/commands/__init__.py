@@ -37,11 +37,8 @@ def chip_list(text: str, option: str = "--chips", *, tpu_for: str | None = None)
     if not all(names):
         raise ValueError(f"{option} must be a comma-separated list of chip names, got {name}={text!r}")
     for n in names:
-        if tpu_for is None:
-            get_chip(n)
-            continue
         try:
-            get_tpu_chip(n, what=tpu_for)
+            get_chip(n) if tpu_for is None else get_tpu_chip(n, what=tpu_for)
         except ValueError as err:
             raise ValueError(f"{option}: {err} (in {name}={text!r})") from None
     return names

@@ -148,7 +148,7 @@ def _plot_roofline(args) -> int:
     from perfmodel.plots import RooflinePoint, roofline_plot
 
     # canonical names, each once: files are named like the report's and fusion-map's (trillium -> v6e)
-    chips = canonical_chip_names(chip_list(args.chips))
+    chips = canonical_chip_names(chip_list(args.chips, tpu_for="the MoE kernels' roofline (Pallas TPU)"))
     # every chip's prediction first: a bad chip or shape fails before any plot is written
     preds = {chip: predict_fusion(chip=chip, tokens=args.tokens, D=args.D, F=args.F, E=args.E, k=args.k,
                                   glu=args.glu, activation=args.activation, dtype=args.dtype) for chip in chips}

@@ -161,15 +161,19 @@ def _gmm(args) -> int:
     params = P.DEFAULT if args.ideal else P.FITTED
     if args.impl == "xla":
         t = xla_ragged_dot_time(chip, gs, K, N, kind=args.kind, dtype=args.dtype, params=params)
-    elif args.impl == "tokamax":
-        t = tokamax_time(chip, gs, K, N, tm=dims["tm"], tk=dims["tk"], tn=dims["tn"], kind=args.kind,
-                         dtype=args.dtype, params=params)
     else:
-        if args.kind != "forward":
+        if args.impl == "megablox" and args.kind != "forward":
             raise ValueError(f"--impl megablox models the forward gmm only, got kind={args.kind!r}")
-        c = megablox_time(chip, gs, K, N, tm=dims["tm"], tk=dims["tk"], tn=dims["tn"], dtype=args.dtype,
-                          params=params)
-        t = None
+        tiles = dict(tm=dims["tm"], tk=dims["tk"], tn=dims["tn"])
+        try:  # the kernel's BlockSpecs check the user's tiles (the TPU (8, 128) rule); say which tiles
+            if args.impl == "tokamax":
+                t = tokamax_time(chip, gs, K, N, **tiles, kind=args.kind, dtype=args.dtype, params=params)
+            else:
+                c = megablox_time(chip, gs, K, N, **tiles, dtype=args.dtype, params=params)
+                t = None
+        except ValueError as err:
+            raise ValueError(", ".join(f"{k}={v}" for k, v in tiles.items())
+                             + f" for M={M}, K={K}, N={N}, G={G} ({args.impl} {args.kind}): {err}") from None
     cost = c if t is None else t.kernel
     print(f"{args.impl} {args.kind} M={M} K={K} N={N} G={G} on {chip.name} "
           f"({'ideal constants' if args.ideal else 'FITTED constants, perfmodel/tiling/params.py'})")

@@ -50,6 +50,14 @@ def _validate_kernel(args) -> int:
     from validation import kernel_harness
 
     if args.render is not None:
+        # --render times nothing: a timing option beside it would be silently ignored
+        timing = (("--sweep", args.sweep, "quick"), ("--repeats", args.repeats, None), ("--min-time", args.min_time, None),
+                  ("--out", args.out, None), ("--malloc", args.malloc, "default"),
+                  ("--no-recalibrate", args.no_recalibrate, False))
+        given = [option for option, value, default in timing if value != default]
+        if given:
+            raise ValueError(f"--render DIR re-renders a saved run and times nothing; drop {', '.join(given)} "
+                             f"(got render={args.render!r})")
         paths = kernel_harness.render(args.render)
         print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".md", ".json")))
         return 0
