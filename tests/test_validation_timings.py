@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 
 import attrs
 import numpy as np
@@ -139,3 +140,72 @@ def test_cli_refuses_a_folder_given_twice(capsys, tmp_path):
     assert main(["validate", "timings", str(d), str(d), "--chip", "v5e", "--no-compile",
                  "--out", str(tmp_path / "o")]) == 2
     assert "is given twice" in capsys.readouterr().err
+
+
+_FWD = _key("bf16[1024,512]", "bf16[8,512,768]", [128] * 8, [[1], [1]])
+_TILES = json.dumps({"tile_m": 128, "tile_k": 512, "tile_n": 256})
+
+
+def _cache(tmp_path, configs, name="ragged_dot.json", key=_FWD):
+    p = tmp_path / name
+    p.write_text(json.dumps({key: configs}))
+    return p
+
+
+@pytest.mark.parametrize("configs,name,message", [
+    ({"1": {"evaluation_times_ms": [0.1]}}, "ragged_dot.json", "'1': the config key must be a JSON object, got int"),
+    ({"notjson": {"evaluation_times_ms": [0.1]}}, "ragged_dot.json", "'notjson': the config key is not JSON"),
+    ({"{}": {"evaluation_times_ms": ["a", "b"]}}, "ragged_dot.json", r"evaluation_times_ms .*, got \['a', 'b'\]"),
+    ({"{}": {"evaluation_times_ms": [0.0]}}, "ragged_dot.json", r"evaluation_times_ms .*, got \[0.0\]"),
+    ({"{}": {"evaluation_times_ms": [-1, -2]}}, "ragged_dot.json", r"evaluation_times_ms .*, got \[-1, -2\]"),
+    ({"{}": {"evaluation_times_ms": 5}}, "ragged_dot.json", "evaluation_times_ms .*, got 5"),
+    ({json.dumps({"tile_k": 512, "tile_n": 256}): {"evaluation_times_ms": [0.1]}},
+     "pallas_mosaic_tpu_ragged_dot.json", "tile_m must be a positive integer, got tile_m=None"),
+])
+def test_a_malformed_config_names_file_entry_and_field(tmp_path, configs, name, message):
+    """These used to be tracebacks (AttributeError, numpy TypeError, ZeroDivisionError), a message naming
+    nothing, or a silent report of negative/NaN measured times."""
+    p = _cache(tmp_path, configs, name)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(p))}: entry 1 '{{\"lhs\".*'\.\.\., config .*{message}"):
+        V.load_rows(p)
+
+
+def test_configs_without_a_finite_time_give_no_row(tmp_path):
+    """Not timed (no or empty samples) or a failed measurement (inf, nan): no row, as for a call with no
+    configs; the timed config beside them still gives its row. A NaN used to be reported as a nan% error."""
+    configs = {json.dumps({"a": i}): v for i, v in enumerate(
+        [{}, {"evaluation_times_ms": []}, {"evaluation_times_ms": [float("inf")]},
+         {"evaluation_times_ms": [0.1, float("nan")]}, {"evaluation_times_ms": [0.1, 0.3, 0.2]}])}
+    (row,) = V.load_rows(_cache(tmp_path, configs))
+    assert row.config == (("a", 4),) and row.measured_s == pytest.approx(0.2e-3)
+
+
+def test_a_non_utf8_file_is_named(tmp_path):
+    p = tmp_path / "ragged_dot.json"
+    p.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(p))}: not UTF-8 text"):
+        V.load_rows(p)
+
+
+def test_a_call_the_model_refuses_names_file_and_entry(tmp_path):
+    """``bf16[0,512]`` parses but m=0 is refused when predicting: the message used to name neither."""
+    key = _key("bf16[0,512]", "bf16[8,512,768]", [0] * 8, [[1], [1]])
+    rows = V.load_rows(_cache(tmp_path, {"{}": {"evaluation_times_ms": [0.1]}}, key=key))
+    p = re.escape(str(tmp_path / "ragged_dot.json"))
+    with pytest.raises(ValueError, match=rf"^{p}: entry 1 .*config '{{}}': m must be a positive integer, got m=0"):
+        V.evaluate(rows, "v5e", allow_compile=False)
+
+
+def test_cli_fit_on_one_call_skips_the_held_out_check_saying_why(capsys, tmp_path):
+    """It used to print the fitted constants, then fail with 'no forward/dlhs rows to fit on'."""
+    from perfmodel.cli import main
+
+    d = tmp_path / "d"
+    d.mkdir()
+    _cache(d, {"{}": {"evaluation_times_ms": [0.1]}})
+    assert main(["validate", "timings", str(d), "--chip", "v5e", "--no-compile", "--fit",
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "held-out check skipped: cross-validation (2-fold by call) needs forward/dlhs rows without residuals " \
+           "from at least 2 calls in different folds, got 1 such row(s) from 1 call(s)" in out
+    assert json.loads((tmp_path / "o" / "timings_v5e.json").read_text())["summary_held_out"] is None

@@ -37,6 +37,7 @@ report shows the error before (``DEFAULT``) and after.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import re
 
@@ -91,6 +92,7 @@ class Row:
     implementation: str
     config: tuple[tuple[str, object], ...]
     measured_s: float
+    source: str = ""  # file, entry and config it was read from (error messages)
 
 
 def parse_call(key: str) -> Call:
@@ -106,42 +108,80 @@ def parse_call(key: str) -> Call:
     random_split = isinstance(gs, dict)
     if random_split:
         g, total = int(gs["num_groups"]), int(gs["total_size"])
+        if g <= 0:
+            raise ValueError(f"num_groups must be a positive integer, got group_sizes={gs!r}")
         gs = [total // g + (1 if i < total % g else 0) for i in range(g)]
+    if len(lhs) != 2 or len(rhs) != (2 if kind == "drhs" else 3):
+        raise ValueError(f"{kind} needs lhs of rank 2 and rhs of rank {2 if kind == 'drhs' else 3}, "
+                         f"got lhs={d['lhs']!r}, rhs={d['rhs']!r}")
     m, k = lhs
     n = rhs[1] if kind == "drhs" else (rhs[2] if kind == "forward" else rhs[1])
     return Call(key=key, kind=kind, dtype=ldt, m=m, k=k, n=n, group_sizes=tuple(int(x) for x in gs),
                 random_split=random_split, return_residuals=bool(d.get("return_residuals")))
 
 
+def _clip(text: str, width: int = 60) -> str:
+    """``text`` quoted and cut to ``width`` characters (``...`` marks a cut): cache keys in messages."""
+    return repr(text[:width]) + ("..." if len(text) > width else "")
+
+
 def load_rows(path: str | pathlib.Path) -> list[Row]:
-    """Rows with measurements from one cache file (implementation from the file name)."""
+    """Rows with measurements from one cache file (implementation from the file name).
+
+    A malformed entry is a ``ValueError`` naming the file, the entry (1-based position and its key, cut),
+    the config and the bad field: a config key that is not a JSON object, tokamax tile sizes that are not
+    positive integers, ``evaluation_times_ms`` that is not a list of positive numbers. A call with no
+    configs, a config without samples, or one with a non-finite sample (not timed, or failed) has no rows.
+    """
     path = pathlib.Path(path)
     impl = IMPLEMENTATIONS.get(path.name)
     if impl is None:
         raise ValueError(f"unknown cache file {path.name!r}; expected one of {sorted(IMPLEMENTATIONS)}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); expected a tokamax "
+                         "autotuning cache (JSON)") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a tokamax autotuning cache (a JSON object of calls), got "
                          f"{type(data).__name__}")
     rows = []
-    for key, configs in data.items():
+    for n, (key, configs) in enumerate(data.items(), 1):
+        entry = f"{path}: entry {n} {_clip(key)}"
         try:
             call = parse_call(key)
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise ValueError(f"{path}: entry {key[:60]!r} is not a tokamax call key ({err})") from None
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
+            raise ValueError(f"{entry} is not a tokamax call key ({err})") from None
         if not isinstance(configs, dict):
-            raise ValueError(f"{path}: entry {key[:60]!r} should map configs to measurements, got "
-                             f"{type(configs).__name__}")
+            raise ValueError(f"{entry} should map configs to measurements, got {type(configs).__name__}")
         for ckey, value in configs.items():
-            samples = (value.get("evaluation_times_ms") if isinstance(value, dict) else None) or []
-            if not samples:
+            where = f"{entry}, config {_clip(ckey)}"
+            try:
+                cfg = json.loads(ckey)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: the config key is not JSON ({err.msg})") from None
+            if not isinstance(cfg, dict):
+                raise ValueError(f"{where}: the config key must be a JSON object, got {type(cfg).__name__}")
+            if impl == "tokamax_pallas":
+                for name in ("tile_m", "tile_k", "tile_n", "input_buffer_count"):
+                    v = cfg.get(name, 2 if name == "input_buffer_count" else None)
+                    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                        raise ValueError(f"{where}: {name} must be a positive integer, got {name}={v!r}")
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: expected an object with evaluation_times_ms, got {type(value).__name__}")
+            samples = value.get("evaluation_times_ms")
+            if samples is None or samples == []:  # a config the autotuner did not time: no row, as before
                 continue
-            cfg = tuple(sorted(json.loads(ckey).items()))
-            rows.append(Row(call=call, implementation=impl, config=cfg,
-                            measured_s=float(np.median(samples)) * 1e-3))
+            if not (isinstance(samples, list) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and not v <= 0 for v in samples)):
+                raise ValueError(f"{where}: evaluation_times_ms must be a list of positive numbers (times in ms), "
+                                 f"got {samples!r}")
+            if not all(math.isfinite(v) for v in samples):  # inf / nan: a failed measurement, no row
+                continue
+            rows.append(Row(call=call, implementation=impl, config=tuple(sorted(cfg.items())),
+                            measured_s=float(np.median(samples)) * 1e-3, source=where))
     return rows
 
 
@@ -259,7 +299,10 @@ def faster_checks(results: list[Result]) -> list[FasterCheck]:
 def evaluate(rows: list[Row], chip, params: TimingParams = DEFAULT, *, allow_compile: bool = True) -> list[Result]:
     out = []
     for row in rows:
-        pred = predict_row(row, chip, params, allow_compile=allow_compile)
+        try:
+            pred = predict_row(row, chip, params, allow_compile=allow_compile)
+        except ValueError as err:  # a call the model refuses (e.g. lhs bf16[0,512]): name where it was read
+            raise ValueError(f"{row.source or row.call.label}: {err}") from None
         out.append(Result(row=row, pred=pred, predicted_s=pred.time_s))
     return out
 
@@ -277,6 +320,15 @@ FIT_NAMES = ("mxu_fill_rows", "vpu_ops_per_cycle", "grid_step_overhead_s")
 _FIT_START = (16.0, 600.0, 0.35e-6)
 
 
+def _fit_rows(results: list[Result]) -> list[Result]:
+    """The rows :func:`fit_params` fits on: forward and dlhs without residuals."""
+    return [r for r in results if r.row.call.kind in ("forward", "dlhs") and not r.row.call.return_residuals]
+
+
+class HeldOutTooSmall(ValueError):
+    """:func:`cross_validate` cannot leave rows to fit on beside every fold (too few calls)."""
+
+
 def fit_params(results: list[Result], chip) -> tuple[TimingParams, float]:
     """Least squares on log(pred/meas) over forward and dlhs rows without residuals (module docstring).
 
@@ -287,9 +339,9 @@ def fit_params(results: list[Result], chip) -> tuple[TimingParams, float]:
     from scipy.optimize import minimize
 
     chip = get_chip(chip)
-    use = [r for r in results if r.row.call.kind in ("forward", "dlhs") and not r.row.call.return_residuals]
+    use = _fit_rows(results)
     if not use:
-        raise ValueError("no forward/dlhs rows to fit on")
+        raise ValueError(f"no forward/dlhs rows without residuals to fit on among {len(results)} rows")
     meas = np.array([r.row.measured_s for r in use])
     # Each implementation weighs equally, whatever its number of rows.
     impls = [r.row.implementation for r in use]
@@ -322,11 +374,21 @@ def fit_params(results: list[Result], chip) -> tuple[TimingParams, float]:
 def cross_validate(results: list[Result], chip, folds: int = 2) -> list[Result]:
     """Held-out predictions: calls split into ``folds`` groups (stratified by implementation); each fold is
     predicted with constants fitted on the others (a check that the fit does not just
-    memorise the rows)."""
+    memorise the rows).
+
+    :class:`HeldOutTooSmall` (naming the rows and calls there are) if a fold holds every row to fit on,
+    e.g. a single call: the others would have nothing to fit on.
+    """
     # Stratified: calls measured with tokamax's kernel (few) are dealt out first.
     tok = {r.row.call.key for r in results if r.row.implementation == "tokamax_pallas"}
     keys = sorted({r.row.call.key for r in results}, key=lambda k: (k not in tok, k))
     fold_of = {k: i % folds for i, k in enumerate(keys)}
+    fit = _fit_rows(results)
+    if any(all(fold_of[r.row.call.key] == f for r in fit) for f in range(folds)):
+        raise HeldOutTooSmall(
+            f"cross-validation ({folds}-fold by call) needs forward/dlhs rows without residuals from at least "
+            f"{folds} calls in different folds, got {len(fit)} such row(s) from "
+            f"{len({r.row.call.key for r in fit})} call(s)")
     out: dict[int, Result] = {}
     for f in range(folds):
         train = [r for r in results if fold_of[r.row.call.key] != f]
