@@ -131,3 +131,16 @@ def test_a_time_budget_under_one_optimizer_step_is_flagged(capsys):
     assert out.count("fewer than one global batch of 4,194,304: less than one optimizer step") == 4
     assert main(["scaling", "time-optimal"]) == 0
     assert "fewer than one global batch" not in capsys.readouterr().out
+
+
+def test_a_time_budget_whose_compute_overflows_is_named_as_hours(capsys):
+    # --hours 1e300 failed on an internal quantity: "tokens must be positive and finite, got tokens=inf"
+    from perfmodel.cli import main
+
+    for hours in ("1e300", "1e306"):  # 1e306 h overflows already in seconds
+        assert main(["scaling", "time-optimal", "--hours", hours]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "--hours is too large" in err and "more compute than a float holds" in err
+        assert f"got --hours={float(hours)!r}" in err
+    with pytest.raises(ValueError, match=r"time_s is too large: .* got time_s=1e\+300"):
+        H.allocate(time_s=1e300, depths=DEPTHS)

@@ -94,3 +94,43 @@ def test_fitted_law_leaves_out_a_group_scaling_fit_would_skip_and_says_so(tmp_pa
     # asked for by --experts, the skipped group is an error, not a table of the others
     with pytest.raises(ValueError, match="no group can be fitted at E=8: .* has 2 compute budget"):
         optimal.optimal_rows(1e15, law="fitted", results=p, experts=8)
+
+
+@pytest.mark.parametrize("law, why", [("fine-grained", "less than one parameter"), ("joint-moe", "beyond the float range")])
+def test_an_expert_count_that_breaks_the_allocation_is_blamed_on_experts(capsys, law, why):
+    # fine-grained blamed --compute 1e+21, which is fine at E=1; joint-moe printed N_total inf and exited 0
+    from perfmodel.cli import main
+
+    with pytest.raises(ValueError, match=rf"--experts is too large for --law {law} at --compute 1e\+21, got "
+                                         rf"--experts=1e\+300: .*{why}"):
+        optimal.optimal_rows(1e21, law=law, experts=1e300)
+    assert main(["scaling", "optimal", "--compute", "1e21", "--law", law, "--experts", "1e300", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "got --experts=1e+300" in err and "--compute 1e+21 is too small" not in err
+
+
+def test_joint_moe_experts_is_a_whole_number():
+    with pytest.raises(ValueError, match=r"--experts must be a whole number of experts for --law joint-moe, "
+                                         r"got --experts=8\.5"):
+        optimal.optimal_rows(1e21, law="joint-moe", experts=8.5)
+
+
+def test_joint_moe_warns_beyond_the_papers_runs_and_only_there():
+    inside = optimal.optimal_rows(1e20, law="joint-moe", experts=2)  # 1.73 G and 1.47 G active, 2.45 G total
+    assert not any(n.startswith("extrapolated") for n in optimal.notes("joint-moe", inside))
+    (warn,) = [n for n in optimal.notes("joint-moe", optimal.optimal_rows(1e300, law="joint-moe"))
+               if n.startswith("extrapolated")]
+    assert "up to 2.7 G active and 5 G total parameters" in warn and "E = 1, 2, 4, 8, 16, 32, 64" in warn
+
+
+def test_fitted_law_warns_outside_the_budgets_of_its_runs_and_only_there(tmp_path, capsys):
+    # `--law fitted --compute 1e300` printed L* 0.0000 with no word that the fit saw 3e10..3e12 FLOPs
+    from perfmodel.cli import main
+
+    law = laws.ChinchillaLaw(E_irr=1.1, A=30.0, B=200.0, alpha=0.35, beta=0.3)
+    p = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): law}, (1e12, 1e13, 1e14))
+    inside = optimal.optimal_rows(1e13, law="fitted", results=p)
+    assert not any(n.startswith("extrapolated") for n in optimal.notes("fitted", inside))
+    assert main(["scaling", "optimal", "--compute", "1e20", "--law", "fitted", "--results", str(p)]) == 0
+    assert ("extrapolated: fitted dense is fitted to runs at budgets of 1e+12..1e+14 FLOPs (the results file); "
+            "C = 1e+20 is outside them") in capsys.readouterr().out

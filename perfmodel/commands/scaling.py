@@ -38,7 +38,7 @@ def register(cli) -> None:
     p.add_argument("--compute", type=float, required=True, help="training compute in FLOPs")
     p.add_argument("--law", default="chinchilla", choices=LAWS)
     p.add_argument("--experts", type=float, default=None,
-                   help=f"experts E (joint-moe; default: table over E = {', '.join(map(str, DEFAULT_EXPERTS))}) "
+                   help=f"experts E (joint-moe, a whole number; default: table over E = {', '.join(map(str, DEFAULT_EXPERTS))}) "
                         f"or expansion rate (fine-grained, default {DEFAULT_EXPANSION:g}); with --law fitted "
                         f"selects the MoE fit")
     p.add_argument("--granularity", type=float, default=None,
@@ -190,6 +190,7 @@ def _time_optimal(args) -> int:
     from perfmodel.tables import text_table
 
     positive("--hours", args.hours)
+    H.check_time_budget(args.hours * 3600, chip=args.chip, name="--hours", value=args.hours)
     res = H.compare(chip=args.chip, time_s=args.hours * 3600, n_experts=args.experts, ffn=args.ffn,
                     tokens_per_step=args.tokens_per_chip_step, plot_path=args.plot)
     if args.json:

@@ -49,6 +49,7 @@ roofline FFN time inside the step.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 import attrs
@@ -231,6 +232,26 @@ class TimeBudgetCurve:
         return np.array([s.params_active for s in self.sizes])
 
 
+def check_time_budget(time_s: float, *, chip: str = "v5e", dtype: str = "bf16", name: str = "time_s",
+                      value: float | None = None) -> None:
+    """``ValueError`` unless ``time_s`` is finite and positive and the compute it buys at the chip's peak,
+    ``time_s x peak`` (an upper bound on every member's ``6 N_act D``, and the FLOP planner's start), is a
+    finite float: past it the tokens and FLOPs of the allocation overflow.
+
+    ``name`` and ``value`` are how the caller's user gave the budget (``"--hours"``, in hours), for the message.
+    """
+    from perfmodel.hardware import get_chip
+
+    value = time_s if value is None else value
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and positive, got {name}={value!r}")
+    c = get_chip(chip)
+    peak = c.peak_flops_per_s(dtype)
+    if not math.isfinite(time_s * peak):  # time_s itself may have overflowed converting value to seconds
+        raise ValueError(f"{name} is too large: that many chip-seconds at the {c.name} peak of {peak:.3g} FLOP/s is "
+                         f"more compute than a float holds ({sys.float_info.max:.3g} FLOPs), got {name}={value!r}")
+
+
 def loss_curve(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: str = "bf16", ffn: str = "ideal",
                tokens_per_step: int = 16384, global_batch_tokens: int = GLOBAL_BATCH_TOKENS,
                moe_ffn_train_time_s: MoeFfnTime | None = None, law: moe_laws.JointMoELaw | None = None,
@@ -238,8 +259,7 @@ def loss_curve(*, chip: str = "v5e", time_s: float, n_experts: int = 1, dtype: s
     """Tokens ``D(N) = time_s / t_tok(N)`` and loss ``L(N, D(N))`` over the family."""
     from perfmodel.hardware import get_chip
 
-    if not (math.isfinite(time_s) and time_s > 0):
-        raise ValueError(f"time_s must be finite and positive, got {time_s=!r}")
+    check_time_budget(time_s, chip=chip, dtype=dtype)
     c = get_chip(chip)
     law_e = (law or moe_laws.JointMoELaw()).at_experts(n_experts)
     sizes = tuple(size_cost(L, chip=chip, n_experts=n_experts, dtype=dtype, ffn=ffn, tokens_per_step=tokens_per_step,

@@ -8,6 +8,8 @@ themselves only speak of active parameters (joint) or total (fine-grained).
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import numpy as np
 
@@ -35,6 +37,10 @@ SOURCES = {
 #: (Hoffmann et al. 2022, arXiv 2203.15556, abstract)
 CHINCHILLA_RUNS_PARAMS = (70e6, 16e9)
 CHINCHILLA_RUNS_TOKENS = (5e9, 500e9)
+#: the largest runs the joint-moe law is fitted to: "over 280 experiments with up to 2.7B active parameters
+#: and up to 5B total parameters" (Ludziejewski et al. 2025, arXiv 2502.05172, abstract)
+JOINT_MOE_RUNS_MAX_PARAMS_ACTIVE = 2.7e9
+JOINT_MOE_RUNS_MAX_PARAMS_TOTAL = 5e9
 
 
 @attrs.frozen(kw_only=True)
@@ -47,6 +53,8 @@ class OptimalRow:
     params_total: float
     tokens: float
     loss: float
+    # law "fitted": the smallest and largest compute budget of the group's runs, the span the fit saw
+    fitted_budgets_flops: tuple[float, float] | None = None
 
     @property
     def tokens_per_active_param(self) -> float:
@@ -64,10 +72,16 @@ class OptimalRow:
 
 
 def _row(name: str, o: laws.ComputeOptimal, *, experts: float, active: float, total: float,
-         granularity: float | None = None) -> OptimalRow:
+         granularity: float | None = None, fitted_budgets_flops: tuple[float, float] | None = None) -> OptimalRow:
     return OptimalRow(law=name, n_experts=float(experts), granularity=granularity,
                       compute_flops=float(o.compute_flops), params_active=float(active), params_total=float(total),
-                      tokens=float(o.tokens), loss=float(o.loss))
+                      tokens=float(o.tokens), loss=float(o.loss), fitted_budgets_flops=fitted_budgets_flops)
+
+
+def _describes_a_model(r: OptimalRow) -> bool:
+    """At least one parameter and one token, and every number a finite float."""
+    return (all(math.isfinite(v) for v in (r.params_active, r.params_total, r.tokens, r.loss))
+            and r.params_active >= 1 and r.tokens >= 1)
 
 
 def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: float | None = None,
@@ -80,13 +94,25 @@ def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: floa
     if experts is not None and not (np.isfinite(experts) and experts >= 1):
         raise ValueError(f"--experts must be a finite number >= 1 (experts E, or the fine-grained expansion rate), "
                          f"got --experts={experts!r}")
-    rows = _optimal_rows(compute_flops, law=law, experts=experts, granularity=granularity, results=results,
-                         skipped=skipped)
+    if law == "joint-moe" and experts is not None and not float(experts).is_integer():
+        raise ValueError(f"--experts must be a whole number of experts for --law joint-moe, got --experts={experts:g}")
+    kw = dict(law=law, granularity=granularity, results=results)
+    rows = _optimal_rows(compute_flops, experts=experts, skipped=skipped, **kw)
     for r in rows:  # a law evaluated where it predicts less than one parameter or token describes no model
-        if not (r.params_active >= 1 and r.tokens >= 1):
-            raise ValueError(f"--compute {compute_flops:g} is too small for --law {law}: at E={r.n_experts:g} it "
-                             f"gives N_act={r.params_active:.3g} parameters and D={r.tokens:.3g} tokens: "
-                             "less than one parameter or token")
+        if _describes_a_model(r):
+            continue
+        finite = all(map(math.isfinite, (r.params_active, r.params_total, r.tokens, r.loss)))
+        gives = (f"at E={r.n_experts:g} it gives N_act={r.params_active:.3g} parameters (N_total="
+                 f"{r.params_total:.3g}), D={r.tokens:.3g} tokens and L*={r.loss:.3g}: "
+                 + ("less than one parameter or token" if finite else "beyond the float range"))
+        if (law in ("joint-moe", "fine-grained") and experts not in (None, 1) and r.n_experts == float(experts)
+                and all(map(_describes_a_model, _optimal_rows(compute_flops, experts=1, skipped=None, **kw)))):
+            # the budget is fine for E=1: the expert count (or expansion rate) alone breaks the allocation
+            raise ValueError(f"--experts is too large for --law {law} at --compute {compute_flops:g}, got "
+                             f"--experts={experts:g}: {gives}")
+        small = r.params_active < 1 or r.tokens < 1
+        raise ValueError(f"--compute {compute_flops:g} is too {'small' if small else 'large'} for --law {law}: "
+                         f"{gives}")
     return rows
 
 
@@ -157,7 +183,8 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None,
         o = lw.optimal(compute_flops)
         total_ratio = float(np.median(g.params_total / g.params))
         rows.append(_row(f"fitted {label}", o, experts=e, active=float(o.params),
-                         total=float(o.params) * total_ratio))
+                         total=float(o.params) * total_ratio,
+                         fitted_budgets_flops=(float(g.budgets.min()), float(g.budgets.max()))))
     if not rows or experts is not None and float(experts) not in {r.n_experts for r in rows}:
         # nothing to show, or not the group asked for by --experts: an error, not a table of the others
         raise ValueError(f"{results}: no group can be fitted" + ("" if experts is None else f" at E={experts:g}")
@@ -168,17 +195,31 @@ def fitted_rows(compute_flops: float, results, *, experts: float | None = None,
 
 
 def notes(law: str, rows: list[OptimalRow] = ()) -> list[str]:
-    """Source and conventions of ``law``; for the dense laws, a warning when ``rows`` leave the span of
-    the runs the law was fitted to (:data:`CHINCHILLA_RUNS_PARAMS`, :data:`CHINCHILLA_RUNS_TOKENS`)."""
+    """Source and conventions of ``law``, and a warning when ``rows`` leave the span of the runs the law was
+    fitted to: Chinchilla's (:data:`CHINCHILLA_RUNS_PARAMS`, :data:`CHINCHILLA_RUNS_TOKENS`) for the dense
+    laws, the joint law's largest (:data:`JOINT_MOE_RUNS_MAX_PARAMS_ACTIVE`, ``..._TOTAL``), and for a fitted
+    law the compute budgets of its group's runs (:attr:`OptimalRow.fitted_budgets_flops`)."""
+    from perfmodel.hardware import format_si
+
     out = [f"source: {SOURCES[law]}"]
     (n_lo, n_hi), (d_lo, d_hi) = CHINCHILLA_RUNS_PARAMS, CHINCHILLA_RUNS_TOKENS
     if law in ("chinchilla", "epoch") and any(not (n_lo <= r.params_active <= n_hi and d_lo <= r.tokens <= d_hi)
                                               for r in rows):
-        from perfmodel.hardware import format_si
-
         out.append(f"extrapolated: the law is fitted to Chinchilla's runs of {format_si(n_lo)}..{format_si(n_hi)} "
                    f"parameters on {format_si(d_lo)}..{format_si(d_hi)} tokens (Hoffmann et al. 2022, abstract); "
                    "this allocation is outside them")
+    n_act_hi, n_tot_hi = JOINT_MOE_RUNS_MAX_PARAMS_ACTIVE, JOINT_MOE_RUNS_MAX_PARAMS_TOTAL
+    beyond = [r for r in rows if r.params_active > n_act_hi or r.params_total > n_tot_hi]
+    if law == "joint-moe" and beyond:
+        out.append(f"extrapolated: the law is fitted to runs of up to {format_si(n_act_hi)} active and "
+                   f"{format_si(n_tot_hi)} total parameters (Ludziejewski et al. 2025, abstract); the rows at E = "
+                   + ", ".join(f"{r.n_experts:g}" for r in beyond) + " are beyond them")
+    for r in rows:
+        if r.fitted_budgets_flops is not None and not (
+                r.fitted_budgets_flops[0] <= r.compute_flops <= r.fitted_budgets_flops[1]):
+            out.append(f"extrapolated: {r.law} is fitted to runs at budgets of {r.fitted_budgets_flops[0]:.3g}.."
+                       f"{r.fitted_budgets_flops[1]:.3g} FLOPs (the results file); C = {r.compute_flops:.3g} is "
+                       "outside them")
     if law in ("joint-moe", "fine-grained"):
         out.append("N_total assumes N_total / N_act = (1 + 2E) / 3 (attention 4d^2 + FFN 8d^2 per block, "
                    "E experts of the dense FFN size, top-1).")
