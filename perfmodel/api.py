@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from perfmodel.cost import Cost, CostValues
-from perfmodel.hardware import canonical_dtype, dtype_bytes, get_chip
+from perfmodel.hardware import canonical_dtype, dtype_bytes, format_si, get_chip
 from perfmodel.ops import OPS, check_dims, get_op
 from perfmodel.roofline import Roofline, roofline
 
@@ -100,6 +100,35 @@ def predict(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_optio
     parts = tuple((p.name, leaf[p.name]) if not p.parts else rooflines([(p.name, p)])[0] for p in cost.parts)
     return Prediction(op=op, chip=c.name, dtype=dt, cost=values, roofline=total, parts=parts, symbolic=cost,
                       kernels=kernels)
+
+
+def beyond_hbm(op: str, *, chip: str = "v5e", dtype: str = "bf16", **dims_and_options) -> str | None:
+    """Why the tensors of ``op`` at these (scalar) dims cannot be in ``chip``'s HBM, or None when they can.
+
+    Every kernel reads its inputs and writes its outputs once (ideal traffic), so its bytes are the operands it
+    needs resident at once; a kernel that stands for ``repeats`` identical ones (``L`` layers, the backward's 2x)
+    needs its bytes / repeats. The largest need above the chip's HBM capacity is described, naming the
+    arguments, the bytes and the HBM: ``"M=..., K=..., N=... in bf16 needs 3.2e+286 PB of operands, more than
+    v5e's 16 GB HBM"``. A whole op's traffic may exceed the HBM (kernels run one after another); one kernel's
+    operands may not.
+    """
+    c = get_chip(chip)
+    dt = canonical_dtype(dtype)
+    options, dims = split_options(op, dims_and_options)
+    kernels = get_op(op, **options).kernels()
+    worst = None
+    for path, kernel in kernels:
+        one = kernel if kernel.repeats == 1 else kernel.scaled(1 / kernel.repeats)
+        need = one.evaluate(**_dims_for(one, dims, dt)).hbm_bytes
+        if worst is None or need > worst[1]:
+            worst = (path, need)
+    if not c.hbm_bytes or worst[1] <= c.hbm_bytes:  # hbm_bytes 0: a host whose memory size is unknown
+        return None
+    path, need = worst
+    given = ", ".join(f"{k}={v!r}" for k, v in dims_and_options.items())
+    where = "" if len(kernels) == 1 else f" in kernel {path}"
+    return (f"{given} in {dt} needs {format_si(need, 'B')} of operands{where}, more than {c.name}'s "
+            f"{format_si(c.hbm_bytes, 'B')} HBM")
 
 
 def _dims_for(part: Cost, dims: dict, dt: str) -> dict:

@@ -59,6 +59,8 @@ class Cost:
     terms: tuple[Term, ...] = ()
     parts: tuple["Cost", ...] = ()
     description: str = ""
+    # identical kernels each kernel here stands for (``scaled(L)``: L layers); one of them moves bytes / repeats
+    repeats: sp.Expr = attrs.field(default=1, converter=sp.sympify)
 
     # -- symbolic view -----------------------------------------------------
     def scaled(self, factor, *, name: str | None = None, description: str | None = None) -> "Cost":
@@ -66,7 +68,8 @@ class Cost:
         taken as 2x the forward): the part structure is kept, so each kernel stays its own roofline."""
         return Cost(name or self.name, terms=tuple(attrs.evolve(t, expr=factor * t.expr) for t in self.terms),
                     parts=tuple(p.scaled(factor) for p in self.parts),
-                    description=self.description if description is None else description)
+                    description=self.description if description is None else description,
+                    repeats=factor * self.repeats)
 
     def kernels(self) -> tuple[tuple[str, "Cost"], ...]:
         """The leaf kernels under this cost as ``(dotted path, cost)``, paths relative to this cost
@@ -74,7 +77,7 @@ class Cost:
         terms and parts counts its own terms as one more kernel, path ``name``."""
         if not self.parts:
             return ((self.name, self),)
-        out = [(self.name, Cost(self.name, terms=self.terms))] if self.terms else []
+        out = [(self.name, Cost(self.name, terms=self.terms, repeats=self.repeats))] if self.terms else []
         for part in self.parts:
             out += [(path if not part.parts else f"{part.name}.{path}", c) for path, c in part.kernels()]
         return tuple(out)
@@ -145,7 +148,8 @@ class Cost:
         Pass every name in :attr:`argument_names`; ``q`` (bytes per element) may
         be given instead as ``dtype="bf16"``. Integer dims must be positive
         integers; a missing, extra or invalid argument raises ``ValueError``
-        naming it.
+        naming it, and so do dims whose cost is beyond the float range (naming
+        them all and the total that overflowed).
         """
         syms, terms, fn = self._compiled
         dims = dict(dims)
@@ -168,14 +172,26 @@ class Cost:
         values = []
         for name, sym in needed.items():
             values.append(check_dim(name, dims[name], integer=bool(sym.is_integer)))
-        raw = fn(*values)
-        shape = np.broadcast_shapes(*(np.shape(v) for v in values)) if values else ()
-        by_kind = {kind: np.zeros(shape) for kind in KINDS}
-        named = []
-        for term, val in zip(terms, raw):
-            val = np.broadcast_to(np.asarray(val, dtype=float), shape)
-            by_kind[term.kind] = by_kind[term.kind] + val
-            named.append(TermValue(term.name, term.kind, _scalar(val)))
+        with np.errstate(over="ignore", invalid="ignore"):  # a cost beyond the float range is refused below
+            try:
+                raw = fn(*values)
+            except OverflowError:  # a Python float power (T**2) beyond the range: numpy floats give inf instead
+                raw = fn(*(np.float64(v) if np.ndim(v) == 0 else v for v in values))
+            shape = np.broadcast_shapes(*(np.shape(v) for v in values)) if values else ()
+            by_kind = {kind: np.zeros(shape) for kind in KINDS}
+            named = []
+            for term, val in zip(terms, raw):
+                val = np.broadcast_to(np.asarray(val, dtype=float), shape)
+                by_kind[term.kind] = by_kind[term.kind] + val
+                named.append(TermValue(term.name, term.kind, _scalar(val)))
+            by_kind["hbm_bytes"] = by_kind["read_bytes"] + by_kind["write_bytes"]
+        for kind, total in by_kind.items():  # a cost beyond the float range is no number: say which inputs did it
+            if not np.all(np.isfinite(total)):
+                at = tuple(int(i) for i in np.unravel_index(np.argmax(~np.isfinite(total)), shape))
+                where = f" (at index {at[0] if len(at) == 1 else at})" if shape else ""
+                given = ", ".join(f"{n}={_show(dims[n], shape, at)}" for n in dims if n in needed and n != "q")
+                raise ValueError(f"{given}{where} give {kind}={np.asarray(total)[at].item()!r}: beyond the float "
+                                 f"range (max {np.finfo(float).max:.3g}); use smaller dimensions")
         return CostValues(
             name=self.name,
             flops=_scalar(by_kind["flops"]),
@@ -208,6 +224,13 @@ def check_dim(name: str, value, *, integer: bool = True):
         kind = "a positive integer" if integer else "positive and finite"
         raise ValueError(f"{name} must be {kind}, got {name}={first!r}")
     return arr.astype(float) if arr.ndim else float(arr)
+
+
+def _show(value, shape, at) -> str:
+    """A dimension as the caller gave it (an int stays exact), or its element ``at`` of the broadcast ``shape``."""
+    if np.ndim(value) == 0:
+        return repr(value.item() if isinstance(value, np.generic) else value)
+    return repr(np.broadcast_to(value, shape)[at].item())
 
 
 def _scalar(x):

@@ -587,6 +587,9 @@ def save_cpu_calibration(cal: CpuCalibration, path: pathlib.Path | None = None) 
 def load_cpu_calibration(path: pathlib.Path | None = None) -> CpuCalibration | None:
     """The saved calibration, or None if there is none or it lacks a field of the current format.
 
+    A number that is not finite and positive (a hand-edited or corrupt file) raises ``ValueError`` naming the file,
+    the fields and their values.
+
     (A file from before the page-fault field measured bandwidth with a fresh output buffer, i.e. mostly
     the page-fault rate; it is treated as missing, so the next use re-measures.)
     """
@@ -594,9 +597,17 @@ def load_cpu_calibration(path: pathlib.Path | None = None) -> CpuCalibration | N
     if not path.exists():
         return None
     try:
-        return CpuCalibration(**json.loads(path.read_text()))
+        cal = CpuCalibration(**json.loads(path.read_text()))
     except (ValueError, TypeError):
         return None
+    # a rate of 0 divided the ridge by zero; a NaN or negative one became the cpu chip of every command
+    numbers = {f.name: getattr(cal, f.name) for f in attrs.fields(CpuCalibration) if f.type in ("float", "int")}
+    bad = [f"{k}={v!r}" for k, v in numbers.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0]
+    if bad:
+        raise ValueError(f"{path}: {', '.join(bad)}: the calibration's rates, times and sizes must be finite and "
+                         "positive; re-run `perfmodel calibrate cpu` (it overwrites the file) or delete the file")
+    return cal
 
 
 def cpu_chip(calibration: CpuCalibration | None = None) -> Chip:

@@ -197,3 +197,22 @@ def test_calibrate_cpu_keeps_the_saved_calibration_when_the_new_one_is_unsound(t
     monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 2**30)
     assert main(["calibrate", "cpu", "--matmul-n", "100000"]) == 2
     assert "--matmul-n=100000 needs about" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [("hbm_bytes_per_s", 0.0), ("bf16_flops_per_s", float("nan")),
+                                          ("launch_overhead_s", -1e-5)])
+@pytest.mark.parametrize("argv", [["chips"], ["predict", "matmul", "--chip", "cpu", "M=8", "K=8", "N=8"]])
+def test_a_corrupt_calibration_file_is_named_with_its_field_and_how_to_fix_it(tmp_path, monkeypatch, capsys, argv,
+                                                                             field, value):
+    # hbm_bytes_per_s 0 was a ZeroDivisionError traceback from ridge_flops_per_byte; a NaN or a negative rate
+    # became the cpu chip's numbers
+    from perfmodel.cli import main
+
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "measure_cpu", _no_measuring)
+    path = tmp_path / "cpu_calibration.json"
+    path.write_text(json.dumps({**attrs.asdict(_calibration()), field: value}))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: {field}={value!r}: the calibration's rates, times and sizes must be finite and positive" in err
+    assert "re-run `perfmodel calibrate cpu` (it overwrites the file) or delete the file" in err

@@ -122,3 +122,22 @@ def test_scaled_costs_keep_their_kernels_and_term_names():
     assert [t.name for t in three.all_terms()] == [t.name for t in layer.all_terms()]
     assert sp.simplify(three.flops - 3 * layer.flops) == 0
     assert [p for p, _ in three.kernels()] == [p for p, _ in layer.kernels()]
+
+
+@pytest.mark.parametrize("op, kw, needle", [
+    # the formula's T**2 on a Python float raised OverflowError, a traceback from the lambdified code
+    ("attention", dict(B=1, D=8, Dh=4, H=2, Hkv=1, T=1e300), "B=1, D=8, Dh=4, H=2, Hkv=1, T=1e+300 give flops=inf"),
+    # returned flops=inf, which roofline() then refused as "flops must be finite", naming no input
+    ("matmul", dict(M=1e300, K=1e300, N=1e300), "M=1e+300, K=1e+300, N=1e+300 give flops=inf"),
+    ("activation", dict(M=1e308, F=1e308), "M=1e+308, F=1e+308 give flops=inf"),
+])
+def test_a_cost_beyond_the_float_range_names_the_inputs(op, kw, needle):
+    with pytest.raises(ValueError, match="beyond the float range") as err:
+        ops.get_op(op).evaluate(**kw, q=2)
+    assert needle in str(err.value)
+
+
+def test_an_overflowing_element_of_an_array_is_named_with_its_index():
+    with pytest.raises(ValueError) as err:
+        ops.get_op("matmul").evaluate(M=np.array([8, 8, 1e300]), K=1e10, N=1e10, q=2)
+    assert "M=1e+300, K=10000000000.0, N=10000000000.0 (at index 2) give flops=inf" in str(err.value)

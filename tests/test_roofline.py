@@ -99,3 +99,28 @@ def test_roofline_plot_keeps_its_roofs_when_a_point_has_no_flops_or_no_bytes(mon
     assert "embed (not drawn: 0 FLOPs)" in labels and "in-register (not drawn: 0 HBM bytes)" in labels
     with pytest.raises(ValueError, match="point 'bad': flops must be finite and >= 0, got flops=nan"):
         plots.roofline_plot(["v5e"], [plots.RooflinePoint("bad", float("nan"), 1.0)], tmp_path / "b.png")
+
+
+def test_beyond_hbm_names_the_arguments_the_operand_bytes_and_the_hbm():
+    # predict printed "HBM bytes 3.2e+286 PB" for this as if a v5e could run it
+    from perfmodel.api import beyond_hbm
+
+    assert beyond_hbm("matmul", chip="v5e", M=1e300, K=8, N=8) == (
+        "M=1e+300, K=8, N=8 in bf16 needs 3.2e+286 PB of operands, more than v5e's 16 GB HBM")
+    # the check tiling gmm makes, in its words: lhs, rhs (G groups of weights) and out of the ideal ragged_dot
+    assert beyond_hbm("ragged_dot", chip="v5e", M=99999999999, K=2048, N=768, G=1) == (
+        "M=99999999999, K=2048, N=768, G=1 in bf16 needs 563 TB of operands, more than v5e's 16 GB HBM")
+    assert beyond_hbm("matmul", chip="v5e", M=8192, K=8192, N=8192) is None
+
+
+def test_beyond_hbm_holds_one_kernel_not_the_whole_op_or_all_layers():
+    """A 32-layer forward moves 295 GB through a 32 GB v6e and its layers.ffn.up entry stands for 32 kernels of
+    1.1 GB: it fits. The train step's AdamW update holds params, grads and moments of 5.3e9 params at once."""
+    from perfmodel.api import beyond_hbm
+
+    d = dict(B=8, T=4096, D=4096, F=11008, H=32, Hkv=32, Dh=128, L=32, V=32000)
+    p = predict("decoder_forward", chip="v6e", **d)
+    assert p.roofline.hbm_bytes > CATALOG["v6e"].hbm_bytes < dict(p.kernels)["layers.ffn.up"].hbm_bytes
+    assert beyond_hbm("decoder_forward", chip="v6e", **d) is None
+    assert beyond_hbm("decoder_train_step", chip="v6e", **d).endswith(
+        "in bf16 needs 117 GB of operands in kernel adamw, more than v6e's 32 GB HBM")

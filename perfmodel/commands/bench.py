@@ -10,10 +10,13 @@ def register(cli) -> None:
 
 
 def _bench(args) -> int:
-    from validation.bench_predict import run
+    from perfmodel.hardware import check_memory
+    from validation.bench_predict import BYTES_PER_CONFIG, run
 
     if args.n <= 0 or args.repeats <= 0:
         raise ValueError(f"--n and --repeats must be positive, got n={args.n}, repeats={args.repeats}")
+    check_memory(args.n * BYTES_PER_CONFIG, f"--n={args.n} ({BYTES_PER_CONFIG} bytes per configuration)",
+                 fix=lambda avail: f"use --n <= {int(avail / 2 / BYTES_PER_CONFIG):,}")
     r = run(n=args.n, repeats=args.repeats)
     print(f"machine: {r.machine}")
     return 0

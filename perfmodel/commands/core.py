@@ -113,11 +113,16 @@ def parse_assignments(items: list[str]) -> dict:
 
 
 def _predict(args) -> int:
-    from perfmodel.api import predict
+    import sys
+
+    from perfmodel.api import beyond_hbm, predict
     from perfmodel.ops import OPS, get_op
     from perfmodel.tables import text_table
 
     if args.op == "list":
+        if args.dims:  # an op's NAME=VALUE after list was ignored
+            raise ValueError(f"predict list takes no NAME=VALUE arguments (it lists every op), "
+                             f"got {' '.join(args.dims)}")
         # q (bytes per element) comes from --dtype, not from a NAME=VALUE
         rows = [[name, " ".join(n for n in get_op(name).argument_names if n != "q"), ", ".join(spec.options) or "-",
                  spec.summary] for name, spec in OPS.items()]
@@ -127,6 +132,11 @@ def _predict(args) -> int:
     kw = parse_assignments(args.dims)
     pred = predict(args.op, chip=args.chip, dtype=args.dtype, **kw)
     r = pred.roofline
+    # a shape no chip of this kind can hold still has FLOPs and bytes (the library's scaling studies price such
+    # steps per chip): printed, but said to be no run on this chip
+    too_big = beyond_hbm(args.op, chip=args.chip, dtype=args.dtype, **kw)
+    note = (f"note: {too_big}: no {pred.chip} can run this shape; the numbers are the formulas', not a prediction"
+            if too_big else None)
     if args.json:
         out = {
             "op": pred.op, "chip": pred.chip, "dtype": pred.dtype, "dims": kw,
@@ -142,9 +152,13 @@ def _predict(args) -> int:
                          "bound": pr.bound} for n, pr in pred.kernels],
         }
         print(jsonout.dumps(out, indent=2))
+        if note:  # on stderr: the JSON document keeps its keys
+            print(note, file=sys.stderr)
         return 0
     dims = " ".join(f"{k}={v}" for k, v in kw.items())
     print(f"{pred.op} on {pred.chip} ({pred.dtype}) {dims}")
+    if note:
+        print(note)
     print(text_table(["quantity", "value"], [
         ["FLOPs", _fmt(r.flops)], ["HBM bytes", _fmt(r.hbm_bytes, "B")],
         ["transcendentals", _fmt(pred.cost.transcendentals)],

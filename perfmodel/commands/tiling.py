@@ -123,8 +123,8 @@ def _gmm(args) -> int:
     import os
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from perfmodel.hardware import dtype_bytes, format_si, get_tpu_chip
-    from perfmodel.ops import ragged_dot
+    from perfmodel.api import beyond_hbm
+    from perfmodel.hardware import format_si, get_tpu_chip
     from perfmodel.tables import text_table
     from perfmodel.tiling import params as P
     from perfmodel.tiling.predict import megablox_time, tokamax_time, xla_ragged_dot_time
@@ -159,10 +159,9 @@ def _gmm(args) -> int:
     chip = get_tpu_chip(args.chip, what="tiling gmm (the tiling walker)")
     # the three operands (the ideal ragged_dot's bytes; the same tensors in another order for every --kind)
     # must fit the chip's HBM: a bigger shape cannot run, and --impl xla would ask libtpu to compile it, for minutes
-    need = int(ragged_dot(M, K, N, G, q=dtype_bytes(args.dtype)).hbm_bytes)
-    if need > chip.hbm_bytes:
-        raise ValueError(f"M={M}, K={K}, N={N}, G={G} in {args.dtype} needs {format_si(need, 'B')} of operands, more "
-                         f"than {chip.name}'s {format_si(chip.hbm_bytes, 'B')} HBM")
+    too_big = beyond_hbm("ragged_dot", chip=chip.name, dtype=args.dtype, M=M, K=K, N=N, G=G)
+    if too_big:
+        raise ValueError(too_big)
     params = P.DEFAULT if args.ideal else P.FITTED
     if args.impl == "xla":
         t = xla_ragged_dot_time(chip, gs, K, N, kind=args.kind, dtype=args.dtype, params=params)
