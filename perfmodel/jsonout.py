@@ -44,3 +44,16 @@ def _key(k) -> str:
 def dumps(obj, *, indent: int | None = 2, default=None) -> str:
     """Strict JSON text of ``obj`` (:func:`json_safe`, then ``json.dumps(..., allow_nan=False)``)."""
     return json.dumps(json_safe(obj, default), indent=indent, allow_nan=False)
+
+
+def loads_object(text: str, where: str, *, hint: str = "", fix: str = "") -> dict:
+    """``json.loads(text)`` if it is a JSON object, else ``ValueError`` starting with ``where`` (file and line,
+    or entry): ``"{where}: not valid JSON (...)"`` or ``"{where}: expected a JSON object{hint}, got list"``,
+    each ending with ``fix`` (what to do about it)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg}){fix}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object{hint}, got {type(obj).__name__}{fix}")
+    return obj

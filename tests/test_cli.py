@@ -429,8 +429,8 @@ def test_tiling_gmm_gives_no_time_for_user_tiles_that_exceed_vmem(capsys):
 
 
 @pytest.mark.parametrize("content, needle", [
-    ("garbage", "is not a `perfmodel validate kernel` results.json: not JSON"),
-    ("[1]", "is not a `perfmodel validate kernel` results.json: a JSON list, not an object"),
+    ("garbage", "is not a `perfmodel validate kernel` results.json: not valid JSON"),
+    ("[1]", "is not a `perfmodel validate kernel` results.json: expected a JSON object, got list"),
 ])
 def test_render_of_a_results_file_that_is_not_one_names_it(capsys, tmp_path, content, needle):
     # was a bare 'Expecting value: line 1 column 1 (char 0)' (or an AttributeError traceback for a list)

@@ -27,3 +27,13 @@ def test_unknown_objects_go_through_default_or_are_named():
     assert json.loads(jsonout.dumps({"x": Thing()}, default=str)) == {"x": "thing"}
     with pytest.raises(TypeError, match="not JSON serialisable: Thing"):
         jsonout.dumps({"x": Thing()})
+
+
+def test_loads_object_names_where_and_what_is_wrong():
+    from perfmodel.jsonout import loads_object
+
+    assert loads_object('{"a": 1}', "f.jsonl:3") == {"a": 1}
+    with pytest.raises(ValueError, match=r"^f.jsonl:3: not valid JSON \(Expecting value\); fix it$"):
+        loads_object("nope", "f.jsonl:3", fix="; fix it")
+    with pytest.raises(ValueError, match=r"^f.jsonl:3: expected a JSON object \(one run per line\), got list$"):
+        loads_object("[1, 2]", "f.jsonl:3", hint=" (one run per line)")

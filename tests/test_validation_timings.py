@@ -153,8 +153,8 @@ def _cache(tmp_path, configs, name="ragged_dot.json", key=_FWD):
 
 
 @pytest.mark.parametrize("configs,name,message", [
-    ({"1": {"evaluation_times_ms": [0.1]}}, "ragged_dot.json", "'1': the config key must be a JSON object, got int"),
-    ({"notjson": {"evaluation_times_ms": [0.1]}}, "ragged_dot.json", "'notjson': the config key is not JSON"),
+    ({"1": {"evaluation_times_ms": [0.1]}}, "ragged_dot.json", "'1': the config key: expected a JSON object, got int"),
+    ({"notjson": {"evaluation_times_ms": [0.1]}}, "ragged_dot.json", "'notjson': the config key: not valid JSON"),
     ({"{}": {"evaluation_times_ms": ["a", "b"]}}, "ragged_dot.json", r"evaluation_times_ms .*, got \['a', 'b'\]"),
     ({"{}": {"evaluation_times_ms": [0.0]}}, "ragged_dot.json", r"evaluation_times_ms .*, got \[0.0\]"),
     ({"{}": {"evaluation_times_ms": [-1, -2]}}, "ragged_dot.json", r"evaluation_times_ms .*, got \[-1, -2\]"),

@@ -58,6 +58,7 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
+from perfmodel import jsonout
 from validation.cpu_moe import MMAP_THRESHOLD_MAX_BYTES, heap_mmaps_large_blocks
 
 SWEEPS = ("quick", "full")
@@ -1111,12 +1112,11 @@ def load_results(path: str | os.PathLike) -> Results:
     if not path.exists():
         raise FileNotFoundError(f"no results.json at {path} (run `perfmodel validate kernel --out DIR` first)")
     try:
-        d = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: not JSON ({err})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: a JSON "
-                         f"{type(d).__name__}, not an object")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: not UTF-8 text "
+                         f"(byte {err.start}: {err.reason})") from None
+    d = jsonout.loads_object(text, f"{path} is not a `perfmodel validate kernel` results.json")
     missing = [k for k in ("info", "cpu", "tpu") if k not in d]
     if missing:
         raise ValueError(f"{path} is not a `perfmodel validate kernel` results.json: missing {', '.join(missing)}")

@@ -158,12 +158,7 @@ def load_rows(path: str | pathlib.Path) -> list[Row]:
             raise ValueError(f"{entry} should map configs to measurements, got {type(configs).__name__}")
         for ckey, value in configs.items():
             where = f"{entry}, config {_clip(ckey)}"
-            try:
-                cfg = json.loads(ckey)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: the config key is not JSON ({err.msg})") from None
-            if not isinstance(cfg, dict):
-                raise ValueError(f"{where}: the config key must be a JSON object, got {type(cfg).__name__}")
+            cfg = jsonout.loads_object(ckey, f"{where}: the config key")
             if impl == "tokamax_pallas":
                 for name in ("tile_m", "tile_k", "tile_n", "input_buffer_count"):
                     v = cfg.get(name, 2 if name == "input_buffer_count" else None)

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 import numpy as np
 
+from perfmodel import jsonout
+
 FIELDS: dict[str, tuple[str, ...]] = {
     "arch": ("arch", "config.arch"),
     "n_experts": ("config.model.n_experts", "config.n_experts", "n_experts", "num_experts"),
@@ -227,12 +229,7 @@ def read_runs(path: str | pathlib.Path, *, loss: str = "eval", params_key: str =
         if not line.strip():
             continue
         where = f"{path.name}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object (one run per line), got {type(obj).__name__}")
+        obj = jsonout.loads_object(line, where, hint=" (one run per line)")
         if keep is not None and not keep(obj):
             continue
         flat = _flatten(obj)

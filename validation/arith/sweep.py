@@ -41,6 +41,7 @@ import time
 
 import attrs
 
+from perfmodel import jsonout
 from perfmodel.jsonout import json_safe
 from validation.arith import optim, task as task_lib, train
 from validation.arith.model import ModelConfig
@@ -183,13 +184,7 @@ def read_done(path: pathlib.Path) -> dict[str, dict]:
     for lineno, line in enumerate(text.splitlines(keepends=True), 1):
         if not line.endswith("\n") or not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--out {path}:{lineno}: not valid JSON ({err.msg}){fix}") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"--out {path}:{lineno}: expected a JSON object (one run per line), "
-                             f"got {type(rec).__name__}{fix}")
+        rec = jsonout.loads_object(line, f"--out {path}:{lineno}", hint=" (one run per line)", fix=fix)
         if not isinstance(rec.get("run_id"), str):
             raise ValueError(f"--out {path}:{lineno}: no string 'run_id' (got run_id={rec.get('run_id')!r}), "
                              f"so it is not a sweep record{fix}")
