@@ -437,3 +437,16 @@ def test_render_of_a_results_file_that_is_not_one_names_it(capsys, tmp_path, con
     (tmp_path / "results.json").write_text(content)
     code, _, err = run(capsys, "validate", "kernel", "--render", str(tmp_path))
     assert code == 2 and f"{tmp_path / 'results.json'} {needle}" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["scaling", "fit", "validation/results/arith_full.jsonl"], ["validate", "chinchilla"],
+    ["scaling", "recipe-check", "validation/results/arith_full.jsonl", "validation/results/arith_lr.jsonl"],
+])
+@pytest.mark.parametrize("value", ["99999999999999", "0"])
+def test_resamples_outside_a_sane_range_are_refused_before_any_work(capsys, argv, value):
+    """1e14 resamples (one refit each) ran until killed; 0 was refused only after the data was read."""
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--resamples", value])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"argument --resamples: must be an integer in [1, 100000], got {value}" in err

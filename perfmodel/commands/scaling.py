@@ -9,6 +9,8 @@ from perfmodel import jsonout
 from perfmodel.commands import add_jobs, comma_list, in_file, int_in, out_file, out_folder, positive
 
 LAWS = ("chinchilla", "epoch", "joint-moe", "fine-grained", "fitted")
+MAX_RESAMPLES = 100_000  # each resample is a refit (ms to s); percentile intervals need ~1e3-1e4, and more
+                         # would run for days: a larger value is a typo, refused before any work
 
 
 def register(cli) -> None:
@@ -23,7 +25,7 @@ def register(cli) -> None:
                    help="which final loss to fit (default: held-out eval loss)")
     p.add_argument("--params", default="active_non_embedding",
                    help="parameter count used as N (default active_non_embedding)")
-    p.add_argument("--resamples", type=int, default=500, help="bootstrap resamples (default 500)")
+    p.add_argument("--resamples", type=int_in(1, MAX_RESAMPLES), default=500, help="bootstrap resamples (default 500)")
     p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
                    help="initialisation grid: 4, 72 (default) or 4500 starting points")
     p.add_argument("--average-seeds", action="store_true",
@@ -73,7 +75,7 @@ def register(cli) -> None:
     p.add_argument("base", type=in_file, help="JSONL of the study at the recipe's learning rate")
     p.add_argument("lr_runs", type=in_file, help="JSONL of the same grid at lr x0.5 and x2 (perfmodel train sweep --lr-scale)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds to compare, averaged when several (default 0)")
-    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the two laws (default 200)")
+    p.add_argument("--resamples", type=int_in(1, MAX_RESAMPLES), default=200, help="bootstrap resamples of the two laws (default 200)")
     p.add_argument("--out", type=out_folder, default=None,
                    help="directory for recipe_check.md/.json (default: next to BASE)")
     add_jobs(p)
@@ -95,7 +97,7 @@ def register(cli) -> None:
                        "refit Chinchilla's 245 points with Epoch AI's protocol and compare with their estimates")
     p.add_argument("--grid", default="small", choices=["tiny", "small", "full"],
                    help="initialisation grid: 4, 72 (default) or Epoch's 4500 starting points")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--resamples", type=int_in(1, MAX_RESAMPLES), default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int_in(0), default=0)
     p.add_argument("--out", type=out_folder, default=None, help="directory for chinchilla_refit.md/.json "
                                                "(default validation/results)")
@@ -108,7 +110,6 @@ def _validate_chinchilla(args) -> int:
     from perfmodel.scaling import fit as F
     from validation import chinchilla as V
 
-    positive("--resamples", args.resamples)
     r = V.refit(grid=F.GRIDS[args.grid], n_resamples=args.resamples, seed=args.seed)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(V.__file__).resolve().parent / "results"
     md, js = V.write_reports(r, out)
@@ -123,7 +124,6 @@ def _validate_chinchilla(args) -> int:
 def _recipe_check(args) -> int:
     from validation import recipe_check as R
 
-    positive("--resamples", args.resamples)
     seeds = comma_list(args.seeds, int, "--seeds", "integers")
     r = R.run(args.base, args.lr_runs, seeds=seeds, n_resamples=args.resamples)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.base).parent
@@ -220,7 +220,6 @@ def _fit(args) -> int:
     from perfmodel.scaling import study
     from perfmodel.scaling.results import check_params_key
 
-    positive("--resamples", args.resamples)
     check_params_key(args.params, name="--params")
     results = pathlib.Path(args.results)
     out = pathlib.Path(args.out) if args.out else results.parent
