@@ -49,6 +49,9 @@ def test_cli_writes_reports(tmp_path, capsys):
     md = (tmp_path / "chinchilla_refit.md").read_text()
     assert "all targets met" in md and "Held-out check on Chinchilla's own runs" in md
     assert [h["cut_flops"] for h in data["heldout"]] == list(V.HELDOUT_CUTS_FLOPS)
+    png = tmp_path / "chinchilla_heldout.png"  # the held-out errors, referenced by the markdown
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".svg").stat().st_size > 0
+    assert "](chinchilla_heldout.png)" in md
     assert "alpha" in capsys.readouterr().out
 
 

@@ -236,6 +236,7 @@ def heldout_markdown(cuts: tuple[HeldOutCut, ...]) -> list[str]:
     excess = [abs(h.lowest_excess_error_percent) for h in cuts]
     return [
         "## Held-out check on Chinchilla's own runs", "",
+        "![held-out errors](chinchilla_heldout.png)", "",
         "The same fit on the points below a compute cut, judged on every point at or above it (cuts fixed in "
         "`HELDOUT_CUTS_FLOPS`). *Excess* compares the loss above the fitted floor E, (pred - E) / (obs - E) - 1, "
         "the part compute can remove; *lowest* is the held-out point with the lowest loss.", "",
@@ -278,7 +279,40 @@ def report_json(r: ChinchillaRefit) -> dict:
     }
 
 
-def write_reports(r: ChinchillaRefit, out_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def plot_heldout(r: ChinchillaRefit, path) -> pathlib.Path:
+    """Per held-out point, its error vs its compute: the whole loss and its excess over the fitted floor,
+    one colour per cut (``chinchilla_heldout.png`` + ``.svg``)."""
+    from perfmodel.plots import _pyplot, save
+    from perfmodel.scaling.study import excess_error_percent
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    pts = r.points
+    for h, color in zip(r.heldout, ("tab:blue", "tab:orange", "tab:green")):
+        held = pts.compute_flops >= h.cut_flops
+        c, obs = pts.compute_flops[held], pts.loss[held]
+        pred = h.law.loss(pts.params[held], pts.tokens[held])
+        label = f"fitted below {h.cut_flops:.0e} FLOPs ({h.n_heldout} points held out)"
+        axes[0].scatter(c, 100 * (pred / obs - 1), s=12, color=color, label=label)
+        axes[1].scatter(c, excess_error_percent(pred, obs, h.law.E_irr), s=12, color=color, label=label)
+        for ax in axes:
+            ax.axvline(h.cut_flops, color=color, ls=":", lw=1)
+    for ax, what in zip(axes, ("whole loss", "loss above the fitted floor E")):
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhspan(-5, 5, color="0.9", zorder=0, label="+-5%")
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel("predicted / observed - 1 (%)")
+        ax.set_title(f"Chinchilla's runs held out: {what}", fontsize=10)
+    axes[1].legend(fontsize=8)
+    return save(fig, path)
+
+
+def write_reports(r: ChinchillaRefit, out_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
+    """``chinchilla_refit.md`` / ``.json`` and, with held-out cuts, ``chinchilla_heldout.png`` (+ ``.svg``)."""
     from validation import write_md_json
 
-    return write_md_json(out_dir, "chinchilla_refit", report_markdown(r), report_json(r))
+    paths = write_md_json(out_dir, "chinchilla_refit", report_markdown(r), report_json(r))
+    if r.heldout:
+        paths += (plot_heldout(r, pathlib.Path(out_dir) / "chinchilla_heldout.png"),)
+    return paths

@@ -112,12 +112,12 @@ def _validate_chinchilla(args) -> int:
 
     r = V.refit(grid=F.GRIDS[args.grid], n_resamples=args.resamples, seed=args.seed)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(V.__file__).resolve().parent / "results"
-    md, js = V.write_reports(r, out)
+    paths = V.write_reports(r, out)
     if args.json:
         print(jsonout.dumps(V.report_json(r), indent=2))
     else:
         print(V.report_markdown(r))
-        print(f"wrote {md} and {js}")
+        print("wrote " + ", ".join(str(p) for p in paths) + (" (+ .svg)" if len(paths) > 2 else ""))
     return 0 if r.ok else 1
 
 
