@@ -397,3 +397,16 @@ def test_heldout_reports_the_best_loss_error_above_the_fitted_floor(fitted):
             100 * ((h.best_loss_predicted - h.floor_loss) / (h.best_loss_observed - h.floor_loss) - 1))
         assert abs(h.best_loss_excess_error_percent) > abs(h.best_loss_error_percent)
         assert "best loss above the fitted floor E" in study.report_markdown(fitted)
+
+
+def test_heldout_says_when_the_observed_optimum_is_a_vertex_outside_the_sampled_sizes(tmp_path):
+    # the largest budget sampled only above its optimum: its parabola's vertex lies below every sampled N
+    p = results.write_synthetic(tmp_path / "r.jsonl", {("dense", 1, 1): JOINT.at_experts(1)}, BUDGETS, noise=0.0)
+    runs = results.read_runs(p)
+    top = runs.budget_flops == BUDGETS[-1]
+    n_top = np.sort(runs.params[top])
+    keep = ~top | (runs.params >= n_top[-3])
+    h = study.heldout_check(runs.select(keep), grid=F.TINY_GRID)
+    assert h.params_opt_observed < n_top[-3]
+    assert h.params_opt_observed_from == "parabola (vertex outside the sampled sizes)"
+    assert study.heldout_check(runs, grid=F.TINY_GRID).params_opt_observed_from == "parabola"

@@ -54,7 +54,8 @@ class HeldOut:
     floor_loss: float
     best_loss_excess_error_percent: float
     params_opt_observed: float  # vertex of the held-out budget's parabola (best run's N if not convex)
-    params_opt_observed_from: str  # "parabola" | "best run" | "best run (edge of sampled sizes)"
+    # "parabola" | "parabola (vertex outside the sampled sizes)" | "best run" | "best run (edge of sampled sizes)"
+    params_opt_observed_from: str
     params_opt_predicted_approach3: float
     params_opt_predicted_approach2: float | None
     params_opt_error_percent_approach3: float
@@ -195,7 +196,8 @@ def heldout_check(runs: Runs, *, budget_flops: float | None = None, grid=F.SMALL
     opt = law.optimal(top)
     try:
         iso = F.fit_isoflop(top, test.params, test.tokens, test.loss, test.compute_flops)
-        n_obs, n_from = iso.params_opt, "parabola"
+        # a vertex beyond the sampled sizes is itself an extrapolation: say so beside the N_opt error
+        n_obs, n_from = iso.params_opt, "parabola" if iso.vertex_inside else "parabola (vertex outside the sampled sizes)"
     except ValueError:
         n_obs, n_from = float(test.params[np.argmin(test.loss)]), "best run"
         if n_obs in (test.params.min(), test.params.max()):
