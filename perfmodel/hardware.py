@@ -601,7 +601,8 @@ def load_cpu_calibration(path: pathlib.Path | None = None) -> CpuCalibration | N
     except (ValueError, TypeError):
         return None
     # a rate of 0 divided the ridge by zero; a NaN or negative one became the cpu chip of every command
-    numbers = {f.name: getattr(cal, f.name) for f in attrs.fields(CpuCalibration) if f.type in ("float", "int")}
+    numbers = {f.name: getattr(cal, f.name) for f in attrs.fields(CpuCalibration)
+               if f.type in ("float", "int", float, int)}  # annotations are strings under __future__, else types
     bad = [f"{k}={v!r}" for k, v in numbers.items()
            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0]
     if bad:

@@ -101,16 +101,15 @@ def optimal_rows(compute_flops: float, *, law: str = "chinchilla", experts: floa
     for r in rows:  # a law evaluated where it predicts less than one parameter or token describes no model
         if _describes_a_model(r):
             continue
-        finite = all(map(math.isfinite, (r.params_active, r.params_total, r.tokens, r.loss)))
+        small = r.params_active < 1 or r.tokens < 1  # else a number is beyond the float range
         gives = (f"at E={r.n_experts:g} it gives N_act={r.params_active:.3g} parameters (N_total="
                  f"{r.params_total:.3g}), D={r.tokens:.3g} tokens and L*={r.loss:.3g}: "
-                 + ("less than one parameter or token" if finite else "beyond the float range"))
+                 + ("less than one parameter or token" if small else "beyond the float range"))
         if (law in ("joint-moe", "fine-grained") and experts not in (None, 1) and r.n_experts == float(experts)
                 and all(map(_describes_a_model, _optimal_rows(compute_flops, experts=1, skipped=None, **kw)))):
             # the budget is fine for E=1: the expert count (or expansion rate) alone breaks the allocation
             raise ValueError(f"--experts is too large for --law {law} at --compute {compute_flops:g}, got "
                              f"--experts={experts:g}: {gives}")
-        small = r.params_active < 1 or r.tokens < 1
         raise ValueError(f"--compute {compute_flops:g} is too {'small' if small else 'large'} for --law {law}: "
                          f"{gives}")
     return rows
